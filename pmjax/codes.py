@@ -1,0 +1,173 @@
+"""Codes: pure, jittable, batch-first encode / target / decode functions.
+
+A `Code` bundles what coded computation needs around a parity model F_P:
+
+  encode(x_BxKx...)                      -> p_BxRx...   the parity queries
+  target(y_BxKxC)                        -> t_BxRxC     what F_P must output
+  decode(y_BxKxC, avail_BxK, z_BxRxC, zavail_BxR) -> yhat_BxKxC
+
+`decode` returns available rows unchanged and rebuilds the missing ones from
+the available outputs and the available parity outputs. A row that cannot be
+rebuilt (more rows missing than parities available) comes back as NaN under
+`jit`; called with concrete masks, `decode` raises `ValueError` instead.
+
+    from pmjax.codes import make_code
+    code = make_code('concat', k=2, image_shape=(28, 28, 1))
+    encode = jax.jit(code.encode)           # the "imported jitted codec"
+
+Codes here are ParM's (r = 1): `sum` (P = X1 + .. + Xk) and `concat` (the k
+images downsampled and tiled into one image of the original size); both train
+F_P towards the sum of the k outputs and decode by subtraction.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Callable, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+
+class Code(NamedTuple):
+  name: str
+  k: int                 # data queries per group
+  r: int                 # parity queries per group
+  encode: Callable       # x_BxKx... -> p_BxRx...
+  target: Callable       # y_BxKxC -> t_BxRxC
+  decode: Callable       # (y_BxKxC, avail_BxK, z_BxRxC, zavail_BxR) -> yhat_BxKxC
+
+
+CODES = ('sum', 'concat')
+
+
+def make_code(name: str, k: int, r: int = 1, image_shape=None) -> Code:
+  """Builds the code `name` for groups of `k` queries and `r` parities.
+
+  `image_shape` (H, W, C) is optional; when given, inputs are checked against
+  it and `concat` checks at once that its grid divides the image.
+  """
+  if name not in CODES:
+    raise ValueError(f'code name {name!r} is unknown; accepted values: {list(CODES)}')
+  if not isinstance(k, (int, np.integer)) or k < 2:
+    raise ValueError(f'k={k!r} is invalid: k (queries per coding group) must be an '
+                     f'integer >= 2')
+  if not isinstance(r, (int, np.integer)) or r < 1:
+    raise ValueError(f'r={r!r} is invalid: r (parity queries per group) must be an '
+                     f'integer >= 1')
+  if r != 1:
+    raise ValueError(f'r={r} is not supported by code {name!r}; accepted values: r=1 '
+                     f'(ParM codes tolerate one missing answer per group)')
+  k, r = int(k), int(r)
+  if image_shape is not None:
+    image_shape = tuple(int(d) for d in image_shape)
+  if name == 'sum':
+    encode = _sum_encoder(k, image_shape)
+  else:
+    if image_shape is not None:
+      concat_grid(k, image_shape)  # fail at construction, not at first call
+    encode = _concat_encoder(k, image_shape)
+  return Code(name, k, r, encode, _sum_target(k), _subtraction_decoder(k))
+
+
+# --------------------------------------------------------------------------
+# Encoders.
+# --------------------------------------------------------------------------
+
+def _check_x(x, k, image_shape, min_rank=3):
+  if x.ndim < min_rank:
+    raise ValueError(f'x has shape {x.shape}; expected x_BxKx... with rank >= {min_rank} '
+                     f'(batch, k={k}, then the query shape)')
+  if x.shape[1] != k:
+    raise ValueError(f'x has shape {x.shape}; axis 1 must be the group size k={k}')
+  if image_shape is not None and tuple(x.shape[2:]) != image_shape:
+    raise ValueError(f'x has shape {x.shape}; queries must have image_shape='
+                     f'{image_shape}, the shape the code was made for')
+
+
+def _sum_encoder(k, image_shape):
+  def encode(x_BxKxD):
+    """P = X1 + .. + Xk: x_BxKx... -> p_Bx1x..."""
+    _check_x(x_BxKxD, k, image_shape)
+    return jnp.sum(x_BxKxD, axis=1, keepdims=True)
+  return encode
+
+
+def concat_grid(k: int, image_shape) -> tuple:
+  """(rows, cols) of the `concat` layout: near-square, row-major, cols >= rows.
+
+  k=2 -> 1x2 (each image H x W/2, side by side), k=3 and k=4 -> 2x2 (H/2 x W/2
+  quadrants TL, TR, BL, BR; k=3 leaves BR zero), k=5..6 -> 2x3, ...
+  """
+  if len(image_shape) != 3:
+    raise ValueError(f'image_shape={tuple(image_shape)} must be (H, W, C) for code concat')
+  h, w, _ = image_shape
+  cols = math.ceil(math.sqrt(k))
+  rows = math.ceil(k / cols)
+  if h % rows or w % cols:
+    raise ValueError(
+        f'code concat with k={k} tiles a {rows}x{cols} grid, which cannot divide '
+        f'image_shape={tuple(image_shape)}: H must be a multiple of {rows} and W of '
+        f'{cols}. Choose a k whose grid divides the image, or resize the images.')
+  return rows, cols
+
+
+def _concat_encoder(k, image_shape):
+  def encode(x_BxKxHxWxC):
+    """k images -> one image of the same size: each resized to a grid cell and tiled."""
+    _check_x(x_BxKxHxWxC, k, image_shape, min_rank=5)
+    b, _, h, w, c = x_BxKxHxWxC.shape
+    rows, cols = concat_grid(k, (h, w, c))
+    ch, cw = h // rows, w // cols
+    cells = jax.image.resize(x_BxKxHxWxC.astype(jnp.float32), (b, k, ch, cw, c),
+                             method='bilinear', antialias=True)
+    empty = rows * cols - k
+    if empty:
+      cells = jnp.concatenate([cells, jnp.zeros((b, empty, ch, cw, c), cells.dtype)], 1)
+    grid = cells.reshape(b, rows, cols, ch, cw, c).transpose(0, 1, 3, 2, 4, 5)
+    return grid.reshape(b, 1, h, w, c).astype(x_BxKxHxWxC.dtype)
+  return encode
+
+
+# --------------------------------------------------------------------------
+# Target and decoder shared by the ParM codes.
+# --------------------------------------------------------------------------
+
+def _sum_target(k):
+  def target(y_BxKxC):
+    """What F_P must output: the sum of the k outputs."""
+    _check_x(y_BxKxC, k, None)
+    return jnp.sum(y_BxKxC, axis=1, keepdims=True)
+  return target
+
+
+def _is_concrete(*arrays):
+  return not any(isinstance(a, jax.core.Tracer) for a in arrays)
+
+
+def _subtraction_decoder(k):
+  def decode(y_BxKxC, avail_BxK, z_BxRxC, zavail_BxR):
+    """Missing answer = F_P(P) - sum of the available ones; available rows unchanged."""
+    _check_x(y_BxKxC, k, None)
+    b, _, c = y_BxKxC.shape
+    if avail_BxK.shape != (b, k) or z_BxRxC.shape != (b, 1, c) or zavail_BxR.shape != (b, 1):
+      raise ValueError(
+          f'decode got y {y_BxKxC.shape}, avail {avail_BxK.shape}, z {z_BxRxC.shape}, '
+          f'zavail {zavail_BxR.shape}; expected y_BxKxC, avail_BxK, z_Bx1xC, zavail_Bx1 '
+          f'with B={b}, K={k}, C={c}')
+    avail_BxK = avail_BxK.astype(bool)
+    zavail_B = zavail_BxR[:, 0].astype(bool)
+    n_missing_B = k - jnp.sum(avail_BxK, axis=1)
+    decodable_B = (n_missing_B == 0) | ((n_missing_B == 1) & zavail_B)
+    if _is_concrete(avail_BxK, zavail_BxR) and not bool(np.all(decodable_B)):
+      bad = int(np.argmax(~np.asarray(decodable_B)))
+      raise ValueError(
+          f'group {bad} cannot be decoded: {int(n_missing_B[bad])} of k={k} outputs '
+          f'missing and parity available={bool(zavail_B[bad])}; this code (r=1) rebuilds '
+          f'at most one missing output, and only when the parity output arrived')
+    others_BxC = jnp.sum(jnp.where(avail_BxK[..., None], y_BxKxC, 0.0), axis=1)
+    rebuilt_BxC = z_BxRxC[:, 0] - others_BxC
+    rebuilt_BxC = jnp.where(decodable_B[:, None], rebuilt_BxC, jnp.nan)
+    return jnp.where(avail_BxK[..., None], y_BxKxC, rebuilt_BxC[:, None, :])
+  return decode

@@ -1,0 +1,126 @@
+"""Input pipeline: raw files -> tfds builder -> numpy -> whole dataset on device.
+
+Small datasets (MNIST, Fashion-MNIST, CIFAR) are held on device as uint8;
+shuffling, grouping into k, augmentation and normalisation run on device
+inside the jitted step (see `pmjax.train`), so a step does no host work.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from pmjax.data import builders
+
+# Per-channel mean / std of each training set (standard published values).
+MEAN_STD = {
+    'mnist': ((0.1307,), (0.3081,)),
+    'fashion_mnist': ((0.2860,), (0.3530,)),
+    'cifar10': ((0.49139968, 0.48215841, 0.44653091), (0.24703223, 0.24348513, 0.26158784)),
+    'cifar100': ((0.50707516, 0.48654887, 0.44091784), (0.26733429, 0.25643846, 0.27615047)),
+}
+
+_REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+class Splits(NamedTuple):
+  """uint8 images NxHxWxC and int32 labels N for each split."""
+  train_x: np.ndarray
+  train_y: np.ndarray
+  val_x: np.ndarray
+  val_y: np.ndarray
+  test_x: np.ndarray
+  test_y: np.ndarray
+
+
+def default_manual_dir(name: str) -> str:
+  """Where raw files are looked for when the config names no manual directory.
+
+  In order: $PMJAX_MANUAL_DIR/<name>, ../shared/data/<name> beside the repo,
+  /usr/share/datasets/fashion-mnist (Debian's package), and finally
+  ~/.cache/pmjax/downloads/<name>, where the canonical files are downloaded.
+  """
+  candidates = []
+  if os.environ.get('PMJAX_MANUAL_DIR'):
+    candidates.append(os.path.join(os.environ['PMJAX_MANUAL_DIR'], name))
+  candidates.append(os.path.join(os.path.dirname(_REPO_ROOT), 'shared', 'data', name))
+  if name == 'fashion_mnist':
+    candidates.append('/usr/share/datasets/fashion-mnist')
+  spec = builders.get_spec(name)
+  first_file = next(iter(spec.files.values())).name
+  for c in candidates:
+    if os.path.exists(os.path.join(c, first_file)):
+      return c
+  return os.path.expanduser(os.path.join('~', '.cache', 'pmjax', 'downloads', name))
+
+
+def default_data_dir() -> str:
+  return os.environ.get('PMJAX_DATA_DIR') or os.path.expanduser('~/.cache/pmjax/tfds')
+
+
+def load_splits(data_cfg) -> Splits:
+  """Loads train / val / test as numpy from the prepared tfds data source.
+
+  Validation is the last `num_val` training examples (as the original
+  artifact); `train_limit` / `test_limit` (0 = all) cut subsets for smoke runs.
+  """
+  name = data_cfg.name
+  manual_dir = data_cfg.get('manual_dir') or default_manual_dir(name)
+  data_dir = data_cfg.get('data_dir') or default_data_dir()
+  builder = builders.get_builder(name, data_dir, manual_dir,
+                                 download_raw=data_cfg.get('download', True))
+  source = builder.as_data_source()
+
+  def read(split):
+    ds = source[split]
+    records = ds.__getitems__(list(range(len(ds))))
+    x = np.stack([r['image'] for r in records]).astype(np.uint8)
+    y = np.asarray([r['label'] for r in records], np.int32)
+    return x, y
+
+  train_x, train_y = read('train')
+  test_x, test_y = read('test')
+  num_val = int(data_cfg.get('num_val', 5000))
+  if not 0 < num_val < len(train_x):
+    raise ValueError(f'config.data.num_val={num_val} must be in (0, {len(train_x)}), '
+                     f'the size of the {name} training set')
+  val_x, val_y = train_x[-num_val:], train_y[-num_val:]
+  train_x, train_y = train_x[:-num_val], train_y[:-num_val]
+  if data_cfg.get('train_limit'):
+    train_x, train_y = train_x[:data_cfg.train_limit], train_y[:data_cfg.train_limit]
+  if data_cfg.get('test_limit'):
+    test_x, test_y = test_x[:data_cfg.test_limit], test_y[:data_cfg.test_limit]
+  return Splits(train_x, train_y, val_x, val_y, test_x, test_y)
+
+
+def normalize(x_uint8, dataset: str):
+  """uint8 images (..., H, W, C) -> float32, per-channel standardised."""
+  mean, std = MEAN_STD[dataset]
+  return (x_uint8.astype(jnp.float32) / 255.0 - jnp.asarray(mean)) / jnp.asarray(std)
+
+
+def random_crop_flip(key, x_BxHxWxC, pad: int = 4):
+  """CIFAR augmentation: random crop with `pad`-pixel zero padding + horizontal flip."""
+  b, h, w, _ = x_BxHxWxC.shape
+  kc, kf = jax.random.split(key)
+  offsets_Bx2 = jax.random.randint(kc, (b, 2), 0, 2 * pad + 1)
+  flip_B = jax.random.bernoulli(kf, 0.5, (b,))
+  padded = jnp.pad(x_BxHxWxC, ((0, 0), (pad, pad), (pad, pad), (0, 0)))
+
+  def one(img, off, flip):
+    crop = jax.lax.dynamic_slice(img, (off[0], off[1], 0), (h, w, img.shape[-1]))
+    return jnp.where(flip, crop[:, ::-1], crop)
+
+  return jax.vmap(one)(padded, offsets_Bx2, flip_B)
+
+
+def preprocess(key, x_uint8_NxHxWxC, dataset: str, augment: bool):
+  """The on-device input transform of one batch of raw images."""
+  if augment:
+    # Crop the raw uint8 image, so padding is black as in torchvision's RandomCrop.
+    x_uint8_NxHxWxC = random_crop_flip(key, x_uint8_NxHxWxC)
+  return normalize(x_uint8_NxHxWxC, dataset)

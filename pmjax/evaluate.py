@@ -1,0 +1,105 @@
+"""Evaluate a workdir's best checkpoints: A_a, A_d (every group, every erased position), A_o.
+
+    python -m pmjax.evaluate --workdir=W [--split=test]
+
+For a parity workdir: loads F_P's best checkpoint and F's (from the run's
+base_workdir), evaluates every group of k consecutive examples of the split
+with each position erased in turn, and writes W/results.json with dataset,
+model, code, k, r, epochs, A_a, A_d_top1, A_d_top5, recon_top1,
+A_d_by_position and A_o (f_u -> overall accuracy). For a base workdir: A_a
+only. For a workdir of stage `all`: evaluates W/parity, writes W/results.json.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+
+from absl import app, flags, logging
+import jax.numpy as jnp
+
+from pmjax import codes, inference, metrics, workdir as wd
+from pmjax.data import builders, pipeline
+
+
+def evaluate_workdir(workdir: str, split: str = 'test', batch_size: int = 1000,
+                     write: bool = True, verbose: bool = True) -> dict:
+  if split not in ('val', 'test'):
+    raise ValueError(f"split={split!r} is unknown; accepted: 'val', 'test'")
+  config = wd.read_config(workdir)
+  if config.stage == 'all':
+    results = evaluate_workdir(os.path.join(workdir, 'parity'), split, batch_size,
+                               write, verbose=False)
+    return _finish(workdir, results, write, verbose)
+
+  splits = pipeline.load_splits(config.data)
+  x, y = getattr(splits, f'{split}_x'), getattr(splits, f'{split}_y')
+  base_dir = workdir if config.stage == 'base' else config.base_workdir
+  base_cfg, base_model, base_vars, base_epoch = wd.load_variables(base_dir, 'best')
+  logits = inference.batched(inference.make_predict(base_model, config.data.name),
+                             base_vars, x, batch_size)
+  results = {'workdir': os.path.abspath(workdir), 'split': split,
+             'dataset': config.data.name, 'model': base_cfg.model,
+             'stage': config.stage, 'num_examples': int(x.shape[0])}
+  results['A_a'] = metrics.accuracy_metrics(logits, y)['A_a']
+  if config.stage == 'base':
+    results['epochs'] = base_epoch
+    return _finish(workdir, results, write, verbose)
+
+  _, parity_model, parity_vars, epoch = wd.load_variables(workdir, 'best')
+  spec = builders.get_spec(config.data.name)
+  code = codes.make_code(config.code, config.k, config.r, image_shape=spec.image_shape)
+  x_GxK, y_GxK = inference.fixed_groups(x, y, code.k)
+  z = inference.batched(inference.make_parity_predict(parity_model, code, config.data.name),
+                        parity_vars, x_GxK, batch_size)
+  logits_GxKxC = logits[:x_GxK.shape[0] * code.k].reshape(*y_GxK.shape, -1)
+  degraded = metrics.degraded_metrics(code, jnp.asarray(logits_GxKxC), jnp.asarray(z),
+                                      jnp.asarray(y_GxK))
+  results.update({'parity_model': wd.model_names(config)[1], 'code': code.name,
+                  'k': code.k, 'r': code.r, 'epochs': epoch,
+                  'num_groups': int(x_GxK.shape[0]), **degraded})
+  results['A_o'] = metrics.overall_accuracy(results['A_a'], results['A_d_top1'])
+  return _finish(workdir, results, write, verbose)
+
+
+def _finish(workdir, results, write, verbose):
+  if write:
+    path = os.path.join(workdir, 'results.json')
+    with open(path + '.tmp', 'w') as f:
+      json.dump(results, f, indent=2)
+    os.replace(path + '.tmp', path)
+  if verbose:
+    print(format_table(results))
+  return results
+
+
+def format_table(results: dict) -> str:
+  rows = [('dataset', results['dataset']), ('model', results['model'])]
+  if 'code' in results:
+    rows += [('code', f"{results['code']} (k={results['k']}, r={results['r']})"),
+             ('epochs', results['epochs'])]
+  rows.append(('A_a', f"{results['A_a']:.4f}"))
+  if 'A_d_top1' in results:
+    rows += [('A_d top-1', f"{results['A_d_top1']:.4f}"),
+             ('A_d top-5', f"{results['A_d_top5']:.4f}"),
+             ('recon top-1', f"{results['recon_top1']:.4f}"),
+             ('A_d by position', ' '.join(f'{v:.4f}' for v in results['A_d_by_position']))]
+    rows += [(f'A_o(f_u={f})', f'{v:.4f}') for f, v in results['A_o'].items()]
+  width = max(len(r[0]) for r in rows)
+  return '\n'.join(f'{name:<{width}}  {value}' for name, value in rows)
+
+
+def main(argv):
+  del argv
+  if not flags.FLAGS['verbosity'].present:
+    logging.set_verbosity(logging.WARNING)  # orbax logs every save at INFO
+  if flags.FLAGS.workdir is None:
+    raise app.UsageError('--workdir is required')
+  evaluate_workdir(flags.FLAGS.workdir, flags.FLAGS.split, flags.FLAGS.batch_size)
+
+
+if __name__ == '__main__':
+  flags.DEFINE_string('workdir', None, 'A pmjax training workdir.')
+  flags.DEFINE_enum('split', 'test', ['val', 'test'], 'Split to evaluate.')
+  flags.DEFINE_integer('batch_size', 1000, 'Evaluation batch size.')
+  app.run(main)

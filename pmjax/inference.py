@@ -1,0 +1,67 @@
+"""Jitted inference: F on raw images, F_P on encoded groups, batched over a split.
+
+These are the compiled predict functions that training (per-epoch
+evaluation, frozen-F targets), `pmjax.evaluate` and the serving loop share.
+Inputs are raw uint8 images; normalisation runs inside the jitted function.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from pmjax.data import pipeline
+
+
+def make_predict(model, dataset: str):
+  """jit(variables, x_uint8_BxHxWxC) -> logits_BxC (eval mode)."""
+
+  @jax.jit
+  def predict(variables, x_uint8_BxHxWxC):
+    x = pipeline.normalize(x_uint8_BxHxWxC, dataset)
+    return model.apply(variables, x, train=False)
+
+  return predict
+
+
+def make_parity_predict(parity_model, code, dataset: str):
+  """jit(variables, x_uint8_GxKxHxWxC) -> parity outputs z_GxRxC."""
+
+  @jax.jit
+  def parity_predict(variables, x_uint8_GxKxHxWxC):
+    x = pipeline.normalize(x_uint8_GxKxHxWxC, dataset)
+    p_GxRx = code.encode(x)
+    g, r = p_GxRx.shape[:2]
+    z = parity_model.apply(variables, p_GxRx.reshape(g * r, *p_GxRx.shape[2:]), train=False)
+    return z.reshape(g, r, -1)
+
+  return parity_predict
+
+
+def batched(fn, variables, x_Nx, batch_size: int) -> np.ndarray:
+  """Applies `fn(variables, chunk)` over x in fixed-size chunks (the last one padded,
+  so there is one compilation) and concatenates the outputs on the host."""
+  n = x_Nx.shape[0]
+  if n == 0:
+    raise ValueError('batched() got an empty input')
+  batch_size = min(batch_size, n)
+  outs = []
+  for start in range(0, n, batch_size):
+    chunk = x_Nx[start:start + batch_size]
+    pad = batch_size - chunk.shape[0]
+    if pad:
+      chunk = np.concatenate([chunk, np.zeros((pad, *chunk.shape[1:]), chunk.dtype)])
+    outs.append(fn(variables, chunk))
+  out = np.concatenate([np.asarray(o) for o in outs])
+  return out[:n]
+
+
+def fixed_groups(x_Nx, labels_N, k: int):
+  """Consecutive groups of k (the tail that does not fill a group is dropped)."""
+  g = x_Nx.shape[0] // k
+  if g == 0:
+    raise ValueError(f'{x_Nx.shape[0]} examples cannot form one group of k={k}')
+  return (x_Nx[:g * k].reshape(g, k, *x_Nx.shape[1:]), labels_N[:g * k].reshape(g, k))

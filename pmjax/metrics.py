@@ -1,0 +1,106 @@
+"""Metrics: accuracy, degraded-mode accuracy of decoded answers, A_o, and writers.
+
+A_d: over every test group and every erased position, the accuracy of the
+decoded answer against the true label; "reconstruction accuracy" compares it
+with F's own argmax instead. A_o(f_u) = (1 - f_u) A_a + f_u A_d.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+F_U = (0.01, 0.05, 0.1, 0.2, 0.5)
+
+
+def topk_correct(logits_NxC, labels_N, k: int = 1):
+  """Boolean N: whether the label is among the k largest logits."""
+  k = min(k, logits_NxC.shape[-1])
+  _, top_Nxk = jax.lax.top_k(logits_NxC, k)
+  return jnp.any(top_Nxk == labels_N[:, None], axis=-1)
+
+
+def decoded_per_erasure(code, y_GxKxC, z_GxRxC):
+  """For each position j, the decoded output when only j is erased: GxKxC."""
+  g, k, _ = y_GxKxC.shape
+  zavail_GxR = jnp.ones(z_GxRxC.shape[:2], bool)
+
+  def erase(j):
+    avail_GxK = jnp.broadcast_to(jnp.arange(k) != j, (g, k))
+    return code.decode(y_GxKxC, avail_GxK, z_GxRxC, zavail_GxR)[:, j]
+
+  return jnp.stack([erase(j) for j in range(k)], axis=1)
+
+
+@jax.jit
+def _degraded(decoded_GxKxC, y_GxKxC, labels_GxK):
+  c = decoded_GxKxC.shape[-1]
+  flat = decoded_GxKxC.reshape(-1, c)
+  labels = labels_GxK.reshape(-1)
+  top1 = topk_correct(flat, labels, 1).reshape(labels_GxK.shape)
+  top5 = topk_correct(flat, labels, 5)
+  recon = jnp.argmax(flat, -1) == jnp.argmax(y_GxKxC.reshape(-1, c), -1)
+  return top1.mean(), top5.mean(), recon.mean(), top1.mean(axis=0)
+
+
+def degraded_metrics(code, y_GxKxC, z_GxRxC, labels_GxK) -> dict:
+  """A_d top-1/top-5, reconstruction top-1 and A_d by erased position."""
+  decoded = decoded_per_erasure(code, y_GxKxC, z_GxRxC)
+  top1, top5, recon, by_pos = jax.device_get(_degraded(decoded, y_GxKxC, labels_GxK))
+  return {'A_d_top1': float(top1), 'A_d_top5': float(top5), 'recon_top1': float(recon),
+          'A_d_by_position': [float(v) for v in by_pos]}
+
+
+def accuracy_metrics(logits_NxC, labels_N) -> dict:
+  return {'A_a': float(topk_correct(logits_NxC, labels_N, 1).mean()),
+          'A_a_top5': float(topk_correct(logits_NxC, labels_N, 5).mean())}
+
+
+def overall_accuracy(a_a: float, a_d: float, f_us=F_U) -> dict:
+  """A_o(f_u) = (1 - f_u) A_a + f_u A_d for each f_u."""
+  return {str(f): (1 - f) * a_a + f * a_d for f in f_us}
+
+
+class MetricWriter:
+  """Per-epoch metrics to W/metrics.jsonl and TensorBoard event files in W/tb."""
+
+  def __init__(self, workdir: str, resume_epoch: int = 0):
+    self.path = os.path.join(workdir, 'metrics.jsonl')
+    # On resume, forget epochs after the restored checkpoint: they are re-run.
+    if os.path.exists(self.path):
+      with open(self.path) as f:
+        rows = [json.loads(line) for line in f if line.strip()]
+      with open(self.path, 'w') as f:
+        for row in rows:
+          if row.get('epoch', 0) <= resume_epoch:
+            f.write(json.dumps(row) + '\n')
+    self._tb = None
+    self._tb_dir = os.path.join(workdir, 'tb')
+
+  def write(self, epoch: int, metrics: dict):
+    row = {'epoch': epoch, **metrics}
+    with open(self.path, 'a') as f:
+      f.write(json.dumps(row) + '\n')
+    if self._tb is None:
+      from tensorboardX import SummaryWriter  # pylint: disable=g-import-not-at-top
+      self._tb = SummaryWriter(self._tb_dir)
+    for key, value in metrics.items():
+      if isinstance(value, (int, float, np.floating)):
+        self._tb.add_scalar(key, float(value), epoch)
+    self._tb.flush()
+
+  def close(self):
+    if self._tb is not None:
+      self._tb.close()
+
+
+def read_metrics(workdir: str) -> list:
+  path = os.path.join(workdir, 'metrics.jsonl')
+  if not os.path.exists(path):
+    return []
+  with open(path) as f:
+    return [json.loads(line) for line in f if line.strip()]

@@ -1,0 +1,117 @@
+"""Flax (linen) models for base models F and parity models F_P.
+
+Every model maps images x_BxHxWxC (float, normalised) to logits y_BxC and
+takes `train` (batch statistics and dropout); `get_model(name, num_classes)`
+builds one by name.
+"""
+
+from __future__ import annotations
+
+from functools import partial
+from typing import Sequence
+
+import flax.linen as nn
+import jax.numpy as jnp
+
+
+class MLP(nn.Module):
+  """The original artifact's "base-mlp": 784-200-100-10 with ReLU."""
+  num_classes: int = 10
+  hidden: Sequence[int] = (200, 100)
+
+  @nn.compact
+  def __call__(self, x, train: bool = False):
+    x = x.reshape(x.shape[0], -1)
+    for h in self.hidden:
+      x = nn.relu(nn.Dense(h)(x))
+    return nn.Dense(self.num_classes)(x)
+
+
+class LeNet5(nn.Module):
+  """LeNet-5: conv6-pool-conv16-pool-120-84-classes (ReLU, max pooling)."""
+  num_classes: int = 10
+
+  @nn.compact
+  def __call__(self, x, train: bool = False):
+    x = nn.relu(nn.Conv(6, (5, 5), padding='SAME')(x))
+    x = nn.max_pool(x, (2, 2), (2, 2))
+    x = nn.relu(nn.Conv(16, (5, 5), padding='VALID')(x))
+    x = nn.max_pool(x, (2, 2), (2, 2))
+    x = x.reshape(x.shape[0], -1)
+    x = nn.relu(nn.Dense(120)(x))
+    x = nn.relu(nn.Dense(84)(x))
+    return nn.Dense(self.num_classes)(x)
+
+
+def _batch_norm(train):
+  return partial(nn.BatchNorm, use_running_average=not train, momentum=0.9, epsilon=1e-5)
+
+
+class BasicBlock(nn.Module):
+  features: int
+  stride: int = 1
+
+  @nn.compact
+  def __call__(self, x, train: bool):
+    norm = _batch_norm(train)
+    y = nn.Conv(self.features, (3, 3), self.stride, padding=1, use_bias=False)(x)
+    y = nn.relu(norm()(y))
+    y = nn.Conv(self.features, (3, 3), padding=1, use_bias=False)(y)
+    y = norm()(y)
+    if self.stride != 1 or x.shape[-1] != self.features:
+      x = nn.Conv(self.features, (1, 1), self.stride, use_bias=False)(x)
+      x = norm()(x)
+    return nn.relu(x + y)
+
+
+class ResNet(nn.Module):
+  """CIFAR-style ResNet: 3x3 stem, no max-pool, four stages of BasicBlocks."""
+  num_classes: int
+  blocks: Sequence[int] = (2, 2, 2, 2)
+  widths: Sequence[int] = (64, 128, 256, 512)
+
+  @nn.compact
+  def __call__(self, x, train: bool = False):
+    x = nn.Conv(self.widths[0], (3, 3), padding=1, use_bias=False)(x)
+    x = nn.relu(_batch_norm(train)()(x))
+    for stage, (n, width) in enumerate(zip(self.blocks, self.widths)):
+      for i in range(n):
+        x = BasicBlock(width, 2 if (i == 0 and stage > 0) else 1)(x, train)
+    x = jnp.mean(x, axis=(1, 2))
+    return nn.Dense(self.num_classes)(x)
+
+
+class VGG(nn.Module):
+  """VGG with batch norm, CIFAR-style (one linear classifier)."""
+  num_classes: int
+  layers: Sequence = (64, 'M', 128, 'M', 256, 256, 'M', 512, 512, 'M', 512, 512, 'M')
+
+  @nn.compact
+  def __call__(self, x, train: bool = False):
+    for v in self.layers:
+      if v == 'M':
+        x = nn.max_pool(x, (2, 2), (2, 2))
+      else:
+        x = nn.Conv(v, (3, 3), padding=1)(x)
+        x = nn.relu(_batch_norm(train)()(x))
+    x = jnp.mean(x, axis=(1, 2))
+    return nn.Dense(self.num_classes)(x)
+
+
+MODELS = {
+    'mlp': MLP,
+    'lenet5': LeNet5,
+    'resnet18': partial(ResNet, blocks=(2, 2, 2, 2)),
+    # The original artifact's deep CIFAR-100 network: BasicBlocks in [3, 8, 36, 3].
+    'resnet152': partial(ResNet, blocks=(3, 8, 36, 3)),
+    'vgg11': VGG,
+}
+
+
+def get_model(name: str, num_classes: int) -> nn.Module:
+  """Returns the Flax module `name` with `num_classes` outputs."""
+  if name not in MODELS:
+    raise ValueError(f'unknown model {name!r}; choices: {sorted(MODELS)}')
+  if not isinstance(num_classes, int) or num_classes < 1:
+    raise ValueError(f'num_classes={num_classes!r} must be a positive integer')
+  return MODELS[name](num_classes=num_classes)

@@ -1,0 +1,425 @@
+"""Training: base models F and parity models F_P, data parallel over every device.
+
+    python -m pmjax.train --config=configs/mnist.py:stage=base --workdir=W
+    python -m pmjax.train --config=configs/mnist.py:stage=parity,k=2,code=concat \
+        --config.base_workdir=W --workdir=W2
+    python -m pmjax.train --config=configs/default.py --workdir=W  # base, then parity
+
+Stages: `base` trains F with cross-entropy; `parity` freezes F (best checkpoint
+of `config.base_workdir`) and trains F_P with MSE to `code.target(F(X))` over
+random groups of k that change every epoch; `all` runs both (W/base, W/parity)
+and evaluates. Re-running the same command resumes from the latest checkpoint
+with the same data order.
+
+How a step runs: the whole dataset sits on every device; an epoch is a random
+permutation cut into global batches; a jitted `shard_map` over the ('data',)
+mesh scans `config.log_every_steps` steps per call, each device gathering,
+augmenting, normalising and encoding its slice of the batch, and gradients
+are averaged with `lax.pmean`. No host work happens inside an epoch.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+from functools import partial
+from typing import Any, Callable
+
+from absl import app, flags, logging
+import flax
+from flax.training import train_state
+import jax
+from jax import lax
+import jax.numpy as jnp
+from ml_collections import config_flags
+import numpy as np
+import optax
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+from tqdm import tqdm
+
+from pmjax import checkpoint, codes, inference, metrics, workdir as wd
+from pmjax.data import builders, pipeline
+
+
+class TrainState(train_state.TrainState):
+  batch_stats: Any = None
+
+
+# ---------------------------------------------------------------------------
+# Optimiser, mesh, state.
+# ---------------------------------------------------------------------------
+
+def make_optimizer(optim_cfg, total_steps: int) -> optax.GradientTransformation:
+  """Adam (torch-style L2 weight decay, as the original), AdamW or SGD+momentum,
+  with a constant, cosine or warmup-cosine learning rate."""
+  lr, schedule = optim_cfg.lr, optim_cfg.get('schedule', 'constant')
+  warmup = int(optim_cfg.get('warmup_steps', 0))
+  if schedule == 'constant':
+    sched = lr
+  elif schedule == 'cosine':
+    sched = optax.warmup_cosine_decay_schedule(0.0 if warmup else lr, lr, max(warmup, 1),
+                                               max(total_steps, warmup + 1))
+  else:
+    raise ValueError(f'config optim.schedule={schedule!r} is unknown; accepted: '
+                     f"'constant', 'cosine'")
+  wdecay = optim_cfg.get('weight_decay', 0.0)
+  name = optim_cfg.name
+  if name == 'adam':
+    return optax.chain(optax.add_decayed_weights(wdecay), optax.adam(sched))
+  if name == 'adamw':
+    return optax.adamw(sched, weight_decay=wdecay)
+  if name == 'sgd':
+    return optax.chain(optax.add_decayed_weights(wdecay),
+                       optax.sgd(sched, momentum=optim_cfg.get('momentum', 0.9),
+                                 nesterov=optim_cfg.get('nesterov', False)))
+  raise ValueError(f"config optim.name={name!r} is unknown; accepted: 'adam', 'adamw', 'sgd'")
+
+
+def make_mesh(devices=None) -> Mesh:
+  """A 1-D ('data',) mesh over every device, local and across hosts."""
+  devices = jax.devices() if devices is None else devices
+  return Mesh(np.asarray(devices), ('data',))
+
+
+def replicate(tree, mesh):
+  return jax.device_put(tree, NamedSharding(mesh, P()))
+
+
+def init_variables(model, seed: int, image_shape) -> dict:
+  variables = jax.jit(partial(model.init, train=False))(
+      jax.random.key(seed), jnp.zeros((1, *image_shape), jnp.float32))
+  return {'params': variables['params'], 'batch_stats': variables.get('batch_stats', {})}
+
+
+def create_state(model, tx, variables) -> TrainState:
+  return TrainState.create(apply_fn=model.apply, params=variables['params'], tx=tx,
+                           batch_stats=variables['batch_stats'])
+
+
+def variables_of(state: TrainState) -> dict:
+  return {'params': state.params, 'batch_stats': state.batch_stats}
+
+
+# ---------------------------------------------------------------------------
+# Losses, batches and the train step (pure, module level).
+# ---------------------------------------------------------------------------
+
+def _apply_train(state_or_fn, params, batch_stats, x):
+  """Applies a model in train mode; returns (outputs, new batch stats)."""
+  apply_fn = state_or_fn
+  if batch_stats:
+    out, updates = apply_fn({'params': params, 'batch_stats': batch_stats}, x, train=True,
+                            mutable=['batch_stats'])
+    return out, updates['batch_stats']
+  return apply_fn({'params': params}, x, train=True), batch_stats
+
+
+def base_loss(apply_fn, params, batch_stats, batch):
+  """Cross-entropy of F on a batch {'x', 'label'}."""
+  logits, new_bs = _apply_train(apply_fn, params, batch_stats, batch['x'])
+  loss = optax.softmax_cross_entropy_with_integer_labels(logits, batch['label']).mean()
+  return loss, new_bs
+
+
+def parity_loss(apply_fn, params, batch_stats, batch):
+  """MSE between F_P(parity queries) and the code's target {'p', 't'}."""
+  p = batch['p']
+  g, r = p.shape[:2]
+  out, new_bs = _apply_train(apply_fn, params, batch_stats, p.reshape(g * r, *p.shape[2:]))
+  loss = jnp.mean((out.reshape(g, r, -1) - batch['t']) ** 2)
+  return loss, new_bs
+
+
+def base_batch(data, idx_Bx1, keys_Bx1, dataset, augment):
+  idx = idx_Bx1[:, 0]
+  x = pipeline.preprocess(keys_Bx1[:, 0], data['train_x'][idx], dataset, augment)
+  return {'x': x, 'label': data['train_y'][idx]}
+
+
+def parity_batch(data, idx_BxK, keys_BxK, dataset, augment, code, base_apply):
+  b, k = idx_BxK.shape
+  x_raw = data['train_x'][idx_BxK.reshape(-1)]
+  x = pipeline.preprocess(keys_BxK.reshape(-1), x_raw, dataset, augment)
+  if 'targets' in data:  # F's outputs precomputed once (no augmentation)
+    y_BxKxC = data['targets'][idx_BxK]
+  else:
+    y_BxKxC = base_apply(data['base_vars'], x, train=False).reshape(b, k, -1)
+  x_BxKx = x.reshape(b, k, *x.shape[1:])
+  return {'p': code.encode(x_BxKx), 't': code.target(lax.stop_gradient(y_BxKxC))}
+
+
+def train_step(state: TrainState, batch: dict, loss_fn: Callable):
+  """One SGD step on this device's batch; gradients averaged over the 'data' axis."""
+  def loss_of(params):
+    return loss_fn(state.apply_fn, params, state.batch_stats, batch)
+
+  (loss, new_bs), grads = jax.value_and_grad(loss_of, has_aux=True)(state.params)
+  grads = lax.pmean(grads, 'data')
+  new_bs = lax.pmean(new_bs, 'data')
+  state = state.apply_gradients(grads=grads, batch_stats=new_bs)
+  return state, {'loss': lax.pmean(loss, 'data')}
+
+
+def make_train_chunk(mesh: Mesh, loss_fn, batch_fn, global_batch: int, group_size: int):
+  """jit(state, data, perm, first_step, epoch_key; n_steps) -> (state, mean metrics).
+
+  Runs `n_steps` train steps in one `lax.scan` inside a `shard_map`; step s
+  uses groups perm[s*B : (s+1)*B] (each of `group_size` indices), device d
+  its d-th slice. Per-example random keys depend on the global position only,
+  so any device count gives the same result.
+  """
+  n_dev = mesh.shape['data']
+  if global_batch % n_dev:
+    raise ValueError(f'batch size {global_batch} does not divide by the {n_dev} devices; '
+                     f'choose a batch size that is a multiple of {n_dev}')
+  local = global_batch // n_dev
+
+  def chunk(state, data, perm, first_step, epoch_key, n_steps):
+    dev = lax.axis_index('data')
+
+    def body(state, s):
+      step = first_step + s
+      start = (step * global_batch + dev * local) * group_size
+      idx = lax.dynamic_slice_in_dim(perm, start, local * group_size).reshape(local, group_size)
+      keys = jax.random.split(jax.random.fold_in(epoch_key, step), global_batch * group_size)
+      keys = lax.dynamic_slice_in_dim(keys, dev * local * group_size, local * group_size)
+      batch = batch_fn(data, idx, keys.reshape(local, group_size))
+      return train_step(state, batch, loss_fn)
+
+    state, m = lax.scan(body, state, jnp.arange(n_steps))
+    return state, jax.tree.map(jnp.mean, m)
+
+  @partial(jax.jit, static_argnames='n_steps', donate_argnums=0)
+  def run(state, data, perm, first_step, epoch_key, n_steps):
+    f = jax.shard_map(partial(chunk, n_steps=n_steps), mesh=mesh,
+                      in_specs=(P(), P(), P(), P(), P()), out_specs=(P(), P()))
+    return f(state, data, perm, first_step, epoch_key)
+
+  return run
+
+
+@partial(jax.jit, static_argnums=(1, 2))
+def epoch_permutation(key, n: int, used: int):
+  return jax.random.permutation(key, n)[:used].astype(jnp.int32)
+
+
+# ---------------------------------------------------------------------------
+# Evaluation during training.
+# ---------------------------------------------------------------------------
+
+class BaseEvaluator:
+  """Accuracy of F on val and test; best = highest val accuracy."""
+  best_key = 'val_A_a'
+
+  def __init__(self, model, dataset, splits, batch_size):
+    self.predict = inference.make_predict(model, dataset)
+    self.splits = {'val': (splits.val_x, splits.val_y), 'test': (splits.test_x, splits.test_y)}
+    self.batch_size = batch_size
+
+  def __call__(self, variables) -> dict:
+    out = {}
+    for name, (x, y) in self.splits.items():
+      logits = inference.batched(self.predict, variables, x, self.batch_size)
+      for key, v in metrics.accuracy_metrics(logits, y).items():
+        out[f'{name}_{key}'] = v
+    return out
+
+
+class ParityEvaluator:
+  """A_d and reconstruction accuracy over fixed val/test groups, every position erased."""
+  best_key = 'val_recon_top1'
+
+  def __init__(self, parity_model, code, dataset, splits, base_logits, batch_size):
+    self.code = code
+    self.predict = inference.make_parity_predict(parity_model, code, dataset)
+    self.groups = {}
+    for name in ('val', 'test'):
+      x, y = getattr(splits, f'{name}_x'), getattr(splits, f'{name}_y')
+      x_GxK, y_GxK = inference.fixed_groups(x, y, code.k)
+      logits = base_logits[name][:x_GxK.shape[0] * code.k].reshape(*y_GxK.shape, -1)
+      self.groups[name] = (x_GxK, y_GxK, logits)
+    self.batch_size = batch_size
+
+  def __call__(self, variables) -> dict:
+    out = {}
+    for name, (x_GxK, y_GxK, logits_GxKxC) in self.groups.items():
+      z = inference.batched(self.predict, variables, x_GxK, self.batch_size)
+      m = metrics.degraded_metrics(self.code, jnp.asarray(logits_GxKxC), jnp.asarray(z),
+                                   jnp.asarray(y_GxK))
+      for key in ('A_d_top1', 'A_d_top5', 'recon_top1'):
+        out[f'{name}_{key}'] = m[key]
+    return out
+
+
+# ---------------------------------------------------------------------------
+# The training loop.
+# ---------------------------------------------------------------------------
+
+def _stage_cfg(config):
+  return config.base if config.stage == 'base' else config.parity
+
+
+def resolve_batch_size(config) -> int:
+  bs = _stage_cfg(config).batch_size
+  if bs == 0:  # the original defaults: 64 groups for k=2, 32 otherwise
+    bs = 64 if config.stage == 'base' or config.k == 2 else 32
+  return bs
+
+
+def train_and_evaluate(config, workdir: str) -> dict:
+  """Trains the configured stage(s) in `workdir`; returns the final metrics."""
+  if config.stage == 'all':
+    base_dir, parity_dir = os.path.join(workdir, 'base'), os.path.join(workdir, 'parity')
+    wd.write_config(workdir, config)
+    with config.unlocked():
+      base_cfg = config.copy_and_resolve_references()
+      base_cfg.stage = 'base'
+      parity_cfg = config.copy_and_resolve_references()
+      parity_cfg.stage, parity_cfg.base_workdir = 'parity', base_dir
+    train_stage(base_cfg, base_dir)
+    train_stage(parity_cfg, parity_dir)
+    from pmjax import evaluate  # pylint: disable=g-import-not-at-top
+    return evaluate.evaluate_workdir(workdir)
+  if config.stage not in ('base', 'parity'):
+    raise ValueError(f"config.stage={config.stage!r} is unknown; accepted: 'base', "
+                     f"'parity', 'all'")
+  return train_stage(config, workdir)
+
+
+def train_stage(config, workdir: str) -> dict:
+  wd.write_config(workdir, config)
+  dataset = config.data.name
+  spec = builders.get_spec(dataset)
+  splits = pipeline.load_splits(config.data)
+  mesh = make_mesh()
+  stage_cfg = _stage_cfg(config)
+  batch_size = resolve_batch_size(config)
+  augment = bool(config.data.get('augment', False))
+  eval_bs = config.get('eval_batch_size', 1000)
+
+  data = {'train_x': splits.train_x, 'train_y': splits.train_y}
+  if config.stage == 'base':
+    model = wd.build_model(config.model, dataset)
+    group_size = 1
+    loss_fn = base_loss
+    batch_fn = partial(base_batch, dataset=dataset, augment=augment)
+    evaluator = BaseEvaluator(model, dataset, splits, eval_bs)
+  else:
+    if not config.get('base_workdir'):
+      raise ValueError('config.base_workdir is empty: a parity run needs the workdir of a '
+                       'trained base model (--config.base_workdir=W_BASE)')
+    base_cfg, base_model, base_vars, _ = wd.load_variables(config.base_workdir, 'best')
+    if base_cfg.data.name != dataset or base_cfg.model != config.model:
+      raise ValueError(
+          f'base_workdir {config.base_workdir} holds {base_cfg.model} on '
+          f'{base_cfg.data.name}, but this config asks for {config.model} on {dataset}')
+    code = codes.make_code(config.code, config.k, config.r, image_shape=spec.image_shape)
+    model = wd.build_model(wd.model_names(config)[1], dataset)
+    group_size = config.k
+    loss_fn = parity_loss
+    base_predict = inference.make_predict(base_model, dataset)
+    base_logits = {n: inference.batched(base_predict, base_vars, getattr(splits, f'{n}_x'),
+                                        eval_bs) for n in ('val', 'test')}
+    if augment:
+      data['base_vars'] = base_vars
+    else:
+      data['targets'] = inference.batched(base_predict, base_vars, splits.train_x, eval_bs)
+    batch_fn = partial(parity_batch, dataset=dataset, augment=augment, code=code,
+                       base_apply=base_model.apply)
+    evaluator = ParityEvaluator(model, code, dataset, splits, base_logits, eval_bs)
+
+  n_train = splits.train_x.shape[0]
+  steps_per_epoch = (n_train // group_size) // batch_size
+  if steps_per_epoch == 0:
+    raise ValueError(f'{n_train} training examples make no full batch of {batch_size} '
+                     f'groups of {group_size}; lower the batch size')
+  num_epochs = stage_cfg.num_epochs
+  tx = make_optimizer(stage_cfg.optim, steps_per_epoch * num_epochs)
+  state = replicate(create_state(model, tx, init_variables(model, config.seed,
+                                                           spec.image_shape)), mesh)
+  data = replicate(data, mesh)
+  run_chunk = make_train_chunk(mesh, loss_fn, batch_fn, batch_size, group_size)
+
+  # Resume.
+  ckpts = checkpoint.Checkpoints(workdir)
+  start_epoch, best = 0, -math.inf
+  restored = ckpts.restore('latest', _ckpt_tree(state, 0, best))
+  if restored is not None:
+    state = state.replace(params=restored['params'], batch_stats=restored['batch_stats'],
+                          opt_state=restored['opt_state'], step=restored['step'])
+    start_epoch, best = int(restored['epoch']), float(restored['best_metric'])
+    print(f'Resumed {workdir} from epoch {start_epoch}', flush=True)
+  writer = metrics.MetricWriter(workdir, resume_epoch=start_epoch)
+
+  data_key = jax.random.key(config.seed + 1)
+  used = steps_per_epoch * batch_size * group_size
+  chunk = max(1, min(config.get('log_every_steps', 100), steps_per_epoch))
+  stop_after = config.get('stop_after_epochs', 0)
+  last = {}
+  for epoch in range(start_epoch + 1, num_epochs + 1):
+    if stop_after and epoch > start_epoch + stop_after:
+      break
+    t0 = time.time()
+    epoch_key = jax.random.fold_in(data_key, epoch)
+    perm = epoch_permutation(jax.random.fold_in(epoch_key, 0), n_train, used)
+    losses = []
+    with tqdm(total=steps_per_epoch, desc=f'{config.stage} epoch {epoch}/{num_epochs}',
+              leave=False, disable=not config.get('progress_bar', True)) as bar:
+      for first in range(0, steps_per_epoch, chunk):
+        n = min(chunk, steps_per_epoch - first)
+        state, m = run_chunk(state, data, perm, jnp.int32(first), epoch_key, n_steps=n)
+        loss = float(m['loss'])
+        if not math.isfinite(loss):
+          ckpts.close()
+          raise FloatingPointError(
+              f'training loss became {loss} in epoch {epoch} (steps {first}..{first + n}); '
+              f'stopped without saving it. The last good checkpoint (epoch {epoch - 1}, if '
+              f'any) is kept in {workdir}/checkpoints. Lower the learning rate '
+              f'(--config.{"base" if config.stage == "base" else "parity"}.optim.lr) and re-run.')
+        losses.append((loss, n))
+        bar.update(n)
+        bar.set_postfix(loss=f'{loss:.4g}')
+    train_time = time.time() - t0
+    row = {'train_loss': sum(l * n for l, n in losses) / steps_per_epoch,
+           'train_time_s': train_time,
+           'groups_per_s': steps_per_epoch * batch_size / train_time}
+    if epoch % config.get('eval_every_epochs', 1) == 0 or epoch == num_epochs:
+      row.update(evaluator(variables_of(state)))
+    is_best = row.get(evaluator.best_key, -math.inf) > best
+    if is_best:
+      best = row[evaluator.best_key]
+    ckpts.save(_ckpt_tree(state, epoch, best), is_best)
+    writer.write(epoch, row)
+    last = {'epoch': epoch, **row}
+    if config.get('progress_bar', True):
+      tqdm.write(f'{config.stage} epoch {epoch}/{num_epochs}: ' +
+                 ', '.join(f'{k}={v:.4g}' for k, v in row.items()))
+  ckpts.close()
+  writer.close()
+  return last
+
+
+def _ckpt_tree(state, epoch, best):
+  return {'params': state.params, 'batch_stats': state.batch_stats,
+          'opt_state': state.opt_state, 'step': state.step,
+          'epoch': np.int64(epoch), 'best_metric': np.float64(best)}
+
+
+# ---------------------------------------------------------------------------
+# Command line.
+# ---------------------------------------------------------------------------
+
+def main(argv):
+  del argv
+  if not flags.FLAGS['verbosity'].present:
+    logging.set_verbosity(logging.WARNING)  # orbax logs every save at INFO
+  if flags.FLAGS.workdir is None:
+    raise app.UsageError('--workdir is required (where checkpoints and metrics go)')
+  train_and_evaluate(flags.FLAGS.config, flags.FLAGS.workdir)
+
+
+if __name__ == '__main__':
+  config_flags.DEFINE_config_file('config', 'configs/default.py', 'Training config file.')
+  flags.DEFINE_string('workdir', None, 'Directory for checkpoints and metrics.')
+  app.run(main)

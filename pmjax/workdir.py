@@ -1,0 +1,86 @@
+"""A run's working directory: its config.json, its checkpoints, its models.
+
+    W/config.json        the config the run was started with
+    W/metrics.jsonl      one row per epoch (and W/tb/ TensorBoard events)
+    W/checkpoints/       latest/ and best/ (see pmjax.checkpoint)
+    W/results.json       written by pmjax.evaluate
+"""
+
+from __future__ import annotations
+
+import os
+
+import jax
+import ml_collections
+
+from pmjax import checkpoint, config_utils, models
+from pmjax.data import builders
+
+# Fields that define what a workdir holds: resuming with other values is an error.
+IDENTITY_FIELDS = ('stage', 'seed', 'data.name', 'model', 'parity_model', 'code', 'k', 'r')
+
+
+def _get(config, dotted):
+  for part in dotted.split('.'):
+    config = config.get(part) if config is not None else None
+  return config
+
+
+def read_config(workdir: str) -> ml_collections.ConfigDict:
+  path = os.path.join(workdir, 'config.json')
+  if not os.path.exists(path):
+    raise FileNotFoundError(
+        f'{os.path.abspath(workdir)} is not a pmjax workdir: {path} is missing. Pass the '
+        f'--workdir of a run started with `python -m pmjax.train`.')
+  with open(path) as f:
+    return config_utils.from_json(f.read())
+
+
+def write_config(workdir: str, config: ml_collections.ConfigDict):
+  """Writes W/config.json, refusing a config that describes a different run."""
+  os.makedirs(workdir, exist_ok=True)
+  path = os.path.join(workdir, 'config.json')
+  if os.path.exists(path):
+    old = read_config(workdir)
+    for field in IDENTITY_FIELDS:
+      if _get(old, field) != _get(config, field):
+        raise ValueError(
+            f'{os.path.abspath(workdir)} holds a run with {field}={_get(old, field)!r}, but '
+            f'this config has {field}={_get(config, field)!r}. Use a new --workdir, or the '
+            f'same config to resume.')
+  tmp = path + '.tmp'
+  with open(tmp, 'w') as f:
+    f.write(config_utils.to_json(config))
+  os.replace(tmp, path)
+
+
+def model_names(config) -> tuple:
+  """(base model name, parity model name) of a config."""
+  return config.model, (config.get('parity_model') or config.model)
+
+
+def build_model(name: str, dataset: str):
+  return models.get_model(name, builders.get_spec(dataset).num_classes)
+
+
+def load_variables(workdir: str, which: str = 'best') -> tuple:
+  """(config, model, variables, epoch) of the `which` checkpoint of a base or parity run.
+
+  For a parity run the model and variables are F_P's.
+  """
+  config = read_config(workdir)
+  base_name, parity_name = model_names(config)
+  model = build_model(parity_name if config.stage == 'parity' else base_name,
+                      config.data.name)
+  ckpts = checkpoint.Checkpoints(workdir, create=False)
+  try:
+    tree = ckpts.restore(which, None)
+  finally:
+    ckpts.close()
+  if tree is None:
+    raise checkpoint.CheckpointError(
+        f'{os.path.abspath(workdir)} has no {which} checkpoint yet; train it first '
+        f'(python -m pmjax.train --workdir={workdir} ...)')
+  variables = {'params': tree['params'], 'batch_stats': tree.get('batch_stats') or {}}
+  variables = jax.tree.map(jax.numpy.asarray, variables)
+  return config, model, variables, int(tree['epoch'])
