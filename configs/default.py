@@ -30,7 +30,8 @@ def get_config(arg=None, dataset='mnist', model='mlp'):
   c.data.name = dataset
   c.data.manual_dir = ''   # raw files; '' = $PMJAX_MANUAL_DIR, ../shared/data, or download
   c.data.data_dir = ''     # prepared tfds files; '' = $PMJAX_DATA_DIR or ~/.cache/pmjax/tfds
-  c.data.download = True
+  c.data.download = True   # fetch missing raw files from their canonical URLs
+  c.data.verify_md5 = True # False accepts custom/synthetic idx files
   c.data.num_val = 5000    # validation = the last 5,000 training examples
   c.data.train_limit = 0   # 0 = all
   c.data.test_limit = 0

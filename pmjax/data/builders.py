@@ -127,7 +127,7 @@ def _corrupt(spec, path, why):
       f'again: {spec.how_to_get}.')
 
 
-def read_idx(spec: DatasetSpec, path: str) -> np.ndarray:
+def read_idx(spec: DatasetSpec, path: str, verify_md5: bool = True) -> np.ndarray:
   """Reads a gzipped LeCun idx file into a uint8 array, checking md5 and header."""
   try:
     with gzip.open(path, 'rb') as f:
@@ -135,7 +135,7 @@ def read_idx(spec: DatasetSpec, path: str) -> np.ndarray:
   except (OSError, EOFError) as e:
     raise _corrupt(spec, path, f'not a readable gzip file: {e}') from e
   md5 = next((r.md5 for r in spec.files.values() if r.name == os.path.basename(path)), None)
-  if md5 and os.environ.get('PMJAX_SKIP_MD5') != '1' and hashlib.md5(data).hexdigest() != md5:
+  if md5 and verify_md5 and hashlib.md5(data).hexdigest() != md5:
     raise _corrupt(spec, path, f'md5 of the decompressed content is '
                    f'{hashlib.md5(data).hexdigest()}, expected {md5}')
   if len(data) < 8 or data[0] != 0 or data[1] != 0 or data[2] != 0x08:
@@ -148,12 +148,14 @@ def read_idx(spec: DatasetSpec, path: str) -> np.ndarray:
   return body.reshape(dims)
 
 
-def read_idx_dataset(spec, manual_dir, download=True):
+def read_idx_dataset(spec, manual_dir, download=True, verify_md5=True):
   """Returns {'train': (images NxHxWx1, labels N), 'test': (...)} from idx files."""
   out = {}
   for split, prefix in (('train', 'train'), ('test', 'test')):
-    images = read_idx(spec, fetch_raw_file(spec, prefix + '_images', manual_dir, download))
-    labels = read_idx(spec, fetch_raw_file(spec, prefix + '_labels', manual_dir, download))
+    images = read_idx(spec, fetch_raw_file(spec, prefix + '_images', manual_dir, download),
+                      verify_md5)
+    labels = read_idx(spec, fetch_raw_file(spec, prefix + '_labels', manual_dir, download),
+                      verify_md5)
     if images.shape[0] != labels.shape[0] or images.shape[1:] != spec.image_shape[:2]:
       raise _corrupt(spec, manual_dir, f'{split} images {images.shape} do not match '
                      f'labels {labels.shape} / image shape {spec.image_shape}')
@@ -161,7 +163,7 @@ def read_idx_dataset(spec, manual_dir, download=True):
   return out
 
 
-def read_cifar_dataset(spec, manual_dir, download=True):
+def read_cifar_dataset(spec, manual_dir, download=True, verify_md5=True):
   """Returns {'train': (images NxHxWx3, labels N), 'test': (...)} from the python tarball."""
   path = fetch_raw_file(spec, 'archive', manual_dir, download)
   if spec.name == 'cifar10':
@@ -189,11 +191,12 @@ def read_cifar_dataset(spec, manual_dir, download=True):
   return out
 
 
-def read_raw(name, manual_dir, download=True):
+def read_raw(name, manual_dir, download=True, verify_md5=True):
+  """{'train': (images, labels), 'test': (...)} from the raw files of `name`."""
   spec = get_spec(name)
   if spec.name in ('mnist', 'fashion_mnist'):
-    return read_idx_dataset(spec, manual_dir, download)
-  return read_cifar_dataset(spec, manual_dir, download)
+    return read_idx_dataset(spec, manual_dir, download, verify_md5)
+  return read_cifar_dataset(spec, manual_dir, download, verify_md5)
 
 
 def get_spec(name: str) -> DatasetSpec:
@@ -213,9 +216,10 @@ class _RawFileBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
   SPEC: DatasetSpec
   download_raw: bool = True
 
-  def __init__(self, *, manual_dir=None, download_raw=True, **kwargs):
+  def __init__(self, *, manual_dir=None, download_raw=True, verify_md5=True, **kwargs):
     self._raw_manual_dir = manual_dir
     self.download_raw = download_raw
+    self.verify_md5 = verify_md5
     kwargs.setdefault('file_format', 'array_record')
     super().__init__(**kwargs)
 
@@ -233,7 +237,7 @@ class _RawFileBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
 
   def _split_generators(self, dl_manager):
     del dl_manager  # raw files come from fetch_raw_file (manual dir or canonical URL)
-    raw = read_raw(self.SPEC.name, self._raw_manual_dir, self.download_raw)
+    raw = read_raw(self.SPEC.name, self._raw_manual_dir, self.download_raw, self.verify_md5)
     return {split: self._generate_examples(*arrays) for split, arrays in raw.items()}
 
   def _generate_examples(self, images, labels) -> Iterator:
@@ -251,10 +255,14 @@ BUILDERS = {name: _make_builder_class(spec) for name, spec in SPECS.items()}
 
 
 def get_builder(name: str, data_dir: str, manual_dir: str | None = None,
-                download_raw: bool = True):
-  """Returns the tfds builder for `name`, preparing it in `data_dir` if needed."""
+                download_raw: bool = True, verify_md5: bool = True):
+  """Returns the tfds builder for `name`, preparing it in `data_dir` if needed.
+
+  `verify_md5=False` accepts idx files whose content differs from the canonical
+  ones (custom or synthetic copies in the canonical format).
+  """
   get_spec(name)
   builder = BUILDERS[name](data_dir=data_dir, manual_dir=manual_dir,
-                           download_raw=download_raw)
+                           download_raw=download_raw, verify_md5=verify_md5)
   builder.download_and_prepare(file_format='array_record')
   return builder

@@ -72,7 +72,8 @@ def load_splits(data_cfg) -> Splits:
   manual_dir = data_cfg.get('manual_dir') or default_manual_dir(name)
   data_dir = data_cfg.get('data_dir') or default_data_dir()
   builder = builders.get_builder(name, data_dir, manual_dir,
-                                 download_raw=data_cfg.get('download', True))
+                                 download_raw=data_cfg.get('download', True),
+                                 verify_md5=data_cfg.get('verify_md5', True))
   source = builder.as_data_source()
 
   def read(split):
@@ -103,24 +104,27 @@ def normalize(x_uint8, dataset: str):
   return (x_uint8.astype(jnp.float32) / 255.0 - jnp.asarray(mean)) / jnp.asarray(std)
 
 
-def random_crop_flip(key, x_BxHxWxC, pad: int = 4):
-  """CIFAR augmentation: random crop with `pad`-pixel zero padding + horizontal flip."""
-  b, h, w, _ = x_BxHxWxC.shape
-  kc, kf = jax.random.split(key)
-  offsets_Bx2 = jax.random.randint(kc, (b, 2), 0, 2 * pad + 1)
-  flip_B = jax.random.bernoulli(kf, 0.5, (b,))
+def random_crop_flip(keys_B, x_BxHxWxC, pad: int = 4):
+  """CIFAR augmentation: random crop with `pad`-pixel zero padding + horizontal flip.
+
+  One key per example, so the result does not depend on how a batch is split
+  over devices.
+  """
+  _, h, w, c = x_BxHxWxC.shape
   padded = jnp.pad(x_BxHxWxC, ((0, 0), (pad, pad), (pad, pad), (0, 0)))
 
-  def one(img, off, flip):
-    crop = jax.lax.dynamic_slice(img, (off[0], off[1], 0), (h, w, img.shape[-1]))
-    return jnp.where(flip, crop[:, ::-1], crop)
+  def one(key, img):
+    kc, kf = jax.random.split(key)
+    off = jax.random.randint(kc, (2,), 0, 2 * pad + 1)
+    crop = jax.lax.dynamic_slice(img, (off[0], off[1], 0), (h, w, c))
+    return jnp.where(jax.random.bernoulli(kf), crop[:, ::-1], crop)
 
-  return jax.vmap(one)(padded, offsets_Bx2, flip_B)
+  return jax.vmap(one)(keys_B, padded)
 
 
-def preprocess(key, x_uint8_NxHxWxC, dataset: str, augment: bool):
-  """The on-device input transform of one batch of raw images."""
+def preprocess(keys_N, x_uint8_NxHxWxC, dataset: str, augment: bool):
+  """The on-device input transform of one batch of raw images (one key per image)."""
   if augment:
     # Crop the raw uint8 image, so padding is black as in torchvision's RandomCrop.
-    x_uint8_NxHxWxC = random_crop_flip(key, x_uint8_NxHxWxC)
+    x_uint8_NxHxWxC = random_crop_flip(keys_N, x_uint8_NxHxWxC)
   return normalize(x_uint8_NxHxWxC, dataset)

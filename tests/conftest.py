@@ -1,0 +1,85 @@
+"""Test set-up: 2 virtual CPU devices, synthetic canonical raw files, smoke configs."""
+
+import gzip
+import io
+import os
+import pickle
+import tarfile
+
+import jax
+
+jax.config.update('jax_num_cpu_devices', 2)
+jax.config.update('jax_platforms', 'cpu')
+
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+
+
+def write_idx(path, array):
+  """Writes a uint8 array as a gzipped LeCun idx file (the canonical format)."""
+  header = bytes([0, 0, 0x08, array.ndim]) + b''.join(
+      int(d).to_bytes(4, 'big') for d in array.shape)
+  with gzip.open(path, 'wb') as f:
+    f.write(header + np.ascontiguousarray(array, np.uint8).tobytes())
+
+
+def make_synthetic_mnist(directory, n_train=700, n_test=200, seed=0):
+  """Class-dependent blobs, so a model can learn them; canonical idx .gz files."""
+  rng = np.random.default_rng(seed)
+  os.makedirs(directory, exist_ok=True)
+  for prefix, n in (('train', n_train), ('t10k', n_test)):
+    labels = rng.integers(0, 10, n).astype(np.uint8)
+    images = rng.integers(0, 60, (n, 28, 28)).astype(np.uint8)
+    for i, y in enumerate(labels):
+      r, c = divmod(int(y), 5)
+      images[i, 4 + 10 * r:12 + 10 * r, 2 + 5 * c:6 + 5 * c] = 250
+    write_idx(os.path.join(directory, f'{prefix}-images-idx3-ubyte.gz'), images)
+    write_idx(os.path.join(directory, f'{prefix}-labels-idx1-ubyte.gz'), labels)
+  return directory
+
+
+def make_synthetic_cifar(path, num_classes=10, n_per_batch=20, seed=0):
+  """A cifar-{10,100}-python.tar.gz in the canonical pickle layout."""
+  rng = np.random.default_rng(seed)
+  top = 'cifar-10-batches-py' if num_classes == 10 else 'cifar-100-python'
+  names = ([f'data_batch_{i}' for i in range(1, 6)] + ['test_batch'] if num_classes == 10
+           else ['train', 'test'])
+  key = b'labels' if num_classes == 10 else b'fine_labels'
+  with tarfile.open(path, 'w:gz') as tar:
+    for name in names:
+      d = {b'data': rng.integers(0, 256, (n_per_batch, 3072), dtype=np.uint8),
+           key: rng.integers(0, num_classes, n_per_batch).tolist(),
+           b'filenames': [b'x.png'] * n_per_batch}
+      blob = pickle.dumps(d, protocol=2)
+      info = tarfile.TarInfo(f'{top}/{name}')
+      info.size = len(blob)
+      tar.addfile(info, io.BytesIO(blob))
+  return path
+
+
+@pytest.fixture(scope='session')
+def mnist_dir(tmp_path_factory):
+  return make_synthetic_mnist(str(tmp_path_factory.mktemp('raw_mnist')))
+
+
+@pytest.fixture(scope='session')
+def tfds_dir(tmp_path_factory):
+  return str(tmp_path_factory.mktemp('tfds'))
+
+
+@pytest.fixture
+def smoke_config(mnist_dir, tfds_dir):
+  """configs/mnist.py:smoke on the synthetic files, quiet."""
+  from configs import mnist
+  def make(arg=''):
+    c = mnist.get_config(','.join(filter(None, ['smoke', arg])))
+    c.data.manual_dir = mnist_dir
+    c.data.data_dir = tfds_dir
+    c.data.download = False
+    c.data.verify_md5 = False
+    c.data.num_val = 100
+    c.data.train_limit = 512
+    c.data.test_limit = 200
+    c.progress_bar = False
+    return c
+  return make

@@ -1,0 +1,136 @@
+"""Codes: exact decoding with a linear F, concat layouts, errors."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from pmjax.codes import concat_grid, make_code
+
+
+def linear_f(w_DxC):
+  return lambda x_NxD: x_NxD.reshape(x_NxD.shape[0], -1) @ w_DxC
+
+
+@pytest.mark.parametrize('k', [2, 3, 4, 5])
+def test_sum_decodes_exactly_with_linear_f(k):
+  """With F(x) = Wx and F_P = F, P = sum X => F_P(P) = sum F(X): decode is exact."""
+  rng = np.random.default_rng(k)
+  b, d, c = 6, 12, 5
+  f = linear_f(jnp.asarray(rng.normal(size=(d, c)), jnp.float32))
+  code = make_code('sum', k)
+  x = jnp.asarray(rng.normal(size=(b, k, d)), jnp.float32)
+  y = f(x.reshape(b * k, d)).reshape(b, k, c)
+  p = code.encode(x)
+  assert p.shape == (b, 1, d)
+  z = f(p.reshape(b, d)).reshape(b, 1, c)
+  np.testing.assert_allclose(code.target(y), z, rtol=1e-4, atol=1e-4)
+  for j in range(k):
+    avail = jnp.ones((b, k), bool).at[:, j].set(False)
+    y_missing = y.at[:, j].set(123.0)  # garbage where the answer is missing
+    yhat = jax.jit(code.decode)(y_missing, avail, z, jnp.ones((b, 1), bool))
+    np.testing.assert_allclose(yhat, y, rtol=1e-4, atol=1e-4)
+    np.testing.assert_array_equal(np.delete(yhat, j, 1), np.delete(y_missing, j, 1))
+
+
+def test_decode_nothing_missing_returns_inputs():
+  code = make_code('concat', 2)
+  y = jnp.arange(12.0).reshape(2, 2, 3)
+  out = code.decode(y, jnp.ones((2, 2), bool), jnp.zeros((2, 1, 3)), jnp.zeros((2, 1), bool))
+  np.testing.assert_array_equal(out, y)
+
+
+def test_decode_undecodable_raises_concrete_and_nan_under_jit():
+  code = make_code('sum', 3)
+  y = jnp.ones((2, 3, 4))
+  z = jnp.ones((2, 1, 4))
+  avail = jnp.array([[True, True, False], [True, False, False]])
+  with pytest.raises(ValueError, match='cannot be decoded'):
+    code.decode(y, avail, z, jnp.ones((2, 1), bool))
+  out = jax.jit(code.decode)(y, avail, z, jnp.ones((2, 1), bool))
+  assert np.all(np.isfinite(out[0])) and np.all(np.isnan(out[1, 1:]))
+  with pytest.raises(ValueError, match='parity available=False'):
+    code.decode(y[:1], avail[:1], z[:1], jnp.zeros((1, 1), bool))
+
+
+def _constant_images(b, k, h, w, c):
+  """Image i of group g is the constant 10*g + i + 1 (resize keeps constants exact)."""
+  vals = 10 * np.arange(b)[:, None] + np.arange(k)[None, :] + 1
+  return jnp.asarray(np.broadcast_to(vals[:, :, None, None, None], (b, k, h, w, c)),
+                     jnp.float32)
+
+
+def test_concat_k2_layout_side_by_side():
+  code = make_code('concat', 2, image_shape=(28, 28, 1))
+  x = _constant_images(3, 2, 28, 28, 1)
+  p = code.encode(x)
+  expected = np.zeros((3, 1, 28, 28, 1), np.float32)
+  for g in range(3):
+    expected[g, 0, :, :14] = 10 * g + 1   # X1 resized to H x W/2, left
+    expected[g, 0, :, 14:] = 10 * g + 2   # X2 right
+  np.testing.assert_allclose(p, expected, atol=1e-5)
+
+
+def test_concat_k4_layout_quadrants_rgb():
+  code = make_code('concat', 4, image_shape=(32, 32, 3))
+  x = _constant_images(2, 4, 32, 32, 3)
+  x = x * jnp.asarray([1.0, 2.0, 3.0])  # channels stay aligned
+  p = code.encode(x)
+  expected = np.zeros((2, 1, 32, 32, 3), np.float32)
+  for g in range(2):
+    for i, (rs, cs) in enumerate([(slice(0, 16), slice(0, 16)), (slice(0, 16), slice(16, 32)),
+                                  (slice(16, 32), slice(0, 16)), (slice(16, 32), slice(16, 32))]):
+      expected[g, 0, rs, cs] = (10 * g + i + 1) * np.array([1.0, 2.0, 3.0])
+  np.testing.assert_allclose(p, expected, rtol=1e-5)
+
+
+def test_concat_k2_equals_hand_built_resize():
+  """Non-constant images: each tile is jax.image.resize(bilinear, antialias) of its image."""
+  rng = np.random.default_rng(0)
+  x = jnp.asarray(rng.uniform(size=(2, 2, 28, 28, 1)), jnp.float32)
+  p = make_code('concat', 2).encode(x)
+  left = jax.image.resize(x[:, 0], (2, 28, 14, 1), 'bilinear', antialias=True)
+  right = jax.image.resize(x[:, 1], (2, 28, 14, 1), 'bilinear', antialias=True)
+  np.testing.assert_allclose(p[:, 0], jnp.concatenate([left, right], axis=2), atol=1e-6)
+
+
+def test_concat_k3_grid_with_empty_cell():
+  assert concat_grid(3, (28, 28, 1)) == (2, 2)
+  x = _constant_images(2, 3, 28, 28, 1)
+  p = jax.jit(make_code('concat', 3).encode)(x)
+  assert p.shape == (2, 1, 28, 28, 1)
+  np.testing.assert_allclose(p[0, 0, :14, :14], 1.0, atol=1e-5)
+  np.testing.assert_allclose(p[0, 0, :14, 14:], 2.0, atol=1e-5)
+  np.testing.assert_allclose(p[0, 0, 14:, :14], 3.0, atol=1e-5)
+  np.testing.assert_array_equal(p[0, 0, 14:, 14:], 0.0)
+
+
+@pytest.mark.parametrize('k,grid', [(2, (1, 2)), (4, (2, 2)), (5, (2, 3)), (9, (3, 3))])
+def test_concat_grids(k, grid):
+  assert concat_grid(k, (36, 36, 3)) == grid
+
+
+@pytest.mark.parametrize('kwargs,match', [
+    (dict(name='nope', k=2), 'accepted values'),
+    (dict(name='sum', k=1), 'k=1 is invalid'),
+    (dict(name='sum', k=2, r=0), 'r=0 is invalid'),
+    (dict(name='concat', k=2, r=2), 'r=2 is not supported'),
+    (dict(name='concat', k=5, image_shape=(28, 28, 1)), 'cannot divide'),
+    (dict(name='concat', k=2, image_shape=(28, 28)), r'must be \(H, W, C\)'),
+])
+def test_make_code_bad_arguments(kwargs, match):
+  with pytest.raises(ValueError, match=match):
+    make_code(**kwargs)
+
+
+def test_encode_bad_shapes():
+  code = make_code('concat', 2, image_shape=(28, 28, 1))
+  with pytest.raises(ValueError, match='axis 1 must be the group size k=2'):
+    code.encode(jnp.zeros((4, 3, 28, 28, 1)))
+  with pytest.raises(ValueError, match='image_shape'):
+    code.encode(jnp.zeros((4, 2, 32, 32, 1)))
+  with pytest.raises(ValueError, match='rank'):
+    make_code('sum', 2).encode(jnp.zeros((4, 2)))
+  with pytest.raises(ValueError, match='expected y_BxKxC'):
+    code.decode(jnp.zeros((4, 2, 10)), jnp.ones((4, 3), bool), jnp.zeros((4, 1, 10)),
+                jnp.ones((4, 1), bool))
