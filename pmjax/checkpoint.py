@@ -21,7 +21,7 @@ class CheckpointError(RuntimeError):
 
 def _manager(path: str, create: bool) -> ocp.CheckpointManager:
   return ocp.CheckpointManager(
-      os.path.abspath(path),
+      os.path.abspath(path), item_handlers=ocp.StandardCheckpointHandler(),
       options=ocp.CheckpointManagerOptions(max_to_keep=1, create=create,
                                            enable_async_checkpointing=False))
 
@@ -48,16 +48,28 @@ class Checkpoints:
       self.best.save(epoch, args=ocp.args.StandardSave(tree), force=True)
       self.best.wait_until_finished()
 
-  def restore(self, which: str, abstract_tree: dict) -> dict | None:
-    """Restores the `which` ('latest' or 'best') checkpoint, None if there is none."""
+  def restore(self, which: str, abstract_tree: dict | None) -> dict | None:
+    """Restores the `which` ('latest' or 'best') checkpoint, None if there is none.
+
+    With `abstract_tree` the arrays come back with its shapes and shardings
+    (to resume); with None, as saved, on this process's first device (to load
+    a model whatever the device count it was trained on).
+    """
     manager = getattr(self, which)
     step = manager.latest_step()
     if step is None:
       return None
-    abstract = jax.tree.map(
-        lambda x: jax.ShapeDtypeStruct(np.shape(x), x.dtype, sharding=getattr(x, 'sharding', None))
-        if hasattr(x, 'dtype') else x, abstract_tree)
     try:
+      if abstract_tree is None:
+        device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+        abstract = jax.tree.map(
+            lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=device),
+            manager.item_metadata(step).tree)
+      else:
+        abstract = jax.tree.map(
+            lambda x: jax.ShapeDtypeStruct(np.shape(x), x.dtype,
+                                           sharding=getattr(x, 'sharding', None)),
+            abstract_tree)
       return manager.restore(step, args=ocp.args.StandardRestore(abstract))
     except Exception as e:  # pylint: disable=broad-except
       raise CheckpointError(

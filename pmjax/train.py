@@ -154,7 +154,11 @@ def train_step(state: TrainState, batch: dict, loss_fn: Callable):
   def loss_of(params):
     return loss_fn(state.apply_fn, params, state.batch_stats, batch)
 
-  (loss, new_bs), grads = jax.value_and_grad(loss_of, has_aux=True)(state.params)
+  # Parameters are replicated (device-invariant); differentiate a device-varying
+  # copy so each device gets its own gradient, then average explicitly. (Without
+  # the cast, shard_map's autodiff would already sum gradients over devices.)
+  params = lax.pcast(state.params, 'data', to='varying')
+  (loss, new_bs), grads = jax.value_and_grad(loss_of, has_aux=True)(params)
   grads = lax.pmean(grads, 'data')
   new_bs = lax.pmean(new_bs, 'data')
   state = state.apply_gradients(grads=grads, batch_stats=new_bs)

@@ -1,0 +1,188 @@
+"""Training: device-count invariance, resume equality, NaN stop, end to end, bad input."""
+
+import json
+import os
+import subprocess
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from functools import partial
+
+from pmjax import checkpoint, codes, evaluate, metrics, train, workdir as wd
+from pmjax.models import get_model
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _params(workdir, which='latest'):
+  return wd.load_variables(workdir, which)[2]['params']
+
+
+def _assert_trees_close(a, b, **tol):
+  for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
+    np.testing.assert_allclose(np.asarray(x), np.asarray(y), **tol)
+
+
+def _one_chunk(devices, n_steps=2, optim=None):
+  """Parity training of an mlp for n_steps on a mesh over `devices`."""
+  rng = np.random.default_rng(0)
+  data = {'train_x': rng.integers(0, 255, (256, 28, 28, 1)).astype(np.uint8),
+          'targets': rng.normal(size=(256, 10)).astype(np.float32)}
+  code = codes.make_code('concat', 2)
+  model = get_model('mlp', 10)
+  mesh = train.make_mesh(devices)
+  tx = train.make_optimizer(optim or _adam(), 10)
+  state = train.replicate(train.create_state(model, tx, train.init_variables(
+      model, 0, (28, 28, 1))), mesh)
+  batch_fn = partial(train.parity_batch, dataset='mnist', augment=False, code=code,
+                     base_apply=None)
+  run = train.make_train_chunk(mesh, train.parity_loss, batch_fn, 16, 2)
+  perm = jnp.asarray(rng.permutation(256), jnp.int32)
+  state, m = run(state, train.replicate(data, mesh), perm, jnp.int32(0),
+                 jax.random.key(0), n_steps=n_steps)
+  return jax.device_get(state.params), float(m['loss'])
+
+
+def _adam():
+  import ml_collections
+  return ml_collections.ConfigDict(dict(name='adam', lr=1e-3, weight_decay=1e-5,
+                                        schedule='constant'))
+
+
+def test_one_vs_two_devices_same_parameters():
+  """SGD (linear in the gradient) must match tightly: pmean of shard means = global mean."""
+  assert len(jax.devices()) == 2
+  sgd = type(_adam())(dict(name='sgd', lr=0.01, momentum=0.9, schedule='constant'))
+  p1, l1 = _one_chunk(jax.devices()[:1], optim=sgd)
+  p2, l2 = _one_chunk(jax.devices(), optim=sgd)
+  assert abs(l1 - l2) < 1e-5 * max(1.0, abs(l1))
+  _assert_trees_close(p1, p2, rtol=1e-5, atol=1e-7)
+
+
+def test_one_vs_two_devices_adam_within_rounding():
+  """Adam divides by sqrt(v): for near-zero gradients rounding can move a weight by up to
+  lr per step, so the bound is 2 steps x lr."""
+  p1, _ = _one_chunk(jax.devices()[:1])
+  p2, _ = _one_chunk(jax.devices())
+  _assert_trees_close(p1, p2, rtol=0, atol=2 * 1e-3)
+
+
+def test_batch_must_divide_devices():
+  with pytest.raises(ValueError, match='does not divide by the 2 devices'):
+    train.make_train_chunk(train.make_mesh(), train.parity_loss, None, 15, 2)
+
+
+@pytest.fixture(scope='module')
+def base_dir(tmp_path_factory, mnist_dir, tfds_dir):
+  from configs import mnist
+  c = mnist.get_config('smoke,stage=base,base_epochs=3')
+  c.data.update(dict(manual_dir=mnist_dir, data_dir=tfds_dir, download=False,
+                     verify_md5=False, num_val=100, train_limit=512, test_limit=200))
+  c.progress_bar = False
+  w = str(tmp_path_factory.mktemp('base'))
+  last = train.train_and_evaluate(c, w)
+  assert last['epoch'] == 3
+  return w
+
+
+def test_base_learns_and_writes_metrics(base_dir):
+  rows = metrics.read_metrics(base_dir)
+  assert [r['epoch'] for r in rows] == [1, 2, 3]
+  assert rows[-1]['test_A_a'] > 0.5  # synthetic classes are easy; chance is 0.1
+  assert os.listdir(os.path.join(base_dir, 'tb'))
+
+
+def test_resume_equals_uninterrupted(smoke_config, base_dir, tmp_path):
+  def cfg():
+    c = smoke_config('stage=parity,epochs=3')
+    c.base_workdir = base_dir
+    return c
+  full = str(tmp_path / 'full')
+  train.train_and_evaluate(cfg(), full)
+  parts = str(tmp_path / 'parts')
+  c = cfg()
+  c.stop_after_epochs = 1
+  assert train.train_and_evaluate(c, parts)['epoch'] == 1
+  c.stop_after_epochs = 1
+  assert train.train_and_evaluate(c, parts)['epoch'] == 2
+  assert train.train_and_evaluate(cfg(), parts)['epoch'] == 3
+  _assert_trees_close(_params(full), _params(parts), rtol=1e-6, atol=1e-7)
+  assert [r['epoch'] for r in metrics.read_metrics(parts)] == [1, 2, 3]
+  a, b = metrics.read_metrics(full)[-1], metrics.read_metrics(parts)[-1]
+  assert a['test_A_d_top1'] == b['test_A_d_top1']
+
+
+def test_nan_loss_stops_and_keeps_last_good_checkpoint(smoke_config, base_dir, tmp_path):
+  w = str(tmp_path / 'nan')
+  c = smoke_config('stage=parity,epochs=3')
+  c.base_workdir = base_dir
+  c.stop_after_epochs = 1
+  train.train_and_evaluate(c, w)
+  good = _params(w)
+  c.stop_after_epochs = 0
+  c.parity.optim.lr = 1e30
+  with pytest.raises(FloatingPointError, match='last good checkpoint'):
+    train.train_and_evaluate(c, w)
+  ck = checkpoint.Checkpoints(w, create=False)
+  assert ck.latest.latest_step() == 1
+  ck.close()
+  _assert_trees_close(good, _params(w), rtol=0, atol=0)
+
+
+def test_end_to_end_all_stage_and_evaluate_cli(smoke_config, tmp_path):
+  w = str(tmp_path / 'all')
+  results = train.train_and_evaluate(smoke_config('code=sum,k=2'), w)
+  assert os.path.exists(os.path.join(w, 'parity', 'results.json'))
+  os.remove(os.path.join(w, 'results.json'))
+  out = subprocess.run([sys.executable, '-m', 'pmjax.evaluate', f'--workdir={w}'],
+                       cwd=REPO, capture_output=True, text=True, timeout=120)
+  assert out.returncode == 0, out.stderr[-2000:]
+  assert 'A_d top-1' in out.stdout
+  with open(os.path.join(w, 'results.json')) as f:
+    res = json.load(f)
+  for key in ('dataset', 'model', 'code', 'k', 'r', 'epochs', 'A_a', 'A_d_top1', 'A_d_top5',
+              'recon_top1', 'A_d_by_position', 'A_o'):
+    assert key in res, key
+  assert len(res['A_d_by_position']) == 2
+  assert set(res['A_o']) == {'0.01', '0.05', '0.1', '0.2', '0.5'}
+  assert res['A_o']['0.1'] == pytest.approx(0.9 * res['A_a'] + 0.1 * res['A_d_top1'])
+  assert res['A_d_top1'] == pytest.approx(results['A_d_top1'])
+  # A base-only workdir gives A_a only.
+  base = evaluate.evaluate_workdir(os.path.join(w, 'base'), verbose=False)
+  assert 'A_a' in base and 'A_d_top1' not in base
+
+
+def test_bad_inputs(smoke_config, base_dir, tmp_path):
+  c = smoke_config('stage=parity')
+  with pytest.raises(ValueError, match='base_workdir is empty'):
+    train.train_and_evaluate(c, str(tmp_path / 'a'))
+  c.base_workdir = str(tmp_path / 'nowhere')
+  with pytest.raises(FileNotFoundError, match='not a pmjax workdir'):
+    train.train_and_evaluate(c, str(tmp_path / 'b'))
+  # A workdir holding another run is never overwritten.
+  c = smoke_config('stage=base')
+  with pytest.raises(ValueError, match='holds a run with'):
+    c.model = 'lenet5'
+    train.train_and_evaluate(c, base_dir)
+  with pytest.raises(ValueError, match="config.stage='nope'"):
+    c = smoke_config()
+    c.stage = 'nope'
+    train.train_and_evaluate(c, str(tmp_path / 'c'))
+  with pytest.raises(ValueError, match='unknown config argument'):
+    smoke_config('kk=3')
+  with pytest.raises(FileNotFoundError, match='not a pmjax workdir'):
+    evaluate.evaluate_workdir(str(tmp_path / 'c'), verbose=False)
+  wd.write_config(str(tmp_path / 'd'), smoke_config('stage=base'))
+  with pytest.raises(checkpoint.CheckpointError, match='no checkpoints'):
+    evaluate.evaluate_workdir(str(tmp_path / 'd'), verbose=False)
+  with pytest.raises(ValueError, match="optim.name='nadam'"):
+    train.make_optimizer(type(_adam())(dict(name='nadam', lr=1.0)), 10)
+
+
+def test_train_cli_requires_workdir():
+  out = subprocess.run([sys.executable, '-m', 'pmjax.train', '--config=configs/mnist.py:smoke'],
+                       cwd=REPO, capture_output=True, text=True, timeout=120)
+  assert out.returncode != 0 and '--workdir is required' in out.stderr
