@@ -6,7 +6,8 @@ For a parity workdir: loads F_P's best checkpoint and F's (from the run's
 base_workdir), evaluates every group of k consecutive examples of the split
 with each position erased in turn, and writes W/results.json with dataset,
 model, code, k, r, epochs, A_a, A_d_top1, A_d_top5, recon_top1,
-A_d_by_position and A_o (f_u -> overall accuracy). For a base workdir: A_a
+A_d_by_position and A_o (f_u -> overall accuracy); `epochs` is the number of
+epochs trained, `best_epoch` the one whose checkpoint was evaluated. For a base workdir: A_a
 only. For a workdir of stage `all`: evaluates W/parity, writes W/results.json.
 """
 
@@ -43,7 +44,7 @@ def evaluate_workdir(workdir: str, split: str = 'test', batch_size: int = 1000,
              'stage': config.stage, 'num_examples': int(x.shape[0])}
   results['A_a'] = metrics.accuracy_metrics(logits, y)['A_a']
   if config.stage == 'base':
-    results['epochs'] = base_epoch
+    results.update(epochs=_epochs_trained(workdir, base_epoch), best_epoch=base_epoch)
     return _finish(workdir, results, write, verbose)
 
   _, parity_model, parity_vars, epoch = wd.load_variables(workdir, 'best')
@@ -56,10 +57,16 @@ def evaluate_workdir(workdir: str, split: str = 'test', batch_size: int = 1000,
   degraded = metrics.degraded_metrics(code, jnp.asarray(logits_GxKxC), jnp.asarray(z),
                                       jnp.asarray(y_GxK))
   results.update({'parity_model': wd.model_names(config)[1], 'code': code.name,
-                  'k': code.k, 'r': code.r, 'epochs': epoch,
+                  'k': code.k, 'r': code.r, 'epochs': _epochs_trained(workdir, epoch),
+                  'best_epoch': epoch, 'base_workdir': os.path.abspath(base_dir),
                   'num_groups': int(x_GxK.shape[0]), **degraded})
   results['A_o'] = metrics.overall_accuracy(results['A_a'], results['A_d_top1'])
   return _finish(workdir, results, write, verbose)
+
+
+def _epochs_trained(workdir, default):
+  rows = metrics.read_metrics(workdir)
+  return rows[-1]['epoch'] if rows else default
 
 
 def _finish(workdir, results, write, verbose):
@@ -77,7 +84,7 @@ def format_table(results: dict) -> str:
   rows = [('dataset', results['dataset']), ('model', results['model'])]
   if 'code' in results:
     rows += [('code', f"{results['code']} (k={results['k']}, r={results['r']})"),
-             ('epochs', results['epochs'])]
+             ('epochs', f"{results['epochs']} (best: {results['best_epoch']})")]
   rows.append(('A_a', f"{results['A_a']:.4f}"))
   if 'A_d_top1' in results:
     rows += [('A_d top-1', f"{results['A_d_top1']:.4f}"),

@@ -7,10 +7,7 @@ Inputs are raw uint8 images; normalisation runs inside the jitted function.
 
 from __future__ import annotations
 
-import functools
-
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 from pmjax.data import pipeline

@@ -292,6 +292,9 @@ def train_and_evaluate(config, workdir: str) -> dict:
 
 
 def train_stage(config, workdir: str) -> dict:
+  if config.get('base_workdir'):
+    with config.unlocked():
+      config.base_workdir = os.path.abspath(config.base_workdir)
   wd.write_config(workdir, config)
   dataset = config.data.name
   spec = builders.get_spec(dataset)

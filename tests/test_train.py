@@ -186,3 +186,18 @@ def test_train_cli_requires_workdir():
   out = subprocess.run([sys.executable, '-m', 'pmjax.train', '--config=configs/mnist.py:smoke'],
                        cwd=REPO, capture_output=True, text=True, timeout=120)
   assert out.returncode != 0 and '--workdir is required' in out.stderr
+
+
+def test_corrupt_checkpoint_is_named_and_kept(smoke_config, base_dir, tmp_path):
+  import shutil
+  w = str(tmp_path / 'corrupt')
+  shutil.copytree(base_dir, w)
+  ckpt_dir = os.path.join(w, 'checkpoints', 'latest')
+  files = [os.path.join(d, f) for d, _, fs in os.walk(ckpt_dir) for f in fs]
+  for f in files:
+    with open(f, 'wb') as fh:
+      fh.write(b'garbage')
+  c = smoke_config('stage=base,base_epochs=3')
+  with pytest.raises(checkpoint.CheckpointError, match='cannot read the latest checkpoint'):
+    train.train_and_evaluate(c, w)
+  assert all(os.path.exists(f) for f in files)  # nothing deleted

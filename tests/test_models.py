@@ -1,0 +1,42 @@
+"""Models: output shapes for every model, unknown names."""
+
+import jax
+import jax.numpy as jnp
+import pytest
+
+from pmjax.models import MODELS, get_model
+
+
+@pytest.mark.parametrize('name', sorted(MODELS))
+def test_output_shapes(name):
+  shape = (2, 28, 28, 1) if name in ('mlp', 'lenet5') else (2, 32, 32, 3)
+  model = get_model(name, 7)
+  variables = jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.zeros(shape)))
+  out = jax.eval_shape(lambda v: model.apply(v, jnp.zeros(shape), train=False), variables)
+  assert out.shape == (2, 7)
+  has_bn = 'batch_stats' in variables
+  assert has_bn == (name.startswith(('resnet', 'vgg')))
+
+
+def test_resnet_depths():
+  def n_convs(name):
+    v = jax.eval_shape(lambda: get_model(name, 10).init(jax.random.key(0),
+                                                        jnp.zeros((1, 32, 32, 3))))
+    return sum(1 for p in jax.tree_util.tree_leaves_with_path(v['params'])
+               if 'Conv' in jax.tree_util.keystr(p[0]) and p[1].ndim == 4
+               and p[1].shape[0] == 3)
+  assert n_convs('resnet18') == 17          # stem + 2 per block, 8 blocks
+  assert n_convs('resnet152') == 1 + 2 * (3 + 8 + 36 + 3)
+
+
+def test_mlp_is_base_mlp():
+  v = get_model('mlp', 10).init(jax.random.key(0), jnp.zeros((1, 28, 28, 1)))
+  shapes = [p.shape for p in jax.tree.leaves(v['params']) if p.ndim == 2]
+  assert shapes == [(784, 200), (200, 100), (100, 10)]
+
+
+def test_unknown_model():
+  with pytest.raises(ValueError, match="choices: .*'resnet18'"):
+    get_model('resnet50', 10)
+  with pytest.raises(ValueError, match='num_classes'):
+    get_model('mlp', 0)
