@@ -1,11 +1,12 @@
 """Side-by-side test A_d of our parity runs and the original PyTorch trainer.
 
-    python launch/compare_reference.py --sum=W_SUM --concat=W_CONCAT [--reference=FILE]
+    python launch/compare_reference.py A=W_SUM_K2 B=W_CONCAT_K2 [C=... D=...] [--reference=FILE]
 
-Reads our per-epoch `metrics.jsonl` and the original trainer's curves from
-../shared/reference/parm_pytorch_cpu.md (MNIST base-mlp, k=2: section A is
-`sum`, section B is `concat`) and prints a markdown table at the reference's
-epochs.
+Each argument pairs a section of ../shared/reference/parm_pytorch_cpu.md (A:
+MNIST sum k=2, B: MNIST concat k=2, C: Fashion-MNIST concat k=2, D: MNIST
+concat k=4, all base-mlp) with one of our parity workdirs, and prints a
+markdown table of test A_d top-1 (reconstruction top-1 in brackets) at the
+reference's epochs, from our per-epoch `metrics.jsonl`.
 """
 
 import argparse
@@ -18,17 +19,17 @@ DEFAULT_REFERENCE = os.path.join(HERE, '..', '..', 'shared', 'reference', 'parm_
 
 
 def reference_curves(path):
-  """{section: {epoch: (test degraded top-1, test reconstruction top-1)}} from the markdown."""
+  """{section: (title, {epoch: (test degraded top-1, test reconstruction top-1)})}."""
   curves, section = {}, None
   with open(path) as f:
     for line in f:
-      m = re.match(r'### ([A-Z]):', line)
+      m = re.match(r'### ([A-Z]): (.*)', line)
       if m:
         section = m.group(1)
-        curves[section] = {}
+        curves[section] = (m.group(2).strip(), {})
       m = re.match(r'\|\s*(\d+)\s*\|\s*([0-9.]+)\s*\|\s*([0-9.]+)\s*\|', line)
       if m and section:
-        curves[section][int(m.group(1))] = (float(m.group(2)), float(m.group(3)))
+        curves[section][1][int(m.group(1))] = (float(m.group(2)), float(m.group(3)))
   return curves
 
 
@@ -39,20 +40,24 @@ def ours(workdir):
 
 def main():
   p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  p.add_argument('--sum', required=True)
-  p.add_argument('--concat', required=True)
+  p.add_argument('pairs', nargs='+', help='SECTION=WORKDIR')
   p.add_argument('--reference', default=DEFAULT_REFERENCE)
   a = p.parse_args()
   ref = reference_curves(a.reference)
-  runs = {'sum': (ours(a.sum), ref['A']), 'concat': (ours(a.concat), ref['B'])}
-  print('Test A_d top-1 (reconstruction top-1 in brackets), MNIST base-mlp, k=2\n')
-  print('| epoch | sum: original | sum: pmjax | concat: original | concat: pmjax |')
-  print('|---|---|---|---|---|')
-  epochs = sorted(set(ref['A']) | set(ref['B']))
+  pairs = [pair.split('=', 1) for pair in a.pairs]
+  for section, _ in pairs:
+    if section not in ref:
+      p.error(f'section {section!r} is not in {a.reference}; sections: {sorted(ref)}')
+  runs = [(section, ref[section], ours(w)) for section, w in pairs]
+  print('Test A_d top-1 (reconstruction top-1 in brackets)\n')
+  for section, (title, _), _ in runs:
+    print(f'- {section}: {title}')
+  print('\n| epoch | ' + ' | '.join(f'{s}: original | {s}: pmjax' for s, _, _ in runs) + ' |')
+  print('|---|' + '---|---|' * len(runs))
+  epochs = sorted(set().union(*(r[1][1] for r in runs)))
   for e in epochs:
     cells = []
-    for name in ('sum', 'concat'):
-      mine, theirs = runs[name]
+    for _, (_, theirs), mine in runs:
       cells.append(f'{theirs[e][0]:.4f} ({theirs[e][1]:.4f})' if e in theirs else '')
       cells.append(f"{mine[e]['test_A_d_top1']:.4f} ({mine[e]['test_recon_top1']:.4f})"
                    if e in mine else '')

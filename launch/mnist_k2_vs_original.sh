@@ -11,4 +11,4 @@ for code in sum concat; do
     --config.base_workdir="$root/base" --workdir="$root/${code}_k2" --config.progress_bar=False
   python -m pmjax.evaluate --workdir="$root/${code}_k2"
 done
-python launch/compare_reference.py --sum="$root/sum_k2" --concat="$root/concat_k2"
+python launch/compare_reference.py A="$root/sum_k2" B="$root/concat_k2"

@@ -83,8 +83,8 @@ def _finish(workdir, results, write, verbose):
 def format_table(results: dict) -> str:
   rows = [('dataset', results['dataset']), ('model', results['model'])]
   if 'code' in results:
-    rows += [('code', f"{results['code']} (k={results['k']}, r={results['r']})"),
-             ('epochs', f"{results['epochs']} (best: {results['best_epoch']})")]
+    rows.append(('code', f"{results['code']} (k={results['k']}, r={results['r']})"))
+  rows.append(('epochs', f"{results['epochs']} (best: {results['best_epoch']})"))
   rows.append(('A_a', f"{results['A_a']:.4f}"))
   if 'A_d_top1' in results:
     rows += [('A_d top-1', f"{results['A_d_top1']:.4f}"),

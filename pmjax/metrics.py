@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+from functools import partial
 
 import jax
 import jax.numpy as jnp
@@ -24,6 +25,7 @@ def topk_correct(logits_NxC, labels_N, k: int = 1):
   return jnp.any(top_Nxk == labels_N[:, None], axis=-1)
 
 
+@partial(jax.jit, static_argnums=0)
 def decoded_per_erasure(code, y_GxKxC, z_GxRxC):
   """For each position j, the decoded output when only j is erased: GxKxC."""
   g, k, _ = y_GxKxC.shape

@@ -399,9 +399,8 @@ def train_stage(config, workdir: str) -> dict:
     ckpts.save(_ckpt_tree(state, epoch, best), is_best)
     writer.write(epoch, row)
     last = {'epoch': epoch, **row}
-    if config.get('progress_bar', True):
-      tqdm.write(f'{config.stage} epoch {epoch}/{num_epochs}: ' +
-                 ', '.join(f'{k}={v:.4g}' for k, v in row.items()))
+    tqdm.write(f'{config.stage} epoch {epoch}/{num_epochs}: ' +
+               ', '.join(f'{k}={v:.4g}' for k, v in row.items()))
   ckpts.close()
   writer.close()
   return last

@@ -107,7 +107,7 @@ def main(argv):
   del argv
   f = flags.FLAGS
   r = run(f.code, f.k, f.batch, f.epochs, f.model)
-  print(json.dumps(r, indent=2))
+  print(json.dumps(r))
   print(f"\n{r['model']} {r['code']} k={r['k']} batch={r['batch_groups']} groups, "
         f"{r['devices'][0]} x{len(r['devices'])}:")
   print(f"  train     {r['train_groups_per_s']:>10,.0f} groups/s "
