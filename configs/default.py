@@ -52,6 +52,7 @@ def get_config(arg=None, dataset='mnist', model='mlp'):
       momentum=0.9, nesterov=False))
 
   c.log_every_steps = 100    # steps per jitted call; the progress bar moves per call
+  c.scan_unroll = 0          # 0 = auto (CPU + conv model: unrolled, <= 8 steps per call)
   c.eval_every_epochs = 1
   c.eval_batch_size = 1000
   c.stop_after_epochs = 0    # >0: stop this invocation after that many epochs (resumable)

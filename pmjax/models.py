@@ -102,6 +102,8 @@ MODELS = {
     'mlp': MLP,
     'lenet5': LeNet5,
     'resnet18': partial(ResNet, blocks=(2, 2, 2, 2)),
+    # A narrow one-block-per-stage ResNet: fast smoke tests of the conv/BN path.
+    'resnet8': partial(ResNet, blocks=(1, 1, 1, 1), widths=(16, 32, 64, 128)),
     # The original artifact's deep CIFAR-100 network: BasicBlocks in [3, 8, 36, 3].
     'resnet152': partial(ResNet, blocks=(3, 8, 36, 3)),
     'vgg11': VGG,
