@@ -9,6 +9,7 @@ model, code, k, r, epochs, A_a, A_d_top1, A_d_top5, recon_top1,
 A_d_by_position and A_o (f_u -> overall accuracy); `epochs` is the number of
 epochs trained, `best_epoch` the one whose checkpoint was evaluated. For a base workdir: A_a
 only. For a workdir of stage `all`: evaluates W/parity, writes W/results.json.
+`--split=val` writes W/results_val.json instead.
 """
 
 from __future__ import annotations
@@ -71,7 +72,8 @@ def _epochs_trained(workdir, default):
 
 def _finish(workdir, results, write, verbose):
   if write:
-    path = os.path.join(workdir, 'results.json')
+    name = 'results.json' if results['split'] == 'test' else f"results_{results['split']}.json"
+    path = os.path.join(workdir, name)
     with open(path + '.tmp', 'w') as f:
       json.dump(results, f, indent=2)
     os.replace(path + '.tmp', path)
