@@ -24,16 +24,24 @@ def make_predict(model, dataset: str):
   return predict
 
 
+def encode_raw(code, dataset: str, x_uint8_GxKxHxWxC):
+  """Raw images of k queries -> normalised parity queries p_GxRxHxWxC."""
+  return code.encode(pipeline.normalize(x_uint8_GxKxHxWxC, dataset))
+
+
+def apply_parity(parity_model, variables, p_GxRx):
+  """F_P on parity queries p_GxRx... -> z_GxRxC (eval mode)."""
+  g, r = p_GxRx.shape[:2]
+  z = parity_model.apply(variables, p_GxRx.reshape(g * r, *p_GxRx.shape[2:]), train=False)
+  return z.reshape(g, r, -1)
+
+
 def make_parity_predict(parity_model, code, dataset: str):
-  """jit(variables, x_uint8_GxKxHxWxC) -> parity outputs z_GxRxC."""
+  """jit(variables, x_uint8_GxKxHxWxC) -> parity outputs z_GxRxC (encode, then F_P)."""
 
   @jax.jit
   def parity_predict(variables, x_uint8_GxKxHxWxC):
-    x = pipeline.normalize(x_uint8_GxKxHxWxC, dataset)
-    p_GxRx = code.encode(x)
-    g, r = p_GxRx.shape[:2]
-    z = parity_model.apply(variables, p_GxRx.reshape(g * r, *p_GxRx.shape[2:]), train=False)
-    return z.reshape(g, r, -1)
+    return apply_parity(parity_model, variables, encode_raw(code, dataset, x_uint8_GxKxHxWxC))
 
   return parity_predict
 

@@ -1,0 +1,78 @@
+"""Fault injection, per instance and reproducible from a seed.
+
+(a) slowdowns: with probability `slow_prob` a batch takes an extra delay drawn
+    from `slow_dist` ('fixed', 'exp' or 'pareto', scale `slow_ms`);
+(b) contention: a CPU-burning process competing with the serving process for
+    [`contention_start_s`, + `contention_s`) (on a small machine it slows
+    every instance);
+(c) fail-stop: the instance dies at `fail_at_s` after start; its in-flight
+    batch is lost;
+(d) network delay: `net_ms_per_mb` per MB of payload, each way it travels.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import multiprocessing
+import time
+
+import numpy as np
+
+
+@dataclasses.dataclass
+class FaultSpec:
+  slow_prob: float = 0.0
+  slow_dist: str = 'fixed'
+  slow_ms: float = 0.0
+  pareto_shape: float = 1.5
+  fail_at_s: float | None = None
+  net_ms_per_mb: float = 0.0
+  seed: int = 0
+
+  def __post_init__(self):
+    if self.slow_dist not in ('fixed', 'exp', 'pareto'):
+      raise ValueError(f"slow_dist={self.slow_dist!r} is unknown; accepted: 'fixed', 'exp', "
+                       f"'pareto'")
+    if not 0.0 <= self.slow_prob <= 1.0:
+      raise ValueError(f'slow_prob={self.slow_prob} must be in [0, 1]')
+
+
+class FaultInjector:
+  """Draws the extra delay of each batch of one instance (seconded, reproducible)."""
+
+  def __init__(self, spec: FaultSpec):
+    self.spec = spec
+    self.rng = np.random.default_rng(spec.seed)
+
+  def extra_delay_s(self, payload_bytes: int = 0) -> float:
+    s = self.spec
+    delay = s.net_ms_per_mb * payload_bytes / 1e6 / 1e3
+    if s.slow_prob and self.rng.random() < s.slow_prob:
+      if s.slow_dist == 'fixed':
+        delay += s.slow_ms / 1e3
+      elif s.slow_dist == 'exp':
+        delay += self.rng.exponential(s.slow_ms) / 1e3
+      else:  # Pareto with minimum slow_ms
+        delay += s.slow_ms * (1.0 + self.rng.pareto(s.pareto_shape)) / 1e3
+    return delay
+
+  def failed(self, elapsed_s: float) -> bool:
+    return self.spec.fail_at_s is not None and elapsed_s >= self.spec.fail_at_s
+
+
+def _burn(start_s, duration_s):
+  time.sleep(start_s)
+  end = time.time() + duration_s
+  x = 0
+  while time.time() < end:
+    x += 1
+
+
+def start_contention(start_s: float, duration_s: float, processes: int = 1):
+  """Starts CPU-burning processes after `start_s` for `duration_s`; returns them."""
+  procs = [multiprocessing.get_context('spawn').Process(target=_burn, args=(start_s, duration_s),
+                                                        daemon=True)
+           for _ in range(processes)]
+  for p in procs:
+    p.start()
+  return procs

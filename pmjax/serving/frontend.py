@@ -1,0 +1,372 @@
+"""The frontend: batching, coding groups, first-answer-wins, cancellation, hedging.
+
+    fe = Frontend('coded', base_predicts=[F0, F1], parity_predicts=[FP0], k=2,
+                  encode=jit(code.encode), decode=jit(code.decode), query_shape=(28, 28, 1))
+    fe.start()
+    fut = fe.submit(x)            # concurrent.futures.Future -> Response
+    fe.close()                    # drains or cancels every pending future
+
+Queries are batched (`batch_size`, default 1); in `coded` mode consecutive
+batches form coding groups of k; each data batch goes to the shared base
+queue at once; when a group is complete an encoder thread (off the data
+batches' critical path) encodes its parity batch for the parity queue. A
+query resolves with its own output or with the decoded reconstruction as soon
+as k of the group's k+r outputs are in, whichever is first; queued work that
+is no longer needed is cancelled. `equal` and `none` have no redundancy;
+`hedge` re-sends a batch not answered within `hedge_delay_s` while the extra
+capacity allows, and the first answer wins.
+"""
+
+from __future__ import annotations
+
+import heapq
+import queue
+import threading
+import time
+from concurrent.futures import Future, InvalidStateError
+from typing import Callable, NamedTuple, Sequence
+
+import numpy as np
+
+from pmjax.serving import policy
+from pmjax.serving.faults import FaultSpec
+from pmjax.serving.instance import ModelInstance, Task
+
+
+class OverloadError(RuntimeError):
+  """The server's queue is full: the query was rejected, not queued."""
+
+
+class ShutdownError(RuntimeError):
+  """The server shut down before the query was answered."""
+
+
+class Response(NamedTuple):
+  output: np.ndarray       # the query's output (logits)
+  reconstructed: bool      # True when decoded from the other outputs and the parity
+  instance: str            # who answered ('decoder' for reconstructions)
+
+
+class _Group:
+  __slots__ = ('policy', 'tasks', 'outputs', 'xs')
+
+  def __init__(self, k, r):
+    self.policy = policy.CodedGroup(k, r)
+    self.tasks = [None] * (k + r)
+    self.outputs = [None] * (k + r)
+    self.xs = []
+
+
+def _settle(future, result=None, error=None):
+  try:
+    if error is not None:
+      future.set_exception(error)
+    else:
+      future.set_result(result)
+  except InvalidStateError:
+    pass  # already answered or cancelled
+
+
+class Frontend:
+  """A serving frontend over base (F) and parity (F_P) instances."""
+
+  def __init__(self, mode: str, base_predicts: Sequence[Callable],
+               parity_predicts: Sequence[Callable] = (), *, k: int = 2, r: int = 1,
+               encode: Callable | None = None, decode: Callable | None = None,
+               query_shape=(28, 28, 1), query_dtype=np.uint8, batch_size: int = 1,
+               hedge_delay_s: float = 0.0, max_queue: int = 1024,
+               faults: dict | None = None):
+    if mode not in policy.MODES:
+      raise ValueError(f'mode={mode!r} is unknown; accepted: {list(policy.MODES)}')
+    if batch_size < 1:
+      raise ValueError(f'batch_size={batch_size} must be >= 1')
+    if mode == 'coded' and (encode is None or decode is None or not parity_predicts):
+      raise ValueError("mode 'coded' needs encode, decode and at least one parity instance")
+    if mode != 'coded' and parity_predicts:
+      raise ValueError(f'mode {mode!r} takes no parity instances (equal resources means '
+                       f'more base instances instead)')
+    self.mode, self.k, self.r = mode, k, r
+    self.encode, self.decode = encode, decode
+    self.query_shape, self.query_dtype = tuple(query_shape), np.dtype(query_dtype)
+    self.batch_size, self.hedge_delay_s, self.max_queue = batch_size, hedge_delay_s, max_queue
+    self.extra_capacity = len(base_predicts) - len(base_predicts) * k // (k + r) \
+        if mode == 'hedge' else 0
+    self.base_queue = queue.Queue(max_queue)
+    self.parity_queue = queue.Queue(max_queue)
+    faults = faults or {}
+    self.instances = (
+        [ModelInstance(f'base{i}', p, self.base_queue, self._on_output,
+                       faults.get(f'base{i}', FaultSpec(seed=i)))
+         for i, p in enumerate(base_predicts)] +
+        [ModelInstance(f'parity{i}', p, self.parity_queue, self._on_output,
+                       faults.get(f'parity{i}', FaultSpec(seed=1000 + i)))
+         for i, p in enumerate(parity_predicts)])
+    self._lock = threading.RLock()
+    self._pending = []           # (x, future) waiting to fill a batch
+    self._group = None           # the coding group being filled
+    self._encoder_queue = queue.Queue()
+    self._hedge_heap, self._hedge_cv = [], threading.Condition(self._lock)
+    self._hedges_in_flight = 0
+    self._outstanding = set()
+    self._closed = False
+    self._threads = []
+    self.encode_s, self.decode_s = [], []
+    self.parity_dropped = 0
+    self.hedges_sent = 0
+    self.t0 = None
+
+  # ------------------------------------------------------------------ life cycle
+
+  def start(self, warmup: bool = True):
+    """Starts every thread; `warmup` first runs each instance, encode and decode once
+    on zeros of the serving batch shape, so no compilation lands on a query's path."""
+    if warmup:
+      x = np.zeros((self.batch_size, *self.query_shape), self.query_dtype)
+      outs = [inst.predict(x) for inst in self.instances if inst.name.startswith('base')]
+      if self.mode == 'coded':
+        p = np.asarray(self.encode(np.stack([x] * self.k, axis=1)))
+        zs = [inst.predict(p[:, 0]) for inst in self.instances
+              if inst.name.startswith('parity')]
+        y = np.stack([outs[0]] * self.k, axis=1)
+        z = np.stack([zs[0]] * self.r, axis=1)
+        avail = np.ones(y.shape[:2], bool)
+        avail[:, 0] = False
+        self.decode(y, avail, z, np.ones(z.shape[:2], bool))
+    self.t0 = time.perf_counter()
+    for inst in self.instances:
+      inst.start(self.t0)
+    for target in (self._encoder_loop, self._hedge_loop):
+      t = threading.Thread(target=target, daemon=True, name=target.__name__)
+      t.start()
+      self._threads.append(t)
+    return self
+
+  def close(self, drain_timeout_s: float = 5.0, join_timeout_s: float = 5.0):
+    """Stops accepting queries, waits up to `drain_timeout_s` for pending ones, then
+    fails whatever is left with ShutdownError and stops every thread (an instance
+    stuck in a batch is abandoned after `join_timeout_s`; its thread is a daemon)."""
+    with self._lock:
+      if self._closed:
+        return
+      self._closed = True
+      partial, self._pending = self._pending, []
+    for _, f in partial:
+      _settle(f, error=ShutdownError('server shut down before this query filled a batch'))
+    deadline = time.perf_counter() + drain_timeout_s
+    while time.perf_counter() < deadline:
+      with self._lock:
+        if not self._outstanding:
+          break
+      time.sleep(0.005)
+    with self._lock:
+      left = list(self._outstanding)
+      self._hedge_cv.notify_all()
+    for f in left:
+      _settle(f, error=ShutdownError('server shut down before this query was answered'))
+    for q in (self.base_queue, self.parity_queue):
+      while True:
+        try:
+          task = q.get_nowait()
+        except queue.Empty:
+          break
+        if task is not None:
+          task.cancelled = True
+    for inst in self.instances:
+      (self.base_queue if inst.name.startswith('base') else self.parity_queue).put(None)
+    self._encoder_queue.put(None)
+    deadline = time.perf_counter() + join_timeout_s
+    for t in [i._thread for i in self.instances if i._thread.is_alive()] + self._threads:
+      t.join(timeout=max(0.0, deadline - time.perf_counter()))
+
+  def __enter__(self):
+    return self.start()
+
+  def __exit__(self, *exc):
+    self.close()
+
+  # ------------------------------------------------------------------ submit
+
+  def _validate(self, x):
+    x = np.asarray(x)
+    if x.shape != self.query_shape:
+      raise ValueError(f'query has shape {x.shape}; this server expects {self.query_shape} '
+                       f'({self.query_dtype})')
+    if x.dtype != self.query_dtype:
+      raise ValueError(f'query has dtype {x.dtype}; this server expects {self.query_dtype}')
+    if np.issubdtype(x.dtype, np.floating) and not np.all(np.isfinite(x)):
+      raise ValueError('query contains NaN or Inf values')
+    return x
+
+  def submit(self, x) -> Future:
+    """Queues one query; returns a Future of a `Response`.
+
+    A malformed query gets its error on its own future. Raises OverloadError
+    when the queue is full and ShutdownError after `close()`.
+    """
+    future = Future()
+    try:
+      x = self._validate(x)
+    except ValueError as e:
+      future.set_exception(e)
+      return future
+    with self._lock:
+      if self._closed:
+        raise ShutdownError('server is shut down; start a new Frontend')
+      self._outstanding.add(future)
+      self._pending.append((x, future))
+      if len(self._pending) < self.batch_size:
+        return future
+      batch, self._pending = self._pending, []
+      self._dispatch(batch)
+    future.add_done_callback(self._forget)
+    return future
+
+  def _forget(self, future):
+    with self._lock:
+      self._outstanding.discard(future)
+
+  def _dispatch(self, batch):
+    """Sends one full batch to the base queue (lock held)."""
+    x = np.stack([q for q, _ in batch])
+    futures = [f for _, f in batch]
+    for f in futures[:-1]:
+      f.add_done_callback(self._forget)
+    if self.mode == 'coded':
+      if self._group is None:
+        self._group = _Group(self.k, self.r)
+      group = self._group
+      task = Task(group, len(group.xs), x, futures)
+    else:
+      task = Task(None, 0, x, futures)
+    try:
+      self.base_queue.put_nowait(task)
+    except queue.Full:
+      error = OverloadError(f'server overloaded: {self.max_queue} batches already queued; '
+                            f'retry later or lower the request rate')
+      for f in futures:
+        self._outstanding.discard(f)
+        _settle(f, error=error)
+      raise error from None
+    if self.mode == 'coded':
+      group.tasks[task.slot] = task
+      group.xs.append(x)
+      if len(group.xs) == self.k:
+        self._encoder_queue.put(group)
+        self._group = None
+    elif self.mode == 'hedge':
+      if self.hedge_delay_s <= 0:
+        self._hedge(task)
+      else:
+        heapq.heappush(self._hedge_heap, (time.perf_counter() + self.hedge_delay_s,
+                                          id(task), task))
+        self._hedge_cv.notify()
+
+  # ------------------------------------------------------------------ coded path
+
+  def _encoder_loop(self):
+    while True:
+      group = self._encoder_queue.get()
+      if group is None:
+        return
+      with self._lock:
+        if group.policy.finished or self._closed:
+          continue  # every data output already in: the parity is not needed
+      t = time.perf_counter()
+      p = np.asarray(self.encode(np.stack(group.xs, axis=1)))
+      self.encode_s.append(time.perf_counter() - t)
+      with self._lock:
+        for j in range(self.r):
+          task = Task(group, self.k + j, p[:, j], [])
+          group.tasks[self.k + j] = task
+          if group.policy.finished:
+            task.cancelled = True
+            continue
+          try:
+            self.parity_queue.put_nowait(task)
+          except queue.Full:
+            self.parity_dropped += 1
+
+  def _on_output(self, task, out, instance_name):
+    if self.mode != 'coded':
+      with self._lock:
+        if task.done:
+          return  # a hedged copy answered first
+        task.done = True
+        if task.copies > 1:
+          self._hedges_in_flight -= 1
+      for q, f in enumerate(task.futures):
+        _settle(f, Response(out[q], False, instance_name))
+      return
+    settle = []
+    with self._lock:
+      group = task.group
+      task.done = True
+      group.outputs[task.slot] = out
+      act = group.policy.arrive(task.slot)
+      if act.resolve_own:
+        settle.append((task.futures, out, False, instance_name))
+      if act.decode:
+        yhat = self._decode(group)
+        for i in act.decode:
+          settle.append((group.tasks[i].futures, yhat[:, i], True, 'decoder'))
+      for j in act.cancel:
+        if group.tasks[j] is not None:
+          group.tasks[j].cancelled = True
+    for futures, values, reconstructed, who in settle:
+      for q, f in enumerate(futures):
+        _settle(f, Response(values[q], reconstructed, who))
+
+  def _decode(self, group):
+    k, r = self.k, self.r
+    like = next(o for o in group.outputs if o is not None)
+    zeros = np.zeros_like(like)
+    y = np.stack([o if o is not None else zeros for o in group.outputs[:k]], axis=1)
+    z = np.stack([o if o is not None else zeros for o in group.outputs[k:]], axis=1)
+    b = like.shape[0]
+    avail = np.broadcast_to(np.array([o is not None for o in group.outputs[:k]]), (b, k))
+    zavail = np.broadcast_to(np.array([o is not None for o in group.outputs[k:]]), (b, r))
+    t = time.perf_counter()
+    yhat = np.asarray(self.decode(y, avail, z, zavail))
+    self.decode_s.append(time.perf_counter() - t)
+    return yhat
+
+  # ------------------------------------------------------------------ hedging
+
+  def _hedge(self, task):
+    """Re-sends `task` to the shared queue if extra capacity allows (lock held)."""
+    if task.done or not policy.may_hedge(self._hedges_in_flight, self.extra_capacity):
+      return
+    try:
+      self.base_queue.put_nowait(task)
+    except queue.Full:
+      return
+    task.copies += 1
+    self._hedges_in_flight += 1
+    self.hedges_sent += 1
+
+  def _hedge_loop(self):
+    with self._lock:
+      while not self._closed:
+        if not self._hedge_heap:
+          self._hedge_cv.wait(0.05)
+          continue
+        deadline, _, task = self._hedge_heap[0]
+        now = time.perf_counter()
+        if deadline > now:
+          self._hedge_cv.wait(deadline - now)
+          continue
+        heapq.heappop(self._hedge_heap)
+        self._hedge(task)
+
+  # ------------------------------------------------------------------ stats
+
+  def stats(self) -> dict:
+    return {
+        'mode': self.mode,
+        'instances': {i.name: {'served': i.served, 'lost': i.lost, 'alive': i.alive}
+                      for i in self.instances},
+        'encode_us_per_group': 1e6 * float(np.mean(self.encode_s)) if self.encode_s else None,
+        'decode_us_per_group': 1e6 * float(np.mean(self.decode_s)) if self.decode_s else None,
+        'parity_dropped': self.parity_dropped,
+        'hedges_sent': self.hedges_sent,
+    }

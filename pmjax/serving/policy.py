@@ -1,0 +1,72 @@
+"""Serving decisions shared by the real loop (frontend.py) and the simulation (sim.py).
+
+Pure bookkeeping, no threads, no clocks: the caller tells a `CodedGroup` which
+output arrived and does what it answers.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+MODES = ('coded', 'equal', 'hedge', 'none')
+
+
+def instance_counts(mode: str, m: int, k: int, r: int = 1) -> tuple:
+  """(base instances, parity instances) of a mode at equal resources.
+
+  coded: m base + m/k*r parity; equal and hedge: m + m/k*r base; none: m base.
+  """
+  if mode not in MODES:
+    raise ValueError(f'mode={mode!r} is unknown; accepted: {list(MODES)}')
+  if m < 1 or (mode != 'none' and (m * r) % k):
+    raise ValueError(f'm={m} base instances must be >= 1 and m*r divisible by k={k} '
+                     f'(m*r/k parity instances)')
+  extra = m * r // k
+  return {'coded': (m, extra), 'equal': (m + extra, 0), 'hedge': (m + extra, 0),
+          'none': (m, 0)}[mode]
+
+
+@dataclasses.dataclass
+class Arrival:
+  """What to do when an output arrives."""
+  resolve_own: bool            # a data output whose queries are still unanswered
+  decode: tuple = ()           # data slots to rebuild now (k of k+r outputs are in)
+  cancel: tuple = ()           # slots whose queued work is no longer needed
+
+
+class CodedGroup:
+  """One coding group: k data slots (0..k-1) and r parity slots (k..k+r-1)."""
+
+  def __init__(self, k: int, r: int = 1):
+    self.k, self.r = k, r
+    self.arrived = [False] * (k + r)
+    self.answered = [False] * k      # data slot answered (directly or decoded)
+    self.reconstructed = [False] * k
+
+  def arrive(self, slot: int) -> Arrival:
+    if self.arrived[slot]:
+      return Arrival(False)          # a duplicate (never expected): ignore
+    self.arrived[slot] = True
+    resolve_own = slot < self.k and not self.answered[slot]
+    if resolve_own:
+      self.answered[slot] = True
+    decode, cancel = (), ()
+    missing = [i for i in range(self.k) if not self.answered[i]]
+    if missing and sum(self.arrived) >= self.k:
+      decode = tuple(missing)
+      for i in missing:
+        self.answered[i] = self.reconstructed[i] = True
+      cancel = decode
+    if all(self.answered):
+      cancel = cancel + tuple(j for j in range(self.k + self.r)
+                              if not self.arrived[j] and j not in cancel)
+    return Arrival(resolve_own, decode, cancel)
+
+  @property
+  def finished(self) -> bool:
+    return all(self.answered)
+
+
+def may_hedge(hedges_in_flight: int, extra_capacity: int) -> bool:
+  """Hedge a late query only while the extra instances' capacity allows."""
+  return hedges_in_flight < extra_capacity

@@ -1,0 +1,195 @@
+"""Serving frontend semantics with fake instances, bad input, overload, shutdown, failures."""
+
+import time
+
+import numpy as np
+import pytest
+
+from pmjax.codes import make_code
+from pmjax.serving import policy
+from pmjax.serving.faults import FaultSpec
+from pmjax.serving.frontend import Frontend, OverloadError, ShutdownError
+
+C = 4
+SHAPE = (2, 3)
+
+
+def fake_f(slow_s=0.3):
+  """A linear F (first C features); sleeps on queries whose first value is 1 (a marker)."""
+  def predict(x):
+    if np.any(x.reshape(len(x), -1)[:, 0] == 1):
+      time.sleep(slow_s)
+    return x.reshape(len(x), -1)[:, :C].astype(np.float32)
+  return predict
+
+
+def fake_fp(delay_s=0.0):
+  def predict(p):
+    time.sleep(delay_s)
+    return p.reshape(len(p), -1)[:, :C].astype(np.float32)
+  return predict
+
+
+def sum_codec(k):
+  code = make_code('sum', k)
+  return (lambda x: np.asarray(code.encode(x.astype(np.float32)))), code.decode
+
+
+def query(value, marker=0):
+  x = np.full(SHAPE, value, np.uint8)
+  x.flat[0] = marker if marker else x.flat[0]
+  return x
+
+
+def coded(base, parity, k=2, **kw):
+  encode, decode = sum_codec(k)
+  return Frontend('coded', base, parity, k=k, encode=encode, decode=decode,
+                  query_shape=SHAPE, **kw)
+
+
+def test_instance_counts():
+  assert policy.instance_counts('coded', 2, 2) == (2, 1)
+  assert policy.instance_counts('equal', 2, 2) == (3, 0)
+  assert policy.instance_counts('hedge', 12, 2) == (18, 0)
+  assert policy.instance_counts('none', 2, 2) == (2, 0)
+  with pytest.raises(ValueError, match='divisible'):
+    policy.instance_counts('coded', 3, 2)
+  with pytest.raises(ValueError, match='accepted'):
+    policy.instance_counts('replicate', 2, 2)
+
+
+def test_coded_group_policy_decodes_exactly_at_k_of_k_plus_r():
+  g = policy.CodedGroup(3, 1)
+  assert g.arrive(0).decode == ()
+  a = g.arrive(3)                      # 2 of 4 in: not yet
+  assert a.decode == () and not a.resolve_own
+  a = g.arrive(2)                      # 3 of 4 in: slot 1 rebuilt, its queued work cancelled
+  assert a.resolve_own and a.decode == (1,) and 1 in a.cancel
+  assert g.finished and g.reconstructed == [False, True, False]
+  assert g.arrive(1).resolve_own is False  # the late original is not served twice
+  g = policy.CodedGroup(2, 1)
+  g.arrive(0)
+  a = g.arrive(1)                      # all data in: the parity is cancelled
+  assert a.decode == () and a.cancel == (2,)
+
+
+def test_first_answer_wins_straggler_is_reconstructed_exactly():
+  with coded([fake_f(), fake_f()], [fake_fp()]) as fe:
+    f0 = fe.submit(query(3))
+    f1 = fe.submit(query(5, marker=1))  # its own F takes 0.3 s
+    t = time.perf_counter()
+    r1 = f1.result(timeout=2)
+    assert time.perf_counter() - t < 0.25
+    r0 = f0.result(timeout=2)
+  assert not r0.reconstructed and r1.reconstructed and r1.instance == 'decoder'
+  np.testing.assert_allclose(r1.output, fake_f()(query(5, marker=1)[None])[0], atol=1e-5)
+  assert fe.stats()['decode_us_per_group'] is not None
+
+
+def test_decode_waits_for_the_parity():
+  with coded([fake_f(), fake_f()], [fake_fp(delay_s=0.15)]) as fe:
+    fe.submit(query(3))
+    t = time.perf_counter()
+    r1 = fe.submit(query(5, marker=1)).result(timeout=2)
+    assert r1.reconstructed and 0.14 < time.perf_counter() - t < 0.29
+
+
+def test_queued_original_is_cancelled_once_reconstructed():
+  base = [fake_f(slow_s=0.3)]
+  with coded(base, [fake_fp()]) as fe:
+    f0 = fe.submit(query(3, marker=1))  # occupies the only base instance for 0.3 s
+    f1 = fe.submit(query(4))            # queued behind it
+    assert f1.result(timeout=2).reconstructed
+    assert not f0.result(timeout=2).reconstructed
+    time.sleep(0.05)
+    assert fe.stats()['instances']['base0']['served'] == 1  # f1's batch never ran
+
+
+def test_unneeded_parity_is_cancelled():
+  with coded([fake_f(), fake_f()], [fake_fp(delay_s=0.05)]) as fe:
+    futs = [fe.submit(query(i % 7 + 2)) for i in range(40)]
+    assert not any(f.result(timeout=5).reconstructed for f in futs)
+    time.sleep(0.1)
+    assert fe.stats()['instances']['parity0']['served'] < 20  # 20 groups, most cancelled
+
+
+def test_fail_stop_coded_loses_nothing():
+  faults = {'base0': FaultSpec(fail_at_s=0.0)}
+  with coded([fake_f(), fake_f()], [fake_fp()], faults=faults) as fe:
+    futs = [fe.submit(query(i % 9 + 2)) for i in range(20)]
+    results = [f.result(timeout=5) for f in futs]
+  assert sum(r.reconstructed for r in results) >= 1
+  s = fe.stats()['instances']
+  assert not s['base0']['alive'] and s['base0']['lost'] == 1
+
+
+def test_hedge_answers_despite_slow_instance():
+  faults = {'base0': FaultSpec(slow_prob=1.0, slow_ms=500)}
+  fe = Frontend('hedge', [fake_f(), fake_f(), fake_f()], query_shape=SHAPE,
+                hedge_delay_s=0.03, faults=faults, k=2).start()
+  lat = []
+  for i in range(12):
+    t = time.perf_counter()
+    fe.submit(query(i + 2)).result(timeout=2)
+    lat.append(time.perf_counter() - t)
+  fe.close()
+  assert max(lat) < 0.4 and fe.stats()['hedges_sent'] >= 1
+
+
+def test_bad_queries_fail_alone():
+  encode, decode = sum_codec(2)
+  fe = Frontend('coded', [fake_f(), fake_f()], [fake_fp()], k=2, encode=encode,
+                decode=decode, query_shape=SHAPE, query_dtype=np.float32).start()
+  bad_shape = fe.submit(np.zeros((3, 3), np.float32))
+  bad_dtype = fe.submit(np.zeros(SHAPE, np.float64))
+  bad_nan = fe.submit(np.full(SHAPE, np.nan, np.float32))
+  good = [fe.submit(np.full(SHAPE, 2.0, np.float32)) for _ in range(2)]
+  with pytest.raises(ValueError, match=r'expects \(2, 3\)'):
+    bad_shape.result(timeout=1)
+  with pytest.raises(ValueError, match='dtype'):
+    bad_dtype.result(timeout=1)
+  with pytest.raises(ValueError, match='NaN'):
+    bad_nan.result(timeout=1)
+  assert all(not g.result(timeout=2).reconstructed for g in good)
+  fe.close()
+  with pytest.raises(ShutdownError):
+    fe.submit(np.zeros(SHAPE, np.float32))
+
+
+def test_overload_rejects_instead_of_growing():
+  fe = Frontend('none', [fake_f(slow_s=0.2)], query_shape=SHAPE, max_queue=2).start()
+  fe.submit(query(2, marker=1))
+  time.sleep(0.02)  # the instance has taken the first batch
+  fe.submit(query(2))
+  fe.submit(query(2))
+  with pytest.raises(OverloadError, match='overloaded'):
+    fe.submit(query(2))
+  fe.close()
+
+
+def test_shutdown_leaves_no_future_pending():
+  fe = Frontend('equal', [fake_f(slow_s=1.0)], query_shape=SHAPE).start()
+  futs = [fe.submit(query(2, marker=1)) for _ in range(3)]
+  t = time.perf_counter()
+  fe.close(drain_timeout_s=0.1, join_timeout_s=0.1)
+  assert time.perf_counter() - t < 1.0
+  assert all(f.done() for f in futs)
+  with pytest.raises(ShutdownError):
+    futs[-1].result(timeout=0)
+  # A partial batch is failed too.
+  fe = Frontend('none', [fake_f()], query_shape=SHAPE, batch_size=4).start()
+  f = fe.submit(query(2))
+  fe.close(drain_timeout_s=0.1)
+  with pytest.raises(ShutdownError, match='filled a batch'):
+    f.result(timeout=0)
+
+
+def test_batched_coded_groups():
+  with coded([fake_f(), fake_f()], [fake_fp()], batch_size=3) as fe:
+    futs = [fe.submit(query(i + 2, marker=1 if i == 4 else 0)) for i in range(6)]
+    res = [f.result(timeout=2) for f in futs]
+  # Query 4 sits in batch 1 (queries 3..5), whose F is slow: that batch is rebuilt.
+  assert [r.reconstructed for r in res] == [False] * 3 + [True] * 3
+  for i, r in enumerate(res):
+    np.testing.assert_allclose(
+        r.output, fake_f()(query(i + 2, marker=1 if i == 4 else 0)[None])[0], atol=1e-4)
