@@ -24,6 +24,16 @@ def make_predict(model, dataset: str):
   return predict
 
 
+def make_apply(model):
+  """jit(variables, x_BxHxWxC) -> logits_BxC on already-normalised inputs (F_P serving)."""
+
+  @jax.jit
+  def apply(variables, x):
+    return model.apply(variables, x, train=False)
+
+  return apply
+
+
 def encode_raw(code, dataset: str, x_uint8_GxKxHxWxC):
   """Raw images of k queries -> normalised parity queries p_GxRxHxWxC."""
   return code.encode(pipeline.normalize(x_uint8_GxKxHxWxC, dataset))
