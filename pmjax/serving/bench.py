@@ -98,6 +98,7 @@ def run_mode(mode, parts, f) -> dict:
       base_inference_ms_per_batch=1e3 * float(np.median(service['base'])),
       parity_inference_ms_per_batch=(1e3 * float(np.median(service['parity']))
                                      if service['parity'] else None))
+  summary['base_service_ms_samples'] = [1e3 * x for x in service['base'][:2000]]
   summary['latencies_ms'] = sorted(r['latency_ms'] for r in records
                                    if r['latency_ms'] is not None)
   return summary
