@@ -22,6 +22,7 @@ F_P towards the sum of the k outputs and decode by subtraction.
 
 from __future__ import annotations
 
+import functools
 import math
 from typing import Callable, NamedTuple
 
@@ -113,6 +114,19 @@ def concat_grid(k: int, image_shape) -> tuple:
   return rows, cols
 
 
+@functools.lru_cache(maxsize=None)
+def resize_matrix(n_in: int, n_out: int) -> np.ndarray:
+  """The n_out x n_in matrix of `jax.image.resize` (bilinear, antialiased) along one axis.
+
+  The resize is linear and separable, so resizing an image equals multiplying
+  each axis by this matrix (built by resizing the identity); two small matmuls
+  are ~3x faster on CPU than the resize op, and give the same values.
+  """
+  with jax.ensure_compile_time_eval():
+    eye = jnp.eye(n_in, dtype=jnp.float32)
+    return np.asarray(jax.image.resize(eye, (n_out, n_in), method='bilinear', antialias=True))
+
+
 def _concat_encoder(k, image_shape):
   def encode(x_BxKxHxWxC):
     """k images -> one image of the same size: each resized to a grid cell and tiled."""
@@ -120,8 +134,12 @@ def _concat_encoder(k, image_shape):
     b, _, h, w, c = x_BxKxHxWxC.shape
     rows, cols = concat_grid(k, (h, w, c))
     ch, cw = h // rows, w // cols
-    cells = jax.image.resize(x_BxKxHxWxC.astype(jnp.float32), (b, k, ch, cw, c),
-                             method='bilinear', antialias=True)
+    cells = x_BxKxHxWxC.astype(jnp.float32)
+    hi = jax.lax.Precision.HIGHEST
+    if ch != h:
+      cells = jnp.einsum('hH,bkHwc->bkhwc', resize_matrix(h, ch), cells, precision=hi)
+    if cw != w:
+      cells = jnp.einsum('bkhWc,wW->bkhwc', cells, resize_matrix(w, cw), precision=hi)
     empty = rows * cols - k
     if empty:
       cells = jnp.concatenate([cells, jnp.zeros((b, empty, ch, cw, c), cells.dtype)], 1)
