@@ -29,7 +29,7 @@ import json
 import os
 import time
 
-from absl import app, flags
+from absl import app, flags, logging
 import numpy as np
 
 from pmjax.serving import policy
@@ -237,6 +237,7 @@ def plot(results, rates, path, title):
 def main(argv):
   del argv
   f = flags.FLAGS
+  logging.set_verbosity(logging.WARNING)
   if f.service_from:
     with open(f.service_from) as fh:
       s = json.load(fh)
