@@ -74,12 +74,12 @@ def test_coded_group_policy_decodes_exactly_at_k_of_k_plus_r():
 
 
 def test_first_answer_wins_straggler_is_reconstructed_exactly():
-  with coded([fake_f(), fake_f()], [fake_fp()]) as fe:
+  with coded([fake_f(slow_s=1.5), fake_f(slow_s=1.5)], [fake_fp()]) as fe:
     f0 = fe.submit(query(3))
-    f1 = fe.submit(query(5, marker=1))  # its own F takes 0.3 s
+    f1 = fe.submit(query(5, marker=1))  # its own F takes 1.5 s
     t = time.perf_counter()
-    r1 = f1.result(timeout=2)
-    assert time.perf_counter() - t < 0.25
+    r1 = f1.result(timeout=3)
+    assert time.perf_counter() - t < 1.0
     r0 = f0.result(timeout=2)
   assert not r0.reconstructed and r1.reconstructed and r1.instance == 'decoder'
   np.testing.assert_allclose(r1.output, fake_f()(query(5, marker=1)[None])[0], atol=1e-5)
@@ -87,11 +87,11 @@ def test_first_answer_wins_straggler_is_reconstructed_exactly():
 
 
 def test_decode_waits_for_the_parity():
-  with coded([fake_f(), fake_f()], [fake_fp(delay_s=0.15)]) as fe:
+  with coded([fake_f(slow_s=1.5), fake_f(slow_s=1.5)], [fake_fp(delay_s=0.3)]) as fe:
     fe.submit(query(3))
     t = time.perf_counter()
-    r1 = fe.submit(query(5, marker=1)).result(timeout=2)
-    assert r1.reconstructed and 0.14 < time.perf_counter() - t < 0.29
+    r1 = fe.submit(query(5, marker=1)).result(timeout=3)
+    assert r1.reconstructed and 0.29 < time.perf_counter() - t < 1.2
 
 
 def test_queued_original_is_cancelled_once_reconstructed():
@@ -114,7 +114,8 @@ def test_unneeded_parity_is_cancelled():
 
 
 def test_fail_stop_coded_loses_nothing():
-  faults = {'base0': FaultSpec(fail_at_s=0.0)}
+  # base0 dies on its first batch; base1 is slow, so base0 surely takes one.
+  faults = {'base0': FaultSpec(fail_at_s=0.0), 'base1': FaultSpec(slow_prob=1.0, slow_ms=100)}
   with coded([fake_f(), fake_f()], [fake_fp()], faults=faults) as fe:
     futs = [fe.submit(query(i % 9 + 2)) for i in range(20)]
     results = [f.result(timeout=5) for f in futs]
@@ -124,16 +125,16 @@ def test_fail_stop_coded_loses_nothing():
 
 
 def test_hedge_answers_despite_slow_instance():
-  faults = {'base0': FaultSpec(slow_prob=1.0, slow_ms=500)}
+  faults = {'base0': FaultSpec(slow_prob=1.0, slow_ms=1500)}
   fe = Frontend('hedge', [fake_f(), fake_f(), fake_f()], query_shape=SHAPE,
                 hedge_delay_s=0.03, faults=faults, k=2).start()
   lat = []
   for i in range(12):
     t = time.perf_counter()
-    fe.submit(query(i + 2)).result(timeout=2)
+    fe.submit(query(i + 2)).result(timeout=3)
     lat.append(time.perf_counter() - t)
-  fe.close()
-  assert max(lat) < 0.4 and fe.stats()['hedges_sent'] >= 1
+  fe.close(join_timeout_s=0.1)
+  assert max(lat) < 1.0 and fe.stats()['hedges_sent'] >= 1
 
 
 def test_bad_queries_fail_alone():
@@ -237,3 +238,26 @@ def test_simulation_uses_the_same_policies():
   assert coded['p99_ms'] < 0.5 * equal['p99_ms']
   hedge = sim.summarize(sim.simulate('hedge', 4, 2, 100, 4000, service, **kw))
   assert hedge['lost'] == 0
+
+
+def test_fault_injector_draws_are_reproducible_and_shaped():
+  from pmjax.serving.faults import FaultInjector, start_contention
+  def draws(spec, n=2000):
+    inj = FaultInjector(spec)
+    return np.array([inj.extra_delay_s() for _ in range(n)])
+  fixed = draws(FaultSpec(slow_prob=0.1, slow_ms=20, seed=3))
+  np.testing.assert_array_equal(fixed, draws(FaultSpec(slow_prob=0.1, slow_ms=20, seed=3)))
+  assert set(np.round(fixed, 6)) == {0.0, 0.02} and 0.07 < (fixed > 0).mean() < 0.13
+  exp = draws(FaultSpec(slow_prob=1.0, slow_dist='exp', slow_ms=10))
+  assert 0.008 < exp.mean() < 0.012
+  pareto = draws(FaultSpec(slow_prob=1.0, slow_dist='pareto', slow_ms=10))
+  assert pareto.min() >= 0.01 and pareto.max() > 0.05   # heavy tail above the minimum
+  net = FaultInjector(FaultSpec(net_ms_per_mb=2.0))
+  assert net.extra_delay_s(3_000_000) == pytest.approx(0.006)
+  assert FaultInjector(FaultSpec(fail_at_s=1.0)).failed(1.0)
+  with pytest.raises(ValueError, match='slow_dist'):
+    FaultSpec(slow_dist='weibull')
+  procs = start_contention(0.0, 0.2)
+  for p in procs:
+    p.join(timeout=10)
+    assert p.exitcode == 0
