@@ -20,10 +20,18 @@ class CheckpointError(RuntimeError):
 
 
 def _manager(path: str, create: bool) -> ocp.CheckpointManager:
+  # The state is replicated: each process works with its own local copy, and only
+  # process 0 writes (others never call save), so no cross-process barriers.
+  me = jax.process_index()
+  if create:
+    os.makedirs(path, exist_ok=True)
   return ocp.CheckpointManager(
       os.path.abspath(path), item_handlers=ocp.StandardCheckpointHandler(),
-      options=ocp.CheckpointManagerOptions(max_to_keep=1, create=create,
-                                           enable_async_checkpointing=False))
+      options=ocp.CheckpointManagerOptions(
+          max_to_keep=1, create=False, enable_async_checkpointing=False,
+          multiprocessing_options=ocp.options.MultiprocessingOptions(
+              primary_host=me, active_processes={me},
+              barrier_sync_key_prefix=f'pmjax{me}')))
 
 
 class Checkpoints:
@@ -41,6 +49,13 @@ class Checkpoints:
     self.best = _manager(os.path.join(root, 'best'), create)
 
   def save(self, tree: dict, is_best: bool):
+    """Saves the latest (and, if `is_best`, the best) checkpoint; process 0 only."""
+    if jax.process_index() != 0:
+      return
+    # Host numpy copies of this process's replica: the same files whatever the
+    # device or process count (and orbax needs no cross-process coordination).
+    tree = jax.tree.map(lambda a: np.asarray(a.addressable_data(0))
+                        if isinstance(a, jax.Array) else a, tree)
     epoch = int(tree['epoch'])
     self.latest.save(epoch, args=ocp.args.StandardSave(tree), force=True)
     self.latest.wait_until_finished()
@@ -51,25 +66,19 @@ class Checkpoints:
   def restore(self, which: str, abstract_tree: dict | None) -> dict | None:
     """Restores the `which` ('latest' or 'best') checkpoint, None if there is none.
 
-    With `abstract_tree` the arrays come back with its shapes and shardings
-    (to resume); with None, as saved, on this process's first device (to load
-    a model whatever the device count it was trained on).
+    Arrays come back on this process's first device (with `abstract_tree`,
+    in its structure and dtypes, to resume; with None, as saved), whatever the
+    device count the checkpoint was written with; callers replicate them.
     """
     manager = getattr(self, which)
     step = manager.latest_step()
     if step is None:
       return None
     try:
-      if abstract_tree is None:
-        device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
-        abstract = jax.tree.map(
-            lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=device),
-            manager.item_metadata(step).tree)
-      else:
-        abstract = jax.tree.map(
-            lambda x: jax.ShapeDtypeStruct(np.shape(x), x.dtype,
-                                           sharding=getattr(x, 'sharding', None)),
-            abstract_tree)
+      device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+      abstract = jax.tree.map(
+          lambda m: jax.ShapeDtypeStruct(np.shape(m), m.dtype, sharding=device),
+          manager.item_metadata(step).tree if abstract_tree is None else abstract_tree)
       return manager.restore(step, args=ocp.args.StandardRestore(abstract))
     except Exception as e:  # pylint: disable=broad-except
       raise CheckpointError(

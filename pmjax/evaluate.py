@@ -18,6 +18,7 @@ import json
 import os
 
 from absl import app, flags, logging
+import jax
 import jax.numpy as jnp
 
 from pmjax import codes, inference, metrics, workdir as wd
@@ -71,6 +72,8 @@ def _epochs_trained(workdir, default):
 
 
 def _finish(workdir, results, write, verbose):
+  if jax.process_index() != 0:  # one writer in multi-process runs
+    write = verbose = False
   if write:
     name = 'results.json' if results['split'] == 'test' else f"results_{results['split']}.json"
     path = os.path.join(workdir, name)

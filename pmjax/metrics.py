@@ -70,8 +70,13 @@ def overall_accuracy(a_a: float, a_d: float, f_us=F_U) -> dict:
 class MetricWriter:
   """Per-epoch metrics to W/metrics.jsonl and TensorBoard event files in W/tb."""
 
-  def __init__(self, workdir: str, resume_epoch: int = 0):
+  def __init__(self, workdir: str, resume_epoch: int = 0, enabled: bool = True):
+    self.enabled = enabled
     self.path = os.path.join(workdir, 'metrics.jsonl')
+    self._tb = None
+    self._tb_dir = os.path.join(workdir, 'tb')
+    if not enabled:
+      return
     # On resume, forget epochs after the restored checkpoint: they are re-run.
     if os.path.exists(self.path):
       with open(self.path) as f:
@@ -80,10 +85,10 @@ class MetricWriter:
         for row in rows:
           if row.get('epoch', 0) <= resume_epoch:
             f.write(json.dumps(row) + '\n')
-    self._tb = None
-    self._tb_dir = os.path.join(workdir, 'tb')
 
   def write(self, epoch: int, metrics: dict):
+    if not self.enabled:
+      return
     row = {'epoch': epoch, **metrics}
     with open(self.path, 'a') as f:
       f.write(json.dumps(row) + '\n')

@@ -98,7 +98,30 @@ def create_state(model, tx, variables) -> TrainState:
 
 
 def variables_of(state: TrainState) -> dict:
-  return {'params': state.params, 'batch_stats': state.batch_stats}
+  """F's variables as this process's local copy (the state is replicated)."""
+  return local({'params': state.params, 'batch_stats': state.batch_stats})
+
+
+def local(tree):
+  """A replicated global array -> this process's copy (works with several processes)."""
+  return jax.tree.map(lambda a: a.addressable_data(0) if isinstance(a, jax.Array) else a, tree)
+
+
+def initialize_distributed():
+  """Joins a multi-process run when one is configured; returns the process count.
+
+  `PMJAX_COORDINATOR`, `PMJAX_NUM_PROCESSES`, `PMJAX_PROCESS_ID` (set by
+  launch/local_multiprocess.py) give the coordinator explicitly, with gloo CPU
+  collectives; `PMJAX_DISTRIBUTED=1` lets JAX detect a cluster (SLURM, TPU VM).
+  """
+  if os.environ.get('PMJAX_COORDINATOR'):
+    jax.config.update('jax_cpu_collectives_implementation', 'gloo')
+    jax.distributed.initialize(os.environ['PMJAX_COORDINATOR'],
+                               num_processes=int(os.environ['PMJAX_NUM_PROCESSES']),
+                               process_id=int(os.environ['PMJAX_PROCESS_ID']))
+  elif os.environ.get('PMJAX_DISTRIBUTED') == '1':
+    jax.distributed.initialize()
+  return jax.process_count()
 
 
 # ---------------------------------------------------------------------------
@@ -295,7 +318,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
   """Trains the configured stage(s) in `workdir`; returns the final metrics."""
   if config.stage == 'all':
     base_dir, parity_dir = os.path.join(workdir, 'base'), os.path.join(workdir, 'parity')
-    wd.write_config(workdir, config)
+    wd.write_config(workdir, config, write=jax.process_index() == 0)
     with config.unlocked():
       base_cfg = config.copy_and_resolve_references()
       base_cfg.stage = 'base'
@@ -315,7 +338,7 @@ def train_stage(config, workdir: str) -> dict:
   if config.get('base_workdir'):
     with config.unlocked():
       config.base_workdir = os.path.abspath(config.base_workdir)
-  wd.write_config(workdir, config)
+  wd.write_config(workdir, config, write=jax.process_index() == 0)
   dataset = config.data.name
   spec = builders.get_spec(dataset)
   splits = pipeline.load_splits(config.data)
@@ -375,11 +398,13 @@ def train_stage(config, workdir: str) -> dict:
   start_epoch, best = 0, -math.inf
   restored = ckpts.restore('latest', _ckpt_tree(state, 0, best))
   if restored is not None:
-    state = state.replace(params=restored['params'], batch_stats=restored['batch_stats'],
-                          opt_state=restored['opt_state'], step=restored['step'])
+    state = replicate(state.replace(
+        params=restored['params'], batch_stats=restored['batch_stats'],
+        opt_state=restored['opt_state'], step=restored['step']), mesh)
     start_epoch, best = int(restored['epoch']), float(restored['best_metric'])
     print(f'Resumed {workdir} from epoch {start_epoch}', flush=True)
-  writer = metrics.MetricWriter(workdir, resume_epoch=start_epoch)
+  writer = metrics.MetricWriter(workdir, resume_epoch=start_epoch,
+                                enabled=jax.process_index() == 0)
 
   data_key = jax.random.key(config.seed + 1)
   used = steps_per_epoch * batch_size * group_size
@@ -394,11 +419,12 @@ def train_stage(config, workdir: str) -> dict:
     perm = epoch_permutation(jax.random.fold_in(epoch_key, 0), n_train, used)
     losses = []
     with tqdm(total=steps_per_epoch, desc=f'{config.stage} epoch {epoch}/{num_epochs}',
-              leave=False, disable=not config.get('progress_bar', True)) as bar:
+              leave=False, disable=not config.get('progress_bar', True)
+              or jax.process_index() != 0) as bar:
       for first in range(0, steps_per_epoch, chunk):
         n = min(chunk, steps_per_epoch - first)
         state, m = run_chunk(state, data, perm, jnp.int32(first), epoch_key, n_steps=n)
-        loss = float(m['loss'])
+        loss = float(local(m['loss']))
         if not math.isfinite(loss):
           ckpts.close()
           raise FloatingPointError(
@@ -421,8 +447,9 @@ def train_stage(config, workdir: str) -> dict:
     ckpts.save(_ckpt_tree(state, epoch, best), is_best)
     writer.write(epoch, row)
     last = {'epoch': epoch, **row}
-    tqdm.write(f'{config.stage} epoch {epoch}/{num_epochs}: ' +
-               ', '.join(f'{k}={v:.4g}' for k, v in row.items()))
+    if jax.process_index() == 0:
+      tqdm.write(f'{config.stage} epoch {epoch}/{num_epochs}: ' +
+                 ', '.join(f'{k}={v:.4g}' for k, v in row.items()))
   ckpts.close()
   writer.close()
   return last
@@ -444,6 +471,7 @@ def main(argv):
     logging.set_verbosity(logging.WARNING)  # orbax logs every save at INFO
   if flags.FLAGS.workdir is None:
     raise app.UsageError('--workdir is required (where checkpoints and metrics go)')
+  initialize_distributed()
   train_and_evaluate(flags.FLAGS.config, flags.FLAGS.workdir)
 
 

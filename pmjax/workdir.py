@@ -36,8 +36,10 @@ def read_config(workdir: str) -> ml_collections.ConfigDict:
     return config_utils.from_json(f.read())
 
 
-def write_config(workdir: str, config: ml_collections.ConfigDict):
-  """Writes W/config.json, refusing a config that describes a different run."""
+def write_config(workdir: str, config: ml_collections.ConfigDict, write: bool = True):
+  """Writes W/config.json, refusing a config that describes a different run.
+
+  `write=False` (processes other than 0) only checks."""
   os.makedirs(workdir, exist_ok=True)
   path = os.path.join(workdir, 'config.json')
   if os.path.exists(path):
@@ -48,6 +50,8 @@ def write_config(workdir: str, config: ml_collections.ConfigDict):
             f'{os.path.abspath(workdir)} holds a run with {field}={_get(old, field)!r}, but '
             f'this config has {field}={_get(config, field)!r}. Use a new --workdir, or the '
             f'same config to resume.')
+  if not write:
+    return
   tmp = path + '.tmp'
   with open(tmp, 'w') as f:
     f.write(config_utils.to_json(config))

@@ -7,6 +7,7 @@ inside the jitted step (see `pmjax.train`), so a step does no host work.
 
 from __future__ import annotations
 
+import fcntl
 import os
 from typing import NamedTuple
 
@@ -71,9 +72,13 @@ def load_splits(data_cfg) -> Splits:
   name = data_cfg.name
   manual_dir = data_cfg.get('manual_dir') or default_manual_dir(name)
   data_dir = data_cfg.get('data_dir') or default_data_dir()
-  builder = builders.get_builder(name, data_dir, manual_dir,
-                                 download_raw=data_cfg.get('download', True),
-                                 verify_md5=data_cfg.get('verify_md5', True))
+  os.makedirs(data_dir, exist_ok=True)
+  # Several processes on one machine (multi-process runs) must not prepare at once.
+  with open(os.path.join(data_dir, '.pmjax_prepare.lock'), 'w') as lock:
+    fcntl.flock(lock, fcntl.LOCK_EX)
+    builder = builders.get_builder(name, data_dir, manual_dir,
+                                   download_raw=data_cfg.get('download', True),
+                                   verify_md5=data_cfg.get('verify_md5', True))
   source = builder.as_data_source()
 
   def read(split):
