@@ -13,12 +13,9 @@ from configs import default
 
 
 def get_config(arg=None, dataset='cifar10', model='resnet18'):
-  c = default.get_config(arg, dataset=dataset, model=model)
+  c = default.get_config(arg, dataset=dataset, model=model, base_epochs=200,
+                         base_batch_size=128)
   c.data.augment = True
-  smoke = c.base.num_epochs <= 2
-  if not smoke:
-    c.base.num_epochs = 200
-    c.base.batch_size = 128
   c.base.optim.update(dict(name='sgd', lr=0.1, momentum=0.9, nesterov=True,
                            weight_decay=5e-4, schedule='cosine'))
   c.eval_batch_size = min(c.eval_batch_size, 500)

@@ -15,7 +15,7 @@ import ml_collections
 from pmjax.config_utils import parse_arg
 
 
-def get_config(arg=None, dataset='mnist', model='mlp'):
+def get_config(arg=None, dataset='mnist', model='mlp', base_epochs=30, base_batch_size=64):
   a = parse_arg(arg, stage='all', code='concat', k=2, r=1, model=model, parity_model='',
                 epochs=0, base_epochs=0, smoke=False, seed=0)
   c = ml_collections.ConfigDict()
@@ -25,6 +25,7 @@ def get_config(arg=None, dataset='mnist', model='mlp'):
   c.parity_model = a.parity_model     # '' = same architecture as the base model
   c.base_workdir = ''                 # parity stage: workdir of the trained base model
   c.code, c.k, c.r = a.code, a.k, a.r
+  c.smoke = a.smoke                   # a few steps on a tiny subset
 
   c.data = ml_collections.ConfigDict()
   c.data.name = dataset
@@ -38,8 +39,8 @@ def get_config(arg=None, dataset='mnist', model='mlp'):
   c.data.augment = False
 
   c.base = ml_collections.ConfigDict()
-  c.base.num_epochs = a.base_epochs or 30
-  c.base.batch_size = 64
+  c.base.num_epochs = a.base_epochs or base_epochs
+  c.base.batch_size = base_batch_size
   c.base.optim = ml_collections.ConfigDict(dict(
       name='adam', lr=1e-3, weight_decay=0.0, schedule='cosine', warmup_steps=0,
       momentum=0.9, nesterov=False))

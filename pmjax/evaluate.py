@@ -9,7 +9,8 @@ model, code, k, r, epochs, A_a, A_d_top1, A_d_top5, recon_top1,
 A_d_by_position and A_o (f_u -> overall accuracy); `epochs` is the number of
 epochs trained, `best_epoch` the one whose checkpoint was evaluated. For a base workdir: A_a
 only. For a workdir of stage `all`: evaluates W/parity, writes W/results.json.
-`--split=val` writes W/results_val.json instead.
+`--split=val` writes W/results_val.json instead. `--sweep=ROOT` summarises
+every evaluated workdir below ROOT (see pmjax.report).
 """
 
 from __future__ import annotations
@@ -105,8 +106,12 @@ def main(argv):
   del argv
   if not flags.FLAGS['verbosity'].present:
     logging.set_verbosity(logging.WARNING)  # orbax logs every save at INFO
+  if flags.FLAGS.sweep:
+    from pmjax import report  # pylint: disable=g-import-not-at-top
+    report.summarize_sweep(flags.FLAGS.sweep, flags.FLAGS.plots_dir or None)
+    return
   if flags.FLAGS.workdir is None:
-    raise app.UsageError('--workdir is required')
+    raise app.UsageError('--workdir (one run) or --sweep (a tree of runs) is required')
   evaluate_workdir(flags.FLAGS.workdir, flags.FLAGS.split, flags.FLAGS.batch_size)
 
 
@@ -114,4 +119,6 @@ if __name__ == '__main__':
   flags.DEFINE_string('workdir', None, 'A pmjax training workdir.')
   flags.DEFINE_enum('split', 'test', ['val', 'test'], 'Split to evaluate.')
   flags.DEFINE_integer('batch_size', 1000, 'Evaluation batch size.')
+  flags.DEFINE_string('sweep', None, 'Summarise every evaluated workdir below this root.')
+  flags.DEFINE_string('plots_dir', '', 'With --sweep: where the plots go (default ROOT/plots).')
   app.run(main)

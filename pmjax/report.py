@@ -1,0 +1,122 @@
+"""Summaries of many workdirs: one table (markdown + JSON) and plots.
+
+    python -m pmjax.evaluate --sweep=ROOT [--plots_dir=docs/ROOT_NAME]
+
+Collects every `results.json` below ROOT (written by `pmjax.evaluate`), and
+every parity run's `metrics.jsonl`, into ROOT/summary.md, ROOT/summary.json and
+three plots: A_d vs k per dataset and code, A_o(f_u) curves, training curves.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+
+import numpy as np
+
+from pmjax import metrics
+
+
+def collect(root: str) -> list:
+  rows = []
+  for dirpath, _, files in sorted(os.walk(root)):
+    if 'results.json' in files and 'config.json' in files:
+      with open(os.path.join(dirpath, 'results.json')) as f:
+        r = json.load(f)
+      r['workdir'] = os.path.relpath(dirpath, root)
+      rows.append(r)
+  return rows
+
+
+def markdown(rows: list) -> str:
+  head = ('| dataset | model | code | k | epochs | A_a | A_d top-1 | A_d top-5 | recon top-1 '
+          '| A_o(0.1) |')
+  lines = [head, '|' + '---|' * 10]
+  for r in sorted(rows, key=lambda r: (r['dataset'], r['model'], r.get('code', ''),
+                                       r.get('k', 0))):
+    if 'A_d_top1' not in r:
+      lines.append(f"| {r['dataset']} | {r['model']} | (base) | | {r['epochs']} | "
+                   f"{r['A_a']:.4f} | | | | |")
+      continue
+    lines.append(f"| {r['dataset']} | {r['model']} | {r['code']} | {r['k']} | {r['epochs']} | "
+                 f"{r['A_a']:.4f} | {r['A_d_top1']:.4f} | {r['A_d_top5']:.4f} | "
+                 f"{r['recon_top1']:.4f} | {r['A_o']['0.1']:.4f} |")
+  return '\n'.join(lines)
+
+
+def plots(rows: list, root: str, out_dir: str) -> list:
+  import matplotlib  # pylint: disable=g-import-not-at-top
+  matplotlib.use('Agg')
+  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+  os.makedirs(out_dir, exist_ok=True)
+  parity = [r for r in rows if 'A_d_top1' in r]
+  datasets = sorted({r['dataset'] for r in parity})
+  if not parity:
+    return []
+  written = []
+
+  def grid(n):
+    fig, axes = plt.subplots(1, n, figsize=(4.5 * n, 3.5), squeeze=False)
+    return fig, axes[0]
+
+  fig, axes = grid(len(datasets))
+  for ax, ds in zip(axes, datasets):
+    for key in sorted({(r['model'], r['code']) for r in parity if r['dataset'] == ds}):
+      pts = sorted((r['k'], r['A_d_top1']) for r in parity
+                   if r['dataset'] == ds and (r['model'], r['code']) == key)
+      ax.plot(*zip(*pts), 'o-', label=f'{key[0]} {key[1]}')
+    ax.set(title=ds, xlabel='k', ylabel='A_d top-1 (test)')
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+  written.append(_save(fig, os.path.join(out_dir, 'ad_vs_k.png')))
+
+  fig, axes = grid(len(datasets))
+  f_us = np.linspace(0, 0.5, 11)
+  for ax, ds in zip(axes, datasets):
+    for r in sorted((r for r in parity if r['dataset'] == ds),
+                    key=lambda r: (r['code'], r['k'])):
+      ax.plot(f_us, (1 - f_us) * r['A_a'] + f_us * r['A_d_top1'],
+              label=f"{r['code']} k={r['k']}")
+    ax.set(title=ds, xlabel='f_u (fraction of answers decoded)', ylabel='A_o')
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, ncol=2)
+  written.append(_save(fig, os.path.join(out_dir, 'ao_vs_fu.png')))
+
+  fig, axes = grid(len(datasets))
+  for ax, ds in zip(axes, datasets):
+    for r in sorted((r for r in parity if r['dataset'] == ds),
+                    key=lambda r: (r['code'], r['k'])):
+      m = [x for x in metrics.read_metrics(os.path.join(root, r['workdir']))
+           if 'test_A_d_top1' in x]
+      ax.plot([x['epoch'] for x in m], [x['test_A_d_top1'] for x in m],
+              label=f"{r['code']} k={r['k']}")
+    ax.set(title=ds, xlabel='epoch', ylabel='test A_d top-1')
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, ncol=2)
+  written.append(_save(fig, os.path.join(out_dir, 'training_curves.png')))
+  return written
+
+
+def _save(fig, path):
+  fig.tight_layout()
+  fig.savefig(path, dpi=110)
+  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+  plt.close(fig)
+  return path
+
+
+def summarize_sweep(root: str, plots_dir: str | None = None) -> dict:
+  rows = collect(root)
+  if not rows:
+    raise FileNotFoundError(f'no results.json below {root}; run `python -m pmjax.evaluate '
+                            f'--workdir=W` on the runs first (launch/sweep.py does)')
+  table = markdown(rows)
+  with open(os.path.join(root, 'summary.md'), 'w') as f:
+    f.write(table + '\n')
+  with open(os.path.join(root, 'summary.json'), 'w') as f:
+    json.dump(rows, f, indent=2)
+  written = plots(rows, root, plots_dir or os.path.join(root, 'plots'))
+  print(table)
+  for p in written:
+    print('wrote', p)
+  return {'rows': rows, 'plots': written}
