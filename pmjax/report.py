@@ -14,7 +14,7 @@ import os
 
 import numpy as np
 
-from pmjax import metrics
+from pmjax import metrics, plotting
 
 
 def collect(root: str) -> list:
@@ -45,10 +45,7 @@ def markdown(rows: list) -> str:
 
 
 def plots(rows: list, root: str, out_dir: str) -> list:
-  import matplotlib  # pylint: disable=g-import-not-at-top
-  matplotlib.use('Agg')
-  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
-  os.makedirs(out_dir, exist_ok=True)
+  plt = plotting.pyplot()
   parity = [r for r in rows if 'A_d_top1' in r]
   datasets = sorted({r['dataset'] for r in parity})
   if not parity:
@@ -68,7 +65,7 @@ def plots(rows: list, root: str, out_dir: str) -> list:
     ax.set(title=ds, xlabel='k', ylabel='A_d top-1 (test)')
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
-  written.append(_save(fig, os.path.join(out_dir, 'ad_vs_k.png')))
+  written.append(plotting.save(fig, os.path.join(out_dir, 'ad_vs_k.png'), dpi=110))
 
   fig, axes = grid(len(datasets))
   f_us = np.linspace(0, 0.5, 11)
@@ -80,7 +77,7 @@ def plots(rows: list, root: str, out_dir: str) -> list:
     ax.set(title=ds, xlabel='f_u (fraction of answers decoded)', ylabel='A_o')
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7, ncol=2)
-  written.append(_save(fig, os.path.join(out_dir, 'ao_vs_fu.png')))
+  written.append(plotting.save(fig, os.path.join(out_dir, 'ao_vs_fu.png'), dpi=110))
 
   fig, axes = grid(len(datasets))
   for ax, ds in zip(axes, datasets):
@@ -93,16 +90,8 @@ def plots(rows: list, root: str, out_dir: str) -> list:
     ax.set(title=ds, xlabel='epoch', ylabel='test A_d top-1')
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7, ncol=2)
-  written.append(_save(fig, os.path.join(out_dir, 'training_curves.png')))
+  written.append(plotting.save(fig, os.path.join(out_dir, 'training_curves.png'), dpi=110))
   return written
-
-
-def _save(fig, path):
-  fig.tight_layout()
-  fig.savefig(path, dpi=110)
-  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
-  plt.close(fig)
-  return path
 
 
 def summarize_sweep(root: str, plots_dir: str | None = None) -> dict:

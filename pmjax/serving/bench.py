@@ -25,7 +25,7 @@ from absl import app, flags
 import jax
 import numpy as np
 
-from pmjax import codes, inference, workdir as wd
+from pmjax import codes, inference, plotting, workdir as wd
 from pmjax.data import builders, pipeline
 from pmjax.serving import loadgen, policy
 from pmjax.serving.faults import FaultSpec, start_contention
@@ -107,10 +107,7 @@ def run_mode(mode, parts, f) -> dict:
 
 
 def plot_cdf(results: dict, path: str, title: str):
-  import matplotlib  # pylint: disable=g-import-not-at-top
-  matplotlib.use('Agg')
-  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
-  fig, ax = plt.subplots(figsize=(6, 4))
+  fig, ax = plotting.pyplot().subplots(figsize=(6, 4))
   for mode, s in results.items():
     lat = np.asarray(s['latencies_ms'])
     if lat.size:
@@ -123,9 +120,7 @@ def plot_cdf(results: dict, path: str, title: str):
   ax.set_title(title, fontsize=9)
   ax.grid(True, which='both', alpha=0.3)
   ax.legend(loc='lower right', fontsize=8)
-  fig.tight_layout()
-  fig.savefig(path, dpi=120)
-  plt.close(fig)
+  plotting.save(fig, path)
 
 
 def main(argv):

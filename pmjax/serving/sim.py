@@ -214,10 +214,8 @@ def measure_service_samples(model_name: str, n: int = 300, dataset: str = 'mnist
 
 
 def plot(results, rates, path, title):
-  import matplotlib  # pylint: disable=g-import-not-at-top
-  matplotlib.use('Agg')
-  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
-  fig, axes = plt.subplots(1, 2, figsize=(9, 3.5))
+  from pmjax import plotting  # pylint: disable=g-import-not-at-top
+  fig, axes = plotting.pyplot().subplots(1, 2, figsize=(9, 3.5))
   for mode in results[str(rates[0])]:
     axes[0].plot(rates, [results[str(r)][mode]['p99.9_ms'] for r in rates], 'o-', label=mode)
     axes[1].plot(rates, [results[str(r)][mode]['gap_p99.9_median_ms'] for r in rates], 'o-',
@@ -229,9 +227,7 @@ def plot(results, rates, path, title):
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
   fig.suptitle(title, fontsize=9)
-  fig.tight_layout()
-  fig.savefig(path, dpi=120)
-  plt.close(fig)
+  plotting.save(fig, path)
 
 
 def main(argv):
