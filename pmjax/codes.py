@@ -15,9 +15,16 @@ rebuilt (more rows missing than parities available) comes back as NaN under
     code = make_code('concat', k=2, image_shape=(28, 28, 1))
     encode = jax.jit(code.encode)           # the "imported jitted codec"
 
-Codes here are ParM's (r = 1): `sum` (P = X1 + .. + Xk) and `concat` (the k
-images downsampled and tiled into one image of the original size); both train
-F_P towards the sum of the k outputs and decode by subtraction.
+ParM's codes (r = 1): `sum` (P = X1 + .. + Xk) and `concat` (the k images
+downsampled and tiled into one image of the original size); both train F_P
+towards the sum of the k outputs and decode by subtraction.
+
+`linear` (any r >= 1, systematic): parity model j answers a parity query (by
+default the `concat` tiling; `parity_input='sum'` gives sum_i C[j,i] X_i) and
+is trained towards t_j = sum_i C[j,i] F(X_i), where C (r x k, see
+`coefficient_matrix`) has every square submatrix invertible; decoding solves
+the small (masked, batched, least-squares when over-determined) system for
+up to r missing outputs. With r = 1, C = ones: exactly ParM.
 """
 
 from __future__ import annotations
@@ -40,14 +47,17 @@ class Code(NamedTuple):
   decode: Callable       # (y_BxKxC, avail_BxK, z_BxRxC, zavail_BxR) -> yhat_BxKxC
 
 
-CODES = ('sum', 'concat')
+CODES = ('sum', 'concat', 'linear')
+PARITY_INPUTS = ('concat', 'sum')
 
 
-def make_code(name: str, k: int, r: int = 1, image_shape=None) -> Code:
+def make_code(name: str, k: int, r: int = 1, image_shape=None,
+              parity_input: str = 'concat') -> Code:
   """Builds the code `name` for groups of `k` queries and `r` parities.
 
   `image_shape` (H, W, C) is optional; when given, inputs are checked against
   it and `concat` checks at once that its grid divides the image.
+  `parity_input` ('concat' or 'sum') is the parity query of the `linear` code.
   """
   if name not in CODES:
     raise ValueError(f'code name {name!r} is unknown; accepted values: {list(CODES)}')
@@ -57,12 +67,18 @@ def make_code(name: str, k: int, r: int = 1, image_shape=None) -> Code:
   if not isinstance(r, (int, np.integer)) or r < 1:
     raise ValueError(f'r={r!r} is invalid: r (parity queries per group) must be an '
                      f'integer >= 1')
-  if r != 1:
+  if r != 1 and name != 'linear':
     raise ValueError(f'r={r} is not supported by code {name!r}; accepted values: r=1 '
-                     f'(ParM codes tolerate one missing answer per group)')
+                     f"(ParM codes tolerate one missing answer per group; use 'linear' "
+                     f'for r >= 2)')
+  if name == 'linear' and r > k:
+    raise ValueError(f'r={r} is not supported by code linear with k={k}; accepted values: '
+                     f'1 <= r <= k')
   k, r = int(k), int(r)
   if image_shape is not None:
     image_shape = tuple(int(d) for d in image_shape)
+  if name == 'linear':
+    return _linear_code(k, r, image_shape, parity_input)
   if name == 'sum':
     encode = _sum_encoder(k, image_shape)
   else:
@@ -189,3 +205,92 @@ def _subtraction_decoder(k):
     rebuilt_BxC = jnp.where(decodable_B[:, None], rebuilt_BxC, jnp.nan)
     return jnp.where(avail_BxK[..., None], y_BxKxC, rebuilt_BxC[:, None, :])
   return decode
+
+
+# --------------------------------------------------------------------------
+# The systematic linear code (any r).
+# --------------------------------------------------------------------------
+
+def coefficient_matrix(k: int, r: int) -> np.ndarray:
+  """The r x k matrix C of the `linear` code.
+
+  r = 1: ones (ParM). r >= 2: a Cauchy matrix C[j,i] = 1/(a_j - b_i) with data
+  nodes b_i = i and parity nodes a_j spread between them ((j + 1/2) k/r - 1/2,
+  moved off any data node), each row scaled to norm sqrt(k). Every square
+  submatrix of a Cauchy matrix is invertible, so any m <= r missing outputs
+  can be solved from any m parities. Interleaving the nodes keeps the worst
+  condition number over all square submatrices small: 3.8 (k=4, r=2), 14.1
+  (k=4, r=3), 21.0 (k=8, r=2), 109 (k=8, r=3), against 51, 850, 227 and
+  14,800 with all parity nodes outside the data range.
+  """
+  if r == 1:
+    return np.ones((1, k), np.float32)
+  a = (np.arange(r) + 0.5) * k / r - 0.5
+  a = a + 0.5 * (np.abs(a - np.round(a)) < 1e-9)
+  c = 1.0 / (a[:, None] - np.arange(k)[None, :])
+  c *= np.sqrt(k) / np.linalg.norm(c, axis=1, keepdims=True)
+  return c.astype(np.float32)
+
+
+def _linear_code(k, r, image_shape, parity_input):
+  if parity_input not in PARITY_INPUTS:
+    raise ValueError(f'parity_input={parity_input!r} is unknown; accepted values: '
+                     f'{list(PARITY_INPUTS)}')
+  c_rxk = coefficient_matrix(k, r)
+  if parity_input == 'concat':
+    if image_shape is not None:
+      concat_grid(k, image_shape)
+    tile = _concat_encoder(k, image_shape)
+
+    def encode(x_BxKx):
+      """The concat tiling, one copy per parity model: p_BxRx..."""
+      p = tile(x_BxKx)
+      return jnp.broadcast_to(p, (p.shape[0], r, *p.shape[2:]))
+  else:
+    def encode(x_BxKx):
+      """p_j = sum_i C[j,i] X_i: p_BxRx..."""
+      _check_x(x_BxKx, k, image_shape)
+      return jnp.einsum('ri,bi...->br...', c_rxk, x_BxKx.astype(jnp.float32),
+                        precision=jax.lax.Precision.HIGHEST).astype(x_BxKx.dtype)
+
+  def target(y_BxKxC):
+    """t_j = sum_i C[j,i] F(X_i): t_BxRxC."""
+    _check_x(y_BxKxC, k, None)
+    return jnp.einsum('ri,bic->brc', c_rxk, y_BxKxC, precision=jax.lax.Precision.HIGHEST)
+
+  def decode(y_BxKxC, avail_BxK, z_BxRxC, zavail_BxR):
+    """Solves C[avail parities, missing] u = z - C[:, avail] y for the missing rows."""
+    _check_x(y_BxKxC, k, None)
+    b, _, c = y_BxKxC.shape
+    if avail_BxK.shape != (b, k) or z_BxRxC.shape != (b, r, c) or zavail_BxR.shape != (b, r):
+      raise ValueError(
+          f'decode got y {y_BxKxC.shape}, avail {avail_BxK.shape}, z {z_BxRxC.shape}, '
+          f'zavail {zavail_BxR.shape}; expected y_BxKxC, avail_BxK, z_BxRxC, zavail_BxR '
+          f'with B={b}, K={k}, R={r}, C={c}')
+    avail = avail_BxK.astype(bool)
+    zavail = zavail_BxR.astype(bool)
+    n_missing_B = k - jnp.sum(avail, axis=1)
+    decodable_B = n_missing_B <= jnp.sum(zavail, axis=1)
+    if _is_concrete(avail_BxK, zavail_BxR) and not bool(np.all(decodable_B)):
+      bad = int(np.argmax(~np.asarray(decodable_B)))
+      raise ValueError(
+          f'group {bad} cannot be decoded: {int(n_missing_B[bad])} of k={k} outputs missing '
+          f'but only {int(np.sum(np.asarray(zavail)[bad]))} of r={r} parity outputs '
+          f'available; the linear code rebuilds m missing outputs from >= m parities')
+    cmat = jnp.asarray(c_rxk)
+    miss = (~avail).astype(y_BxKxC.dtype)                        # B x K
+    w = zavail.astype(y_BxKxC.dtype)                              # B x R
+    y_known = jnp.where(avail[..., None], y_BxKxC, 0.0)
+    resid = z_BxRxC - jnp.einsum('ri,bic->brc', cmat, y_known)    # B x R x C
+    # Normal equations over all k unknowns, identity on the available ones.
+    gram = jnp.einsum('ri,br,rj->bij', cmat, w, cmat)             # B x K x K
+    mask = miss[:, :, None] * miss[:, None, :]
+    eye = jnp.eye(k, dtype=y_BxKxC.dtype)
+    lhs = gram * mask + eye * (1.0 - miss)[:, :, None]
+    rhs = miss[..., None] * jnp.einsum('ri,br,brc->bic', cmat, w, resid)
+    lhs = jnp.where(decodable_B[:, None, None], lhs, eye)         # keep solve well posed
+    u = jnp.linalg.solve(lhs, rhs)
+    u = jnp.where(decodable_B[:, None, None], u, jnp.nan)
+    return jnp.where(avail[..., None], y_BxKxC, u)
+
+  return Code('linear', k, r, encode, target, decode)

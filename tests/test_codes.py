@@ -134,3 +134,67 @@ def test_encode_bad_shapes():
   with pytest.raises(ValueError, match='expected y_BxKxC'):
     code.decode(jnp.zeros((4, 2, 10)), jnp.ones((4, 3), bool), jnp.zeros((4, 1, 10)),
                 jnp.ones((4, 1), bool))
+
+
+# ----------------------------------------------------------------------------- linear code
+
+
+@pytest.mark.parametrize('k,r', [(2, 1), (2, 2), (3, 2), (4, 2), (4, 3), (5, 3)])
+def test_linear_decodes_exactly_every_erasure_pattern(k, r):
+  """Linear F, F_P = F on p_j = sum_i C[j,i] X_i: every pattern of <= r erasures among
+  the k + r outputs (data or parity) decodes to F's outputs."""
+  import itertools
+  rng = np.random.default_rng(10 * k + r)
+  b, d, c = 5, 12, 6
+  f = linear_f(jnp.asarray(rng.normal(size=(d, c)), jnp.float32))
+  code = make_code('linear', k, r, parity_input='sum')
+  x = jnp.asarray(rng.normal(size=(b, k, d)), jnp.float32)
+  y = f(x.reshape(b * k, d)).reshape(b, k, c)
+  p = code.encode(x)
+  assert p.shape == (b, r, d)
+  z = f(p.reshape(b * r, d)).reshape(b, r, c)
+  np.testing.assert_allclose(code.target(y), z, rtol=1e-4, atol=1e-4)
+  decode = jax.jit(code.decode)
+  for m in range(1, r + 1):
+    for erased in itertools.combinations(range(k + r), m):
+      avail = np.ones((b, k), bool)
+      zavail = np.ones((b, r), bool)
+      for i in erased:
+        (avail[:, i] if i < k else zavail[:, i - k])[...] = False
+      yhat = decode(jnp.where(avail[..., None], y, 1e3), avail, z, zavail)
+      np.testing.assert_allclose(yhat, y, rtol=1e-3, atol=1e-3)
+
+
+def test_linear_r1_is_parm():
+  from pmjax.codes import coefficient_matrix
+  np.testing.assert_array_equal(coefficient_matrix(4, 1), np.ones((1, 4)))
+  lin, parm = make_code('linear', 3, 1), make_code('concat', 3)
+  rng = np.random.default_rng(0)
+  x = jnp.asarray(rng.uniform(size=(2, 3, 28, 28, 1)), jnp.float32)
+  np.testing.assert_allclose(lin.encode(x), parm.encode(x), atol=1e-6)
+  y = jnp.asarray(rng.normal(size=(2, 3, 10)), jnp.float32)
+  z = parm.target(y) + 0.1
+  avail = jnp.array([[True, False, True]] * 2)
+  np.testing.assert_allclose(lin.decode(y, avail, z, jnp.ones((2, 1), bool)),
+                             parm.decode(y, avail, z, jnp.ones((2, 1), bool)), atol=1e-4)
+
+
+def test_linear_concat_parity_queries_and_errors():
+  code = make_code('linear', 4, 2, image_shape=(28, 28, 1))
+  x = _constant_images(2, 4, 28, 28, 1)
+  p = code.encode(x)
+  assert p.shape == (2, 2, 28, 28, 1)
+  np.testing.assert_array_equal(p[:, 0], p[:, 1])   # each parity model sees the tiling
+  np.testing.assert_allclose(p[:, :1], make_code('concat', 4).encode(x), atol=1e-6)
+  y, z = jnp.ones((1, 4, 3)), jnp.ones((1, 2, 3))
+  three_missing = jnp.array([[True, False, False, False]])
+  with pytest.raises(ValueError, match='3 of k=4 outputs missing but only 2'):
+    code.decode(y, three_missing, z, jnp.ones((1, 2), bool))
+  out = jax.jit(code.decode)(y, three_missing, z, jnp.ones((1, 2), bool))
+  assert np.all(np.isnan(out[0, 1:])) and np.all(out[0, 0] == 1)
+  with pytest.raises(ValueError, match='1 <= r <= k'):
+    make_code('linear', 2, 3)
+  with pytest.raises(ValueError, match='parity_input'):
+    make_code('linear', 2, 2, parity_input='mean')
+  with pytest.raises(ValueError, match="use 'linear' for r >= 2"):
+    make_code('sum', 4, 2)
