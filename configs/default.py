@@ -25,6 +25,7 @@ def get_config(arg=None, dataset='mnist', model='mlp', base_epochs=30, base_batc
   c.parity_model = a.parity_model     # '' = same architecture as the base model
   c.base_workdir = ''                 # parity stage: workdir of the trained base model
   c.code, c.k, c.r = a.code, a.k, a.r
+  c.parity_input = 'concat'           # linear code: parity query ('concat' or 'sum')
   c.smoke = a.smoke                   # a few steps on a tiny subset
 
   c.data = ml_collections.ConfigDict()

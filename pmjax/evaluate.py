@@ -52,7 +52,8 @@ def evaluate_workdir(workdir: str, split: str = 'test', batch_size: int = 1000,
 
   _, parity_model, parity_vars, epoch = wd.load_variables(workdir, 'best')
   spec = builders.get_spec(config.data.name)
-  code = codes.make_code(config.code, config.k, config.r, image_shape=spec.image_shape)
+  code = codes.make_code(config.code, config.k, config.r, image_shape=spec.image_shape,
+                         parity_input=config.get('parity_input', 'concat'))
   x_GxK, y_GxK = inference.fixed_groups(x, y, code.k)
   z = inference.batched(inference.make_parity_predict(parity_model, code, config.data.name),
                         parity_vars, x_GxK, batch_size)
@@ -64,6 +65,9 @@ def evaluate_workdir(workdir: str, split: str = 'test', batch_size: int = 1000,
                   'best_epoch': epoch, 'base_workdir': os.path.abspath(base_dir),
                   'num_groups': int(x_GxK.shape[0]), **degraded})
   results['A_o'] = metrics.overall_accuracy(results['A_a'], results['A_d_top1'])
+  if code.r > 1:
+    results['A_d_by_missing'] = metrics.degraded_by_missing(
+        code, jnp.asarray(logits_GxKxC), jnp.asarray(z), jnp.asarray(y_GxK))
   return _finish(workdir, results, write, verbose)
 
 

@@ -42,7 +42,9 @@ def encode_raw(code, dataset: str, x_uint8_GxKxHxWxC):
 def apply_parity(parity_model, variables, p_GxRx):
   """F_P on parity queries p_GxRx... -> z_GxRxC (eval mode)."""
   g, r = p_GxRx.shape[:2]
-  z = parity_model.apply(variables, p_GxRx.reshape(g * r, *p_GxRx.shape[2:]), train=False)
+  # r = 1: one model on g queries; r > 1: `models.Stacked` takes p_GxRx... whole.
+  z = parity_model.apply(variables, p_GxRx.reshape(g, *p_GxRx.shape[2:]) if r == 1
+                         else p_GxRx, train=False)
   return z.reshape(g, r, -1)
 
 

@@ -111,3 +111,34 @@ def read_metrics(workdir: str) -> list:
     return []
   with open(path) as f:
     return [json.loads(line) for line in f if line.strip()]
+
+
+def degraded_by_missing(code, y_GxKxC, z_GxRxC, labels_GxK) -> dict:
+  """For m = 1..r missing outputs: accuracy of the decoded answers over every test
+  group and every pattern of m erased outputs among the k + r (data or parity)
+  that erases at least one data output. Every pattern must decode (finite outputs).
+  """
+  import itertools  # pylint: disable=g-import-not-at-top
+  k, r = code.k, code.r
+  g = y_GxKxC.shape[0]
+  decode = jax.jit(code.decode)
+  out = {}
+  for m in range(1, r + 1):
+    correct = total = 0
+    patterns = undecodable = 0
+    for erased in itertools.combinations(range(k + r), m):
+      data = [i for i in erased if i < k]
+      if not data:
+        continue
+      avail = np.ones((g, k), bool)
+      zavail = np.ones((g, r), bool)
+      avail[:, data] = False
+      zavail[:, [i - k for i in erased if i >= k]] = False
+      yhat = np.asarray(decode(y_GxKxC, avail, z_GxRxC, zavail))[:, data]
+      patterns += 1
+      undecodable += int(not np.all(np.isfinite(yhat)))
+      correct += int(np.sum(np.argmax(yhat, -1) == np.asarray(labels_GxK)[:, data]))
+      total += yhat.shape[0] * len(data)
+    out[str(m)] = {'A_d_top1': correct / total, 'patterns': patterns,
+                   'undecodable_patterns': undecodable}
+  return out

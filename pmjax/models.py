@@ -117,3 +117,28 @@ def get_model(name: str, num_classes: int) -> nn.Module:
   if not isinstance(num_classes, int) or num_classes < 1:
     raise ValueError(f'num_classes={num_classes!r} must be a positive integer')
   return MODELS[name](num_classes=num_classes)
+
+
+class Stacked(nn.Module):
+  """r independent copies of `base` (stacked parameters, vmapped): x_BxRx... -> y_BxRxC.
+
+  The r parity models of a code with r > 1 train together in one step.
+  """
+  base: nn.Module
+  r: int
+
+  @nn.compact
+  def __call__(self, x_BxRx, train: bool = False):
+    def apply(module, x):
+      return module(x, train)
+    vmapped = nn.vmap(apply, variable_axes={'params': 0, 'batch_stats': 0},
+                      split_rngs={'params': True}, in_axes=1, out_axes=1,
+                      axis_size=self.r)
+    return vmapped(self.base, x_BxRx)
+
+
+def get_parity_model(name: str, num_classes: int, r: int = 1) -> nn.Module:
+  """The parity model(s) of a code with r parities: `name` itself for r = 1, else
+  `Stacked` r copies taking x_BxRx..."""
+  model = get_model(name, num_classes)
+  return model if r == 1 else Stacked(model, r)

@@ -86,9 +86,10 @@ def replicate(tree, mesh):
   return jax.device_put(tree, NamedSharding(mesh, P()))
 
 
-def init_variables(model, seed: int, image_shape) -> dict:
+def init_variables(model, seed: int, input_shape) -> dict:
+  """Variables of `model` for inputs of shape (batch, *input_shape)."""
   variables = jax.jit(partial(model.init, train=False))(
-      jax.random.key(seed), jnp.zeros((1, *image_shape), jnp.float32))
+      jax.random.key(seed), jnp.zeros((1, *input_shape), jnp.float32))
   return {'params': variables['params'], 'batch_stats': variables.get('batch_stats', {})}
 
 
@@ -149,7 +150,9 @@ def parity_loss(apply_fn, params, batch_stats, batch):
   """MSE between F_P(parity queries) and the code's target {'p', 't'}."""
   p = batch['p']
   g, r = p.shape[:2]
-  out, new_bs = _apply_train(apply_fn, params, batch_stats, p.reshape(g * r, *p.shape[2:]))
+  # r = 1: one model on g queries; r > 1: `models.Stacked` takes p_GxRx... whole.
+  out, new_bs = _apply_train(apply_fn, params, batch_stats,
+                             p.reshape(g, *p.shape[2:]) if r == 1 else p)
   loss = jnp.mean((out.reshape(g, r, -1) - batch['t']) ** 2)
   return loss, new_bs
 
@@ -364,8 +367,9 @@ def train_stage(config, workdir: str) -> dict:
       raise ValueError(
           f'base_workdir {config.base_workdir} holds {base_cfg.model} on '
           f'{base_cfg.data.name}, but this config asks for {config.model} on {dataset}')
-    code = codes.make_code(config.code, config.k, config.r, image_shape=spec.image_shape)
-    model = wd.build_model(wd.model_names(config)[1], dataset)
+    code = codes.make_code(config.code, config.k, config.r, image_shape=spec.image_shape,
+                           parity_input=config.get('parity_input', 'concat'))
+    model = wd.build_model(wd.model_names(config)[1], dataset, code.r)
     group_size = config.k
     loss_fn = parity_loss
     base_predict = inference.make_predict(base_model, dataset)
@@ -386,8 +390,11 @@ def train_stage(config, workdir: str) -> dict:
                      f'groups of {group_size}; lower the batch size')
   num_epochs = stage_cfg.num_epochs
   tx = make_optimizer(stage_cfg.optim, steps_per_epoch * num_epochs)
+  input_shape = spec.image_shape
+  if config.stage == 'parity' and config.r > 1:
+    input_shape = (config.r, *input_shape)   # the r stacked parity models
   state = replicate(create_state(model, tx, init_variables(model, config.seed,
-                                                           spec.image_shape)), mesh)
+                                                           input_shape)), mesh)
   data = replicate(data, mesh)
   model_name = config.model if config.stage == 'base' else wd.model_names(config)[1]
   unroll, steps_per_call = scan_unroll(config, model_name)

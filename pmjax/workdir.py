@@ -63,8 +63,9 @@ def model_names(config) -> tuple:
   return config.model, (config.get('parity_model') or config.model)
 
 
-def build_model(name: str, dataset: str):
-  return models.get_model(name, builders.get_spec(dataset).num_classes)
+def build_model(name: str, dataset: str, r: int = 1):
+  """F (r = 1) or the r stacked parity models of a code with r parities."""
+  return models.get_parity_model(name, builders.get_spec(dataset).num_classes, r)
 
 
 def load_variables(workdir: str, which: str = 'best') -> tuple:
@@ -74,8 +75,10 @@ def load_variables(workdir: str, which: str = 'best') -> tuple:
   """
   config = read_config(workdir)
   base_name, parity_name = model_names(config)
-  model = build_model(parity_name if config.stage == 'parity' else base_name,
-                      config.data.name)
+  if config.stage == 'parity':
+    model = build_model(parity_name, config.data.name, config.get('r', 1))
+  else:
+    model = build_model(base_name, config.data.name)
   ckpts = checkpoint.Checkpoints(workdir, create=False)
   try:
     tree = ckpts.restore(which, None)

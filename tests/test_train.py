@@ -222,3 +222,20 @@ def test_cifar_smoke_bn_and_augmentation(tmp_path):
   assert jax.tree.leaves(variables['batch_stats'])  # running statistics were saved
   rows = metrics.read_metrics(os.path.join(w, 'parity'))
   assert all(np.isfinite(r['train_loss']) for r in rows)
+
+
+def test_linear_r2_trains_stacked_models_and_evaluates_every_pattern(smoke_config, base_dir,
+                                                                     tmp_path):
+  c = smoke_config('stage=parity,code=linear,k=4,r=2')
+  c.base_workdir = base_dir
+  w = str(tmp_path / 'lin')
+  train.train_and_evaluate(c, w)
+  _, model, variables, _ = wd.load_variables(w)
+  kernel = variables['params']['base']['Dense_0']['kernel']
+  assert kernel.shape[0] == 2 and not np.allclose(kernel[0], kernel[1])  # 2 distinct models
+  res = evaluate.evaluate_workdir(w, verbose=False)
+  by_missing = res['A_d_by_missing']
+  assert by_missing['1']['patterns'] == 4 and by_missing['2']['patterns'] == 14
+  assert by_missing['1']['undecodable_patterns'] == 0
+  assert by_missing['2']['undecodable_patterns'] == 0
+  assert 0.0 <= by_missing['2']['A_d_top1'] <= 1.0
