@@ -289,8 +289,37 @@ def _linear_code(k, r, image_shape, parity_input):
     lhs = gram * mask + eye * (1.0 - miss)[:, :, None]
     rhs = miss[..., None] * jnp.einsum('ri,br,brc->bic', cmat, w, resid)
     lhs = jnp.where(decodable_B[:, None, None], lhs, eye)         # keep solve well posed
-    u = jnp.linalg.solve(lhs, rhs)
+    u = solve_small(lhs, rhs)
     u = jnp.where(decodable_B[:, None, None], u, jnp.nan)
     return jnp.where(avail[..., None], y_BxKxC, u)
 
   return Code('linear', k, r, encode, target, decode)
+
+
+def solve_small(a_BxKxK, b_BxKxC):
+  """Batched solve of small systems by Gauss-Jordan elimination with partial pivoting.
+
+  Plain jnp ops unrolled over the (static, small) k: no LAPACK custom call,
+  which on the CPU backend was seen to hang inside a long-running process here
+  (batched `jnp.linalg.solve` in the per-epoch evaluation, second epoch).
+  """
+  a, b = a_BxKxK, b_BxKxC
+  k = a.shape[-1]
+  rows = jnp.arange(k)
+  for col in range(k):
+    # Pivot: the largest remaining entry of this column moves to row `col`.
+    cand = jnp.where(rows[None, :] >= col, jnp.abs(a[:, :, col]), -1.0)
+    piv = jnp.argmax(cand, axis=1)                                      # B
+    perm = jnp.where(rows[None, :] == col, piv[:, None],
+                     jnp.where(rows[None, :] == piv[:, None], col, rows[None, :]))
+    a = jnp.take_along_axis(a, perm[:, :, None], axis=1)
+    b = jnp.take_along_axis(b, perm[:, :, None], axis=1)
+    pivot_row = a[:, col, :] / a[:, col, col][:, None]                  # B x K
+    pivot_b = b[:, col, :] / a[:, col, col][:, None]                    # B x C
+    factor = a[:, :, col]                                               # B x K
+    factor = jnp.where(rows[None, :] == col, 0.0, factor)
+    a = a - factor[:, :, None] * pivot_row[:, None, :]
+    b = b - factor[:, :, None] * pivot_b[:, None, :]
+    a = a.at[:, col, :].set(pivot_row)
+    b = b.at[:, col, :].set(pivot_b)
+  return b

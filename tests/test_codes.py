@@ -198,3 +198,12 @@ def test_linear_concat_parity_queries_and_errors():
     make_code('linear', 2, 2, parity_input='mean')
   with pytest.raises(ValueError, match="use 'linear' for r >= 2"):
     make_code('sum', 4, 2)
+
+
+def test_solve_small_matches_numpy():
+  from pmjax.codes import solve_small
+  rng = np.random.default_rng(0)
+  a = rng.normal(size=(64, 5, 5))
+  b = rng.normal(size=(64, 5, 3))
+  x = jax.jit(solve_small)(jnp.asarray(a, jnp.float32), jnp.asarray(b, jnp.float32))
+  np.testing.assert_allclose(x, np.linalg.solve(a, b), rtol=1e-3, atol=1e-3)
