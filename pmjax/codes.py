@@ -19,6 +19,9 @@ ParM's codes (r = 1): `sum` (P = X1 + .. + Xk) and `concat` (the k images
 downsampled and tiled into one image of the original size); both train F_P
 towards the sum of the k outputs and decode by subtraction.
 
+`berrut` (ApproxIFER, training-free, S stragglers): queries are interpolated
+with Berrut's rational interpolant; every worker runs the unchanged F.
+
 `linear` (any r >= 1, systematic): parity model j answers a parity query (by
 default the `concat` tiling; `parity_input='sum'` gives sum_i C[j,i] X_i) and
 is trained towards t_j = sum_i C[j,i] F(X_i), where C (r x k, see
@@ -47,17 +50,19 @@ class Code(NamedTuple):
   decode: Callable       # (y_BxKxC, avail_BxK, z_BxRxC, zavail_BxR) -> yhat_BxKxC
 
 
-CODES = ('sum', 'concat', 'linear')
+CODES = ('sum', 'concat', 'linear', 'berrut')
 PARITY_INPUTS = ('concat', 'sum')
 
 
 def make_code(name: str, k: int, r: int = 1, image_shape=None,
-              parity_input: str = 'concat') -> Code:
+              parity_input: str = 'concat', systematic: bool = True) -> Code:
   """Builds the code `name` for groups of `k` queries and `r` parities.
 
   `image_shape` (H, W, C) is optional; when given, inputs are checked against
   it and `concat` checks at once that its grid divides the image.
   `parity_input` ('concat' or 'sum') is the parity query of the `linear` code.
+  For `berrut`, r is the number of stragglers S tolerated and `systematic`
+  chooses the form (see `_berrut_code`).
   """
   if name not in CODES:
     raise ValueError(f'code name {name!r} is unknown; accepted values: {list(CODES)}')
@@ -67,7 +72,7 @@ def make_code(name: str, k: int, r: int = 1, image_shape=None,
   if not isinstance(r, (int, np.integer)) or r < 1:
     raise ValueError(f'r={r!r} is invalid: r (parity queries per group) must be an '
                      f'integer >= 1')
-  if r != 1 and name != 'linear':
+  if r != 1 and name not in ('linear', 'berrut'):
     raise ValueError(f'r={r} is not supported by code {name!r}; accepted values: r=1 '
                      f"(ParM codes tolerate one missing answer per group; use 'linear' "
                      f'for r >= 2)')
@@ -79,6 +84,8 @@ def make_code(name: str, k: int, r: int = 1, image_shape=None,
     image_shape = tuple(int(d) for d in image_shape)
   if name == 'linear':
     return _linear_code(k, r, image_shape, parity_input)
+  if name == 'berrut':
+    return _berrut_code(k, r, image_shape, systematic)
   if name == 'sum':
     encode = _sum_encoder(k, image_shape)
   else:
@@ -323,3 +330,112 @@ def solve_small(a_BxKxK, b_BxKxC):
     a = a.at[:, col, :].set(pivot_row)
     b = b.at[:, col, :].set(pivot_b)
   return b
+
+
+# --------------------------------------------------------------------------
+# Berrut (ApproxIFER): training-free rational interpolation codes.
+# --------------------------------------------------------------------------
+
+def chebyshev_first(n: int) -> np.ndarray:
+  """cos((2i+1) pi / 2n), i = 0..n-1 (descending): the data nodes."""
+  return np.cos((2 * np.arange(n) + 1) * np.pi / (2 * n))
+
+
+def chebyshev_second(n: int) -> np.ndarray:
+  """cos(j pi / (n-1)), j = 0..n-1 (descending): the coded nodes."""
+  return np.cos(np.arange(n) * np.pi / (n - 1))
+
+
+def berrut_weights(nodes_M, avail_BxM, at_T):
+  """W_BxTxM: Berrut's interpolant through the available nodes, evaluated at `at`.
+
+  `nodes` must be sorted (descending); the weight signs alternate over the
+  available nodes in that order. A point equal to an available node gets that
+  node's value exactly.
+  """
+  nodes = jnp.asarray(nodes_M, jnp.float32)
+  avail = jnp.asarray(avail_BxM, bool)
+  rank = jnp.cumsum(avail, axis=-1) - 1
+  sign = jnp.where(avail, jnp.where(rank % 2 == 0, 1.0, -1.0), 0.0)       # B x M
+  diff = jnp.asarray(at_T, jnp.float32)[:, None] - nodes[None, :]           # T x M
+  hit = (jnp.abs(diff) < 1e-7)[None] & avail[:, None, :]                    # B x T x M
+  safe = jnp.where(jnp.abs(diff) < 1e-7, 1.0, diff)
+  w = sign[:, None, :] / safe[None]                                         # B x T x M
+  w = w / jnp.sum(w, axis=-1, keepdims=True)
+  return jnp.where(jnp.any(hit, axis=-1, keepdims=True), hit.astype(w.dtype), w)
+
+
+def _extra_nodes(k: int, s: int) -> np.ndarray:
+  """S coded nodes for the systematic form: greedily, the second-kind nodes of a
+  K+S grid farthest from the data nodes (and from each other)."""
+  taken = list(chebyshev_first(k))
+  cand = list(chebyshev_second(k + s))
+  chosen = []
+  for _ in range(s):
+    best = max(cand, key=lambda c: min(abs(c - t) for t in taken))
+    chosen.append(best)
+    taken.append(best)
+    cand.remove(best)
+  return np.sort(np.asarray(chosen))[::-1]
+
+
+def _berrut_code(k, s, image_shape, systematic):
+  """Berrut codes (ApproxIFER). K queries sit at Chebyshev first-kind nodes.
+
+  Non-systematic (as published): r = K + S coded queries, Berrut's interpolant
+  of the queries at the K+S second-kind nodes; every answer is interpolated
+  from any K of them (`decode` ignores the data slots: none is computed).
+  Systematic: the K data workers answer their own queries; r = S extra workers
+  answer the interpolant at S second-kind nodes away from the data nodes; only
+  missing answers are interpolated, from every available output.
+  `target` is the same Berrut combination of F's outputs (what an ideal F_P
+  would return; the codes need no training).
+  """
+  alpha = chebyshev_first(k)
+  beta = chebyshev_second(k + s) if not systematic else _extra_nodes(k, s)
+  r = len(beta)
+  enc_w = np.asarray(berrut_weights(alpha, np.ones((1, k), bool), beta))[0]   # r x k
+
+  def encode(x_BxKx):
+    _check_x(x_BxKx, k, image_shape)
+    return jnp.einsum('ri,bi...->br...', enc_w, x_BxKx.astype(jnp.float32),
+                      precision=jax.lax.Precision.HIGHEST).astype(x_BxKx.dtype)
+
+  def target(y_BxKxC):
+    _check_x(y_BxKxC, k, None)
+    return jnp.einsum('ri,bic->brc', enc_w, y_BxKxC, precision=jax.lax.Precision.HIGHEST)
+
+  if systematic:
+    nodes = np.concatenate([alpha, beta])
+    order = np.argsort(-nodes, kind='stable')          # descending, as Berrut needs
+
+  def decode(y_BxKxC, avail_BxK, z_BxRxC, zavail_BxR):
+    _check_x(y_BxKxC, k, None)
+    b, _, c = y_BxKxC.shape
+    if avail_BxK.shape != (b, k) or z_BxRxC.shape != (b, r, c) or zavail_BxR.shape != (b, r):
+      raise ValueError(
+          f'decode got y {y_BxKxC.shape}, avail {avail_BxK.shape}, z {z_BxRxC.shape}, '
+          f'zavail {zavail_BxR.shape}; expected y_BxKxC, avail_BxK, z_BxRxC, zavail_BxR '
+          f'with B={b}, K={k}, R={r}, C={c}')
+    avail, zavail = avail_BxK.astype(bool), zavail_BxR.astype(bool)
+    if systematic:
+      n_avail_B = jnp.sum(avail, 1) + jnp.sum(zavail, 1)
+      values = jnp.concatenate([y_BxKxC, z_BxRxC], axis=1)[:, order]
+      mask = jnp.concatenate([avail, zavail], axis=1)[:, order]
+      w = berrut_weights(nodes[order], mask, alpha)
+    else:
+      n_avail_B = jnp.sum(zavail, 1)
+      values, mask = z_BxRxC, zavail
+      w = berrut_weights(beta, zavail, alpha)
+    decodable_B = n_avail_B >= k
+    if _is_concrete(avail_BxK, zavail_BxR) and not bool(np.all(decodable_B)):
+      bad = int(np.argmax(~np.asarray(decodable_B)))
+      raise ValueError(
+          f'group {bad} cannot be decoded: {int(n_avail_B[bad])} outputs available, the '
+          f'Berrut code (K={k}, S={s}) needs any {k} of its {k + s}')
+    yhat = jnp.einsum('btm,bmc->btc', jnp.where(mask[:, None, :], w, 0.0),
+                      jnp.where(mask[..., None], values, 0.0))
+    yhat = jnp.where(decodable_B[:, None, None], yhat, jnp.nan)
+    return jnp.where(avail[..., None], y_BxKxC, yhat)
+
+  return Code('berrut', k, r, encode, target, decode)

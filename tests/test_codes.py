@@ -207,3 +207,64 @@ def test_solve_small_matches_numpy():
   b = rng.normal(size=(64, 5, 3))
   x = jax.jit(solve_small)(jnp.asarray(a, jnp.float32), jnp.asarray(b, jnp.float32))
   np.testing.assert_allclose(x, np.linalg.solve(a, b), rtol=1e-3, atol=1e-3)
+
+
+# ----------------------------------------------------------------------------- berrut code
+
+
+def _smooth(x):
+  return np.stack([np.sin(2 * x), np.cos(x), x ** 2, 1 / (1.5 + x)], -1)
+
+
+def test_berrut_interpolant_passes_through_the_nodes():
+  from pmjax.codes import berrut_weights, chebyshev_first
+  nodes = chebyshev_first(6)
+  w = np.asarray(berrut_weights(nodes, np.ones((1, 6), bool), nodes))[0]
+  np.testing.assert_allclose(w, np.eye(6), atol=1e-6)
+  # Between the nodes the weights form an affine combination.
+  w = np.asarray(berrut_weights(nodes, np.ones((1, 6), bool), np.array([0.1, -0.33])))[0]
+  np.testing.assert_allclose(w.sum(-1), 1.0, atol=1e-5)
+
+
+@pytest.mark.parametrize('systematic', [False, True])
+def test_berrut_reproduces_a_smooth_function_and_degrades_gracefully(systematic):
+  """F = identity on X_i = g(alpha_i) for a smooth g: decoding returns g at the data
+  nodes up to the interpolation error, for every pattern of S = 1 straggler."""
+  from pmjax.codes import chebyshev_first
+  k = 8
+  code = make_code('berrut', k, 1, systematic=systematic)
+  assert code.r == (9 if not systematic else 1)
+  x = jnp.asarray(_smooth(chebyshev_first(k))[None], jnp.float32)     # 1 x K x 4
+  z = code.encode(x)                                                    # F = identity
+  np.testing.assert_allclose(code.target(x), z, atol=1e-5)
+  decode = jax.jit(code.decode)
+  if systematic:
+    errors = []
+    for i in range(k):
+      avail = np.ones((1, k), bool)
+      avail[0, i] = False
+      out = decode(x, avail, z, np.ones((1, 1), bool))
+      np.testing.assert_array_equal(np.delete(out, i, 1), np.delete(x, i, 1))  # exact
+      errors.append(float(jnp.abs(out - x).max()))
+    assert max(errors) < 0.3
+  else:
+    none_missing = float(jnp.abs(decode(x * 0, np.zeros((1, k), bool), z,
+                                        np.ones((1, 9), bool)) - x).max())
+    assert none_missing < 0.25
+    for j in range(9):
+      zavail = np.ones((1, 9), bool)
+      zavail[0, j] = False
+      err = float(jnp.abs(decode(x * 0, np.zeros((1, k), bool), z, zavail) - x).max())
+      assert err < 1.5 * none_missing + 0.05   # graceful: no blow-up with a straggler
+
+
+def test_berrut_bad_arguments():
+  with pytest.raises(ValueError, match='k=1 is invalid'):
+    make_code('berrut', 1, 1)
+  with pytest.raises(ValueError, match='r=0 is invalid'):
+    make_code('berrut', 4, 0)
+  code = make_code('berrut', 4, 1, systematic=False)
+  zavail = np.ones((1, 5), bool)
+  zavail[0, :2] = False
+  with pytest.raises(ValueError, match='needs any 4 of its 5'):
+    code.decode(jnp.zeros((1, 4, 3)), np.zeros((1, 4), bool), jnp.zeros((1, 5, 3)), zavail)
