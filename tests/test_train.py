@@ -239,3 +239,14 @@ def test_linear_r2_trains_stacked_models_and_evaluates_every_pattern(smoke_confi
   assert by_missing['1']['undecodable_patterns'] == 0
   assert by_missing['2']['undecodable_patterns'] == 0
   assert 0.0 <= by_missing['2']['A_d_top1'] <= 1.0
+
+
+def test_codes_bench_berrut_rows(base_dir):
+  from pmjax.bench import codes as bench_codes
+  for systematic in (False, True):
+    row = bench_codes.berrut_row(base_dir, 4, 1, systematic, batch=50)
+    assert row['r'] == (5 if not systematic else 1) and row['groups'] == 50
+    assert 0.0 <= row['A_d_by_missing'][1] <= 1.0 and row['extra_compute_per_query'] == 0.25
+    if systematic:
+      assert row['acc_none_missing'] == row['A_a']   # nothing missing: F's own answers
+  assert '| berrut |' in bench_codes.markdown([bench_codes.berrut_row(base_dir, 4, 1, False, 50)])

@@ -1,0 +1,169 @@
+"""One table over codes: accuracy with nothing and with 1..S missing, A_o, cost.
+
+    python -m pmjax.bench.codes --base_workdir=W_F --k=8 --s=1 \
+        [--parity_workdirs=W1,W2,...] [--out=DIR]
+
+Training-free `berrut` codes (non-systematic as published, and systematic)
+are evaluated here on the same trained F (its best checkpoint): every test
+group of k consecutive test images, F run on the coded queries, every pattern
+of missing outputs. Trained parity runs (`sum`, `concat`, `linear`) are read
+from their workdirs' results.json (`python -m pmjax.evaluate`). Writes
+DIR/codes.json and DIR/codes.md.
+
+Columns: acc none missing (for non-systematic codes already an
+approximation), A_d with m missing (accuracy of the answers that had to be
+decoded, over every erasure pattern), A_o(f_u) = (1-f_u) acc + f_u A_d(1),
+extra compute per query (r/k; non-systematic: every worker runs a coded
+query, (k+s)/k in all), encode/decode time per group (median, this CPU).
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import os
+import time
+from functools import partial
+
+from absl import app, flags
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from pmjax import codes, inference, workdir as wd
+from pmjax.data import builders, pipeline
+
+
+def _median_us(fn, calls=200):
+  fn()
+  t = []
+  for _ in range(calls):
+    s = time.perf_counter()
+    jax.block_until_ready(fn())
+    t.append(time.perf_counter() - s)
+  return 1e6 * float(np.median(t))
+
+
+def berrut_row(base_workdir, k, s, systematic, batch=500):
+  config, model, variables, _ = wd.load_variables(base_workdir)
+  dataset = config.data.name
+  spec = builders.get_spec(dataset)
+  splits = pipeline.load_splits(config.data)
+  code = codes.make_code('berrut', k, s, image_shape=spec.image_shape, systematic=systematic)
+  x_GxK, y_GxK = inference.fixed_groups(splits.test_x, splits.test_y, k)
+  g = x_GxK.shape[0]
+  predict = inference.make_predict(model, dataset)
+  apply = inference.make_apply(model)
+  logits = inference.batched(predict, variables, splits.test_x[:g * k], batch).reshape(g, k, -1)
+  encode = jax.jit(partial(inference.encode_raw, code, dataset))
+
+  def coded_outputs(v, x_chunk):
+    p = encode(x_chunk)
+    return apply(v, p.reshape(-1, *p.shape[2:])).reshape(p.shape[0], p.shape[1], -1)
+  z = inference.batched(coded_outputs, variables, x_GxK, max(1, batch // code.r))
+  decode = jax.jit(code.decode)
+  acc_a = float(np.mean(np.argmax(logits, -1) == y_GxK))
+
+  def accuracy(avail, zavail, positions):
+    yhat = np.asarray(decode(logits, np.broadcast_to(avail, (g, k)),
+                             z, np.broadcast_to(zavail, (g, code.r))))
+    return float(np.mean(np.argmax(yhat[:, positions], -1) == y_GxK[:, positions]))
+
+  r = code.r
+  if systematic:
+    acc_none = acc_a
+    by_missing = {}
+    for m in range(1, s + 1):
+      scores = []
+      for erased in itertools.combinations(range(k + r), m):
+        data = [i for i in erased if i < k]
+        if not data:
+          continue
+        avail, zavail = np.ones(k, bool), np.ones(r, bool)
+        avail[data] = False
+        zavail[[i - k for i in erased if i >= k]] = False
+        scores.append(accuracy(avail, zavail, data))
+      by_missing[m] = float(np.mean(scores))
+  else:
+    none = np.zeros(k, bool)
+    acc_none = accuracy(none, np.ones(r, bool), list(range(k)))
+    by_missing = {}
+    for m in range(1, s + 1):
+      scores = []
+      for erased in itertools.combinations(range(r), m):
+        zavail = np.ones(r, bool)
+        zavail[list(erased)] = False
+        scores.append(accuracy(none, zavail, list(range(k))))
+      by_missing[m] = float(np.mean(scores))
+  x1 = x_GxK[:1]
+  enc_us = _median_us(lambda: encode(x1))
+  avail1 = np.ones((1, k), bool) if systematic else np.zeros((1, k), bool)
+  if systematic:
+    avail1[0, 0] = False
+  dec_us = _median_us(lambda: decode(logits[:1], avail1, z[:1], np.ones((1, r), bool)))
+  return {'code': 'berrut' + ('-systematic' if systematic else ''), 'dataset': dataset,
+          'model': config.model, 'k': k, 'r': r, 'stragglers': s, 'A_a': acc_a,
+          'acc_none_missing': acc_none, 'A_d_by_missing': by_missing,
+          'extra_compute_per_query': s / k, 'workers_per_query': (k + s) / k,
+          'encode_us_per_group': enc_us, 'decode_us_per_group': dec_us, 'groups': g}
+
+
+def parity_row(workdir):
+  with open(os.path.join(workdir, 'results.json')) as f:
+    res = json.load(f)
+  by_missing = {1: res['A_d_top1']}
+  for m, v in res.get('A_d_by_missing', {}).items():
+    by_missing[int(m)] = v['A_d_top1']
+  return {'code': res['code'], 'dataset': res['dataset'], 'model': res['model'],
+          'k': res['k'], 'r': res['r'], 'stragglers': res['r'], 'A_a': res['A_a'],
+          'acc_none_missing': res['A_a'], 'A_d_by_missing': by_missing,
+          'extra_compute_per_query': res['r'] / res['k'], 'workers_per_query':
+          (res['k'] + res['r']) / res['k'], 'encode_us_per_group': None,
+          'decode_us_per_group': None, 'groups': res.get('num_groups'),
+          'epochs': res.get('epochs')}
+
+
+def markdown(rows):
+  lines = ['| dataset | F | code | k | r | acc, none missing | A_d 1 missing | A_d 2 missing '
+           '| A_o(0.05) | A_o(0.1) | A_o(0.2) | extra compute/query | encode us | decode us |',
+           '|' + '---|' * 14]
+  for r in rows:
+    ad1 = r['A_d_by_missing'][1]
+    ad2 = r['A_d_by_missing'].get(2)
+    ao = [(1 - f) * r['acc_none_missing'] + f * ad1 for f in (0.05, 0.1, 0.2)]
+    fmt = lambda v: '' if v is None else f'{v:.4f}'
+    us = lambda v: '' if v is None else f'{v:.0f}'
+    lines.append(f"| {r['dataset']} | {r['model']} | {r['code']} | {r['k']} | {r['r']} | "
+                 f"{r['acc_none_missing']:.4f} | {ad1:.4f} | {fmt(ad2)} | "
+                 + ' | '.join(f'{a:.4f}' for a in ao) +
+                 f" | {r['extra_compute_per_query']:.3f} | {us(r['encode_us_per_group'])} | "
+                 f"{us(r['decode_us_per_group'])} |")
+  return '\n'.join(lines)
+
+
+def main(argv):
+  del argv
+  f = flags.FLAGS
+  jax.config.update('jax_cpu_enable_async_dispatch', False)
+  rows = []
+  for base in f.base_workdirs.split(','):
+    for systematic in (False, True):
+      rows.append(berrut_row(base, f.k, f.s, systematic))
+  for w in filter(None, f.parity_workdirs.split(',')):
+    rows.append(parity_row(w))
+  os.makedirs(f.out, exist_ok=True)
+  table = markdown(rows)
+  with open(os.path.join(f.out, 'codes.json'), 'w') as fh:
+    json.dump(rows, fh, indent=2)
+  with open(os.path.join(f.out, 'codes.md'), 'w') as fh:
+    fh.write(table + '\n')
+  print(table)
+
+
+if __name__ == '__main__':
+  flags.DEFINE_string('base_workdirs', None, 'Comma list of trained F workdirs.')
+  flags.DEFINE_integer('k', 8, 'K for the Berrut codes.')
+  flags.DEFINE_integer('s', 1, 'Stragglers S for the Berrut codes.')
+  flags.DEFINE_string('parity_workdirs', '', 'Comma list of evaluated parity workdirs.')
+  flags.DEFINE_string('out', 'workdirs/codes', 'Output directory.')
+  app.run(main)
