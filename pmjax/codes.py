@@ -119,22 +119,25 @@ def _sum_encoder(k, image_shape):
 
 
 def concat_grid(k: int, image_shape) -> tuple:
-  """(rows, cols) of the `concat` layout: near-square, row-major, cols >= rows.
+  """(rows, cols) of the `concat` layout: the near-square grid that divides the image.
 
-  k=2 -> 1x2 (each image H x W/2, side by side), k=3 and k=4 -> 2x2 (H/2 x W/2
-  quadrants TL, TR, BL, BR; k=3 leaves BR zero), k=5..6 -> 2x3, ...
+  Among grids with rows <= cols <= k, at least k cells and no empty row, whose
+  rows divide H and cols divide W, the one with the fewest empty cells, then
+  the squarest. k=2 -> 1x2 (each image H x W/2, side by side); k=3 and k=4 ->
+  2x2 (H/2 x W/2 quadrants TL, TR, BL, BR; k=3 leaves BR zero); on 28x28,
+  k=5..8 -> 2x4; on 36x36, k=5 -> 2x3, k=9 -> 3x3. Cells fill row-major.
   """
   if len(image_shape) != 3:
     raise ValueError(f'image_shape={tuple(image_shape)} must be (H, W, C) for code concat')
   h, w, _ = image_shape
-  cols = math.ceil(math.sqrt(k))
-  rows = math.ceil(k / cols)
-  if h % rows or w % cols:
+  grids = [(rows, cols) for cols in range(1, k + 1) for rows in range(1, cols + 1)
+           if rows * cols >= k and (rows - 1) * cols < k and h % rows == 0 and w % cols == 0]
+  if not grids:
     raise ValueError(
-        f'code concat with k={k} tiles a {rows}x{cols} grid, which cannot divide '
-        f'image_shape={tuple(image_shape)}: H must be a multiple of {rows} and W of '
-        f'{cols}. Choose a k whose grid divides the image, or resize the images.')
-  return rows, cols
+        f'code concat with k={k} has no grid of at most k columns that divides '
+        f'image_shape={tuple(image_shape)} (rows must divide H={h} and columns W={w}). '
+        f'Choose another k, or resize the images.')
+  return min(grids, key=lambda g: (g[0] * g[1] - k, g[1] - g[0]))
 
 
 @functools.lru_cache(maxsize=None)

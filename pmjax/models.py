@@ -137,8 +137,40 @@ class Stacked(nn.Module):
     return vmapped(self.base, x_BxRx)
 
 
-def get_parity_model(name: str, num_classes: int, r: int = 1) -> nn.Module:
+class TileSum(nn.Module):
+  """A parity model for `concat` queries: one shared network on every tile, summed.
+
+  The `concat` parity query tiles k downsampled images in a rows x cols grid
+  and its target is the sum of the k outputs; this architecture applies
+  `inner` to each of the first k tiles and sums, so it only has to learn F on
+  downsampled images.
+  """
+  inner: nn.Module
+  k: int
+  rows: int
+  cols: int
+
+  @nn.compact
+  def __call__(self, x_BxHxWxC, train: bool = False):
+    b, h, w, c = x_BxHxWxC.shape
+    ch, cw = h // self.rows, w // self.cols
+    tiles = x_BxHxWxC.reshape(b, self.rows, ch, self.cols, cw, c).transpose(0, 1, 3, 2, 4, 5)
+    tiles = tiles.reshape(b * self.rows * self.cols, ch, cw, c)
+    out = self.inner(tiles, train).reshape(b, self.rows * self.cols, -1)
+    return jnp.sum(out[:, :self.k], axis=1)
+
+
+def get_parity_model(name: str, num_classes: int, r: int = 1, k: int | None = None,
+                     image_shape=None) -> nn.Module:
   """The parity model(s) of a code with r parities: `name` itself for r = 1, else
-  `Stacked` r copies taking x_BxRx..."""
-  model = get_model(name, num_classes)
+  `Stacked` r copies taking x_BxRx... `tilesum:NAME` is `TileSum` over NAME for
+  `concat` queries (needs k and image_shape for the grid)."""
+  if name.startswith('tilesum:'):
+    if k is None or image_shape is None:
+      raise ValueError(f'parity model {name!r} needs k and image_shape (the concat grid)')
+    from pmjax.codes import concat_grid  # pylint: disable=g-import-not-at-top
+    rows, cols = concat_grid(k, image_shape)
+    model = TileSum(get_model(name.split(':', 1)[1], num_classes), k, rows, cols)
+  else:
+    model = get_model(name, num_classes)
   return model if r == 1 else Stacked(model, r)

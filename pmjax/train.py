@@ -301,7 +301,7 @@ def scan_unroll(config, model_name: str) -> tuple:
   forced = int(config.get('scan_unroll', 0))
   if forced:
     return forced, steps
-  if jax.default_backend() == 'cpu' and model_name != 'mlp':
+  if jax.default_backend() == 'cpu' and not model_name.endswith('mlp'):
     return True, min(steps, 8)
   return 1, steps
 
@@ -369,7 +369,7 @@ def train_stage(config, workdir: str) -> dict:
           f'{base_cfg.data.name}, but this config asks for {config.model} on {dataset}')
     code = codes.make_code(config.code, config.k, config.r, image_shape=spec.image_shape,
                            parity_input=config.get('parity_input', 'concat'))
-    model = wd.build_model(wd.model_names(config)[1], dataset, code.r)
+    model = wd.build_model(wd.model_names(config)[1], dataset, code.r, code.k)
     group_size = config.k
     loss_fn = parity_loss
     base_predict = inference.make_predict(base_model, dataset)

@@ -63,9 +63,10 @@ def model_names(config) -> tuple:
   return config.model, (config.get('parity_model') or config.model)
 
 
-def build_model(name: str, dataset: str, r: int = 1):
-  """F (r = 1) or the r stacked parity models of a code with r parities."""
-  return models.get_parity_model(name, builders.get_spec(dataset).num_classes, r)
+def build_model(name: str, dataset: str, r: int = 1, k: int | None = None):
+  """F, or the parity model(s) of a code with k data and r parity queries."""
+  spec = builders.get_spec(dataset)
+  return models.get_parity_model(name, spec.num_classes, r, k, spec.image_shape)
 
 
 def load_variables(workdir: str, which: str = 'best') -> tuple:
@@ -76,7 +77,7 @@ def load_variables(workdir: str, which: str = 'best') -> tuple:
   config = read_config(workdir)
   base_name, parity_name = model_names(config)
   if config.stage == 'parity':
-    model = build_model(parity_name, config.data.name, config.get('r', 1))
+    model = build_model(parity_name, config.data.name, config.get('r', 1), config.k)
   else:
     model = build_model(base_name, config.data.name)
   ckpts = checkpoint.Checkpoints(workdir, create=False)

@@ -110,12 +110,20 @@ def test_concat_grids(k, grid):
   assert concat_grid(k, (36, 36, 3)) == grid
 
 
+@pytest.mark.parametrize('k,grid', [(2, (1, 2)), (3, (2, 2)), (4, (2, 2)), (5, (2, 4)),
+                                    (8, (2, 4))])
+def test_concat_grids_mnist(k, grid):
+  assert concat_grid(k, (28, 28, 1)) == grid
+  assert concat_grid(k, (32, 32, 3)) == grid
+
+
 @pytest.mark.parametrize('kwargs,match', [
     (dict(name='nope', k=2), 'accepted values'),
     (dict(name='sum', k=1), 'k=1 is invalid'),
     (dict(name='sum', k=2, r=0), 'r=0 is invalid'),
     (dict(name='concat', k=2, r=2), 'r=2 is not supported'),
-    (dict(name='concat', k=5, image_shape=(28, 28, 1)), 'cannot divide'),
+    (dict(name='concat', k=2, image_shape=(29, 29, 1)), 'no grid'),
+    (dict(name='concat', k=3, image_shape=(25, 25, 1)), 'no grid'),
     (dict(name='concat', k=2, image_shape=(28, 28)), r'must be \(H, W, C\)'),
 ])
 def test_make_code_bad_arguments(kwargs, match):

@@ -2,6 +2,7 @@
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import pytest
 
 from pmjax.models import MODELS, get_model
@@ -40,3 +41,21 @@ def test_unknown_model():
     get_model('resnet50', 10)
   with pytest.raises(ValueError, match='num_classes'):
     get_model('mlp', 0)
+
+
+def test_tilesum_parity_model_sums_a_shared_network_over_tiles():
+  from pmjax.codes import make_code
+  from pmjax.models import get_parity_model
+  model = get_parity_model('tilesum:mlp', 10, k=3, image_shape=(28, 28, 1))
+  assert (model.rows, model.cols) == (2, 2)
+  rng = np.random.default_rng(0)
+  x = jnp.asarray(rng.uniform(size=(2, 3, 28, 28, 1)), jnp.float32)
+  p = make_code('concat', 3).encode(x)[:, 0]
+  v = model.init(jax.random.key(0), p)
+  out = model.apply(v, p)
+  inner = model.inner
+  tiles = [p[:, :14, :14], p[:, :14, 14:], p[:, 14:, :14]]   # the empty 4th tile is left out
+  expected = sum(inner.apply({'params': v['params']['inner']}, t) for t in tiles)
+  np.testing.assert_allclose(out, expected, rtol=1e-5, atol=1e-5)
+  with pytest.raises(ValueError, match='needs k and image_shape'):
+    get_parity_model('tilesum:mlp', 10)
