@@ -26,6 +26,7 @@ def get_config(arg=None, dataset='mnist', model='mlp', base_epochs=30, base_batc
   c.base_workdir = ''                 # parity stage: workdir of the trained base model
   c.code, c.k, c.r = a.code, a.k, a.r
   c.parity_input = 'concat'           # linear code: parity query ('concat' or 'sum')
+  c.learned_loss = 'mse'              # learned code: 'mse', 'kl' or 'ce' at the erased position
   c.smoke = a.smoke                   # a few steps on a tiny subset
 
   c.data = ml_collections.ConfigDict()

@@ -22,7 +22,7 @@ from absl import app, flags, logging
 import jax
 import jax.numpy as jnp
 
-from pmjax import codes, inference, metrics, workdir as wd
+from pmjax import codes, inference, learned, metrics, workdir as wd
 from pmjax.data import builders, pipeline
 
 
@@ -52,15 +52,23 @@ def evaluate_workdir(workdir: str, split: str = 'test', batch_size: int = 1000,
 
   _, parity_model, parity_vars, epoch = wd.load_variables(workdir, 'best')
   spec = builders.get_spec(config.data.name)
-  code = codes.make_code(config.code, config.k, config.r, image_shape=spec.image_shape,
-                         parity_input=config.get('parity_input', 'concat'))
-  x_GxK, y_GxK = inference.fixed_groups(x, y, code.k)
-  z = inference.batched(inference.make_parity_predict(parity_model, code, config.data.name),
-                        parity_vars, x_GxK, batch_size)
+  x_GxK, y_GxK = inference.fixed_groups(x, y, config.k)
+  if config.code == 'learned':   # F runs on the learned parity queries
+    coder = learned.make_coder(config.k, config.r, spec.num_classes, spec.image_shape)
+    splits_for = pipeline.Splits(x[:0], y[:0], x, y, x, y)
+    evaluator = learned.LearnedEvaluator(coder, base_model, base_vars, config.data.name,
+                                         splits_for, {'val': logits, 'test': logits}, batch_size)
+    code, z = evaluator.parity_outputs({'params': parity_vars['params']}, x_GxK)
+  else:
+    code = codes.make_code(config.code, config.k, config.r, image_shape=spec.image_shape,
+                           parity_input=config.get('parity_input', 'concat'))
+    z = inference.batched(inference.make_parity_predict(parity_model, code, config.data.name),
+                          parity_vars, x_GxK, batch_size)
   logits_GxKxC = logits[:x_GxK.shape[0] * code.k].reshape(*y_GxK.shape, -1)
   degraded = metrics.degraded_metrics(code, jnp.asarray(logits_GxKxC), jnp.asarray(z),
                                       jnp.asarray(y_GxK))
-  results.update({'parity_model': wd.model_names(config)[1], 'code': code.name,
+  results.update({'parity_model': ('learned encoder/decoder + frozen F' if code.name == 'learned'
+                                   else wd.model_names(config)[1]), 'code': code.name,
                   'k': code.k, 'r': code.r, 'epochs': _epochs_trained(workdir, epoch),
                   'best_epoch': epoch, 'base_workdir': os.path.abspath(base_dir),
                   'num_groups': int(x_GxK.shape[0]), **degraded})

@@ -38,7 +38,7 @@ import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 from tqdm import tqdm
 
-from pmjax import checkpoint, codes, inference, metrics, workdir as wd
+from pmjax import checkpoint, codes, inference, learned, metrics, workdir as wd
 from pmjax.data import builders, pipeline
 
 
@@ -367,21 +367,32 @@ def train_stage(config, workdir: str) -> dict:
       raise ValueError(
           f'base_workdir {config.base_workdir} holds {base_cfg.model} on '
           f'{base_cfg.data.name}, but this config asks for {config.model} on {dataset}')
-    code = codes.make_code(config.code, config.k, config.r, image_shape=spec.image_shape,
-                           parity_input=config.get('parity_input', 'concat'))
-    model = wd.build_model(wd.model_names(config)[1], dataset, code.r, code.k)
     group_size = config.k
-    loss_fn = parity_loss
     base_predict = inference.make_predict(base_model, dataset)
     base_logits = {n: inference.batched(base_predict, base_vars, getattr(splits, f'{n}_x'),
                                         eval_bs) for n in ('val', 'test')}
-    if augment:
+    if augment or config.code == 'learned':
       data['base_vars'] = base_vars
-    else:
+    if not augment:
       data['targets'] = inference.batched(base_predict, base_vars, splits.train_x, eval_bs)
-    batch_fn = partial(parity_batch, dataset=dataset, augment=augment, code=code,
-                       base_apply=base_model.apply)
-    evaluator = ParityEvaluator(model, code, dataset, splits, base_logits, eval_bs)
+    if config.code == 'learned':  # encoder + decoder trained through the frozen F
+      if augment:
+        raise ValueError("code 'learned' does not support augmentation yet "
+                         "(--config.data.augment=False)")
+      model = learned.make_coder(config.k, config.r, spec.num_classes, spec.image_shape)
+      loss_fn = partial(learned.learned_loss, f_apply=base_model.apply,
+                        loss=config.get('learned_loss', 'mse'))
+      batch_fn = partial(learned.learned_batch, dataset=dataset)
+      evaluator = learned.LearnedEvaluator(model, base_model, base_vars, dataset, splits,
+                                           base_logits, eval_bs)
+    else:
+      code = codes.make_code(config.code, config.k, config.r, image_shape=spec.image_shape,
+                             parity_input=config.get('parity_input', 'concat'))
+      model = wd.build_model(wd.model_names(config)[1], dataset, code.r, code.k)
+      loss_fn = parity_loss
+      batch_fn = partial(parity_batch, dataset=dataset, augment=augment, code=code,
+                         base_apply=base_model.apply)
+      evaluator = ParityEvaluator(model, code, dataset, splits, base_logits, eval_bs)
 
   n_train = splits.train_x.shape[0]
   steps_per_epoch = (n_train // group_size) // batch_size
@@ -393,10 +404,13 @@ def train_stage(config, workdir: str) -> dict:
   input_shape = spec.image_shape
   if config.stage == 'parity' and config.r > 1:
     input_shape = (config.r, *input_shape)   # the r stacked parity models
-  state = replicate(create_state(model, tx, init_variables(model, config.seed,
-                                                           input_shape)), mesh)
+  variables = (learned.init_variables(model, config.seed) if config.code == 'learned'
+               and config.stage == 'parity' else init_variables(model, config.seed, input_shape))
+  state = replicate(create_state(model, tx, variables), mesh)
   data = replicate(data, mesh)
   model_name = config.model if config.stage == 'base' else wd.model_names(config)[1]
+  if config.stage == 'parity' and config.code == 'learned':
+    model_name = 'mlp'  # the coder is two MLPs (F's convolutions run in the loss, frozen)
   unroll, steps_per_call = scan_unroll(config, model_name)
   run_chunk = make_train_chunk(mesh, loss_fn, batch_fn, batch_size, group_size, unroll)
 

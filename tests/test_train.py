@@ -250,3 +250,26 @@ def test_codes_bench_berrut_rows(base_dir):
     if systematic:
       assert row['acc_none_missing'] == row['A_a']   # nothing missing: F's own answers
   assert '| berrut |' in bench_codes.markdown([bench_codes.berrut_row(base_dir, 4, 1, False, 50)])
+
+
+def test_learned_code_trains_through_frozen_f_and_evaluates(smoke_config, base_dir, tmp_path):
+  from pmjax import learned
+  c = smoke_config('stage=parity,code=learned,k=2')
+  c.base_workdir = base_dir
+  w = str(tmp_path / 'learned')
+  last = train.train_and_evaluate(c, w)
+  assert np.isfinite(last['train_loss'])
+  res = evaluate.evaluate_workdir(w, verbose=False)
+  assert res['code'] == 'learned' and len(res['A_d_by_position']) == 2
+  assert res['A_d_top1'] == pytest.approx(metrics.read_metrics(w)[-1]['test_A_d_top1'], abs=0.02)
+  coder = learned.make_coder(2, 1, 10, (28, 28, 1))
+  v = learned.init_variables(coder, 0)
+  code = learned.make_learned_code(coder, v)
+  y = jnp.ones((3, 2, 10))
+  out = code.decode(y, jnp.array([[True, False]] * 3), jnp.zeros((3, 1, 10)),
+                    jnp.ones((3, 1), bool))
+  np.testing.assert_array_equal(out[:, 0], y[:, 0])   # available rows unchanged
+  with pytest.raises(ValueError, match='no parity target'):
+    code.target(y)
+  with pytest.raises(ValueError, match='k >= 2'):
+    learned.make_coder(1, 1, 10, (28, 28, 1))

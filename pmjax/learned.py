@@ -1,0 +1,160 @@
+"""Learned codes ("Learning a Code", 2018): a learned encoder and decoder around a frozen F.
+
+The encoder maps the k queries of a group to r parity queries; the frozen F
+(the deployed model) computes on them; the decoder maps the k + r outputs,
+with the missing ones zeroed, to the k answers. Encoder and decoder are
+trained jointly through F, with the loss on the erased position only:
+`mse` to F's output, `kl` to F's softmax, or `ce` to the true label. Once
+trained they are a `Code` like any other (`make_learned_code`): `encode`,
+`decode` (available rows returned unchanged), no `target` (nothing trains
+towards it). Used by `pmjax.train` when `config.code == 'learned'` and by
+`pmjax.evaluate`.
+
+Encoder (MLP): Linear(kD, kD) - ReLU - Linear(kD, rD) on the flattened,
+normalised queries. Decoder (MLP): (k+r)C -> (k+r)C -> kC -> kC with ReLUs.
+"""
+
+from __future__ import annotations
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from pmjax import codes, inference, metrics
+from pmjax.data import pipeline
+
+LOSSES = ('mse', 'kl', 'ce')
+
+
+class LearnedCoder(nn.Module):
+  k: int
+  r: int
+  num_classes: int
+  image_shape: tuple
+
+  def setup(self):
+    d = int(np.prod(self.image_shape))
+    k, r, c = self.k, self.r, self.num_classes
+    self.enc_0, self.enc_1 = nn.Dense(k * d), nn.Dense(r * d)
+    self.dec_0, self.dec_1, self.dec_2 = nn.Dense((k + r) * c), nn.Dense(k * c), nn.Dense(k * c)
+
+  def __call__(self, x_BxKx, y_BxKxC, z_BxRxC):
+    """Initialises both halves; returns (parity queries, decoded outputs)."""
+    return self.encode(x_BxKx), self.decode_logits(y_BxKxC, z_BxRxC)
+
+  def encode(self, x_BxKx):
+    b = x_BxKx.shape[0]
+    h = nn.relu(self.enc_0(x_BxKx.reshape(b, -1)))
+    return self.enc_1(h).reshape(b, self.r, *self.image_shape)
+
+  def decode_logits(self, y_BxKxC, z_BxRxC):
+    b, k, c = y_BxKxC.shape
+    h = jnp.concatenate([y_BxKxC, z_BxRxC], axis=1).reshape(b, -1)
+    h = nn.relu(self.dec_0(h))
+    h = nn.relu(self.dec_1(h))
+    return self.dec_2(h).reshape(b, k, c)
+
+
+def make_coder(k: int, r: int, num_classes: int, image_shape) -> LearnedCoder:
+  if r < 1 or k < 2:
+    raise ValueError(f'learned code needs k >= 2 and r >= 1; got k={k}, r={r}')
+  return LearnedCoder(k, r, num_classes, tuple(image_shape))
+
+
+def init_variables(coder: LearnedCoder, seed: int) -> dict:
+  k, r, c = coder.k, coder.r, coder.num_classes
+  v = jax.jit(coder.init)(jax.random.key(seed), jnp.zeros((1, k, *coder.image_shape)),
+                          jnp.zeros((1, k, c)), jnp.zeros((1, r, c)))
+  return {'params': v['params'], 'batch_stats': {}}
+
+
+def make_learned_code(coder: LearnedCoder, variables) -> codes.Code:
+  """A `Code` from a trained coder (encode / decode with the parameters bound)."""
+  k, r = coder.k, coder.r
+
+  def encode(x_BxKx):
+    return coder.apply(variables, x_BxKx.astype(jnp.float32), method='encode')
+
+  def target(y_BxKxC):
+    raise ValueError('the learned code has no parity target: its encoder and decoder are '
+                     'trained through F (see pmjax.learned)')
+
+  def decode(y_BxKxC, avail_BxK, z_BxRxC, zavail_BxR):
+    avail = avail_BxK.astype(bool)
+    y_in = jnp.where(avail[..., None], y_BxKxC, 0.0)
+    z_in = jnp.where(zavail_BxR.astype(bool)[..., None], z_BxRxC, 0.0)
+    yhat = coder.apply(variables, y_in, z_in, method='decode_logits')
+    return jnp.where(avail[..., None], y_BxKxC, yhat)
+
+  return codes.Code('learned', k, r, encode, target, decode)
+
+
+def learned_batch(data, idx_BxK, keys_BxK, dataset):
+  """Queries, F's outputs, labels and one erased position per group."""
+  b, k = idx_BxK.shape
+  x = pipeline.normalize(data['train_x'][idx_BxK], dataset)
+  erased = jax.vmap(lambda key: jax.random.randint(key, (), 0, k))(keys_BxK[:, 0])
+  return {'x': x, 'y': data['targets'][idx_BxK], 'label': data['train_y'][idx_BxK],
+          'erased': erased, 'f_vars': data['base_vars']}
+
+
+def learned_loss(apply_fn, params, batch_stats, batch, f_apply, loss: str = 'mse'):
+  """Loss at the erased position of each group, through the frozen F."""
+  del batch_stats
+  variables = {'params': params}
+  x, y = batch['x'], batch['y']
+  b, k, c = y.shape
+  p = apply_fn(variables, x, method='encode')
+  r = p.shape[1]
+  z = f_apply(jax.lax.stop_gradient(batch['f_vars']), p.reshape(b * r, *p.shape[2:]),
+              train=False).reshape(b, r, c)
+  avail = jnp.arange(k)[None, :] != batch['erased'][:, None]
+  yhat = apply_fn(variables, jnp.where(avail[..., None], y, 0.0), z, method='decode_logits')
+  rows = jnp.arange(b)
+  pred, true = yhat[rows, batch['erased']], y[rows, batch['erased']]
+  if loss == 'mse':
+    value = jnp.mean((pred - true) ** 2)
+  elif loss == 'kl':
+    value = jnp.mean(jnp.sum(jax.nn.softmax(true) * (jax.nn.log_softmax(true) -
+                                                     jax.nn.log_softmax(pred)), -1))
+  else:
+    value = optax.softmax_cross_entropy_with_integer_labels(
+        pred, batch['label'][rows, batch['erased']]).mean()
+  return value, {}
+
+
+class LearnedEvaluator:
+  """A_d of a learned code over fixed val/test groups (F on the learned parity queries)."""
+  best_key = 'val_recon_top1'
+
+  def __init__(self, coder, base_model, base_vars, dataset, splits, base_logits, batch_size):
+    self.coder, self.base_vars, self.batch_size = coder, base_vars, batch_size
+    self.apply_f = inference.make_apply(base_model)
+    self.dataset = dataset
+    self.groups = {}
+    for name in ('val', 'test'):
+      x, y = getattr(splits, f'{name}_x'), getattr(splits, f'{name}_y')
+      x_GxK, y_GxK = inference.fixed_groups(x, y, coder.k)
+      logits = base_logits[name][:x_GxK.shape[0] * coder.k].reshape(*y_GxK.shape, -1)
+      self.groups[name] = (x_GxK, y_GxK, logits)
+
+  def parity_outputs(self, variables, x_GxK):
+    code = make_learned_code(self.coder, variables)
+
+    @jax.jit
+    def z_of(f_vars, x_chunk):
+      p = inference.encode_raw(code, self.dataset, x_chunk)
+      g, r = p.shape[:2]
+      return self.apply_f(f_vars, p.reshape(g * r, *p.shape[2:])).reshape(g, r, -1)
+    return code, inference.batched(z_of, self.base_vars, x_GxK, self.batch_size)
+
+  def __call__(self, variables) -> dict:
+    out = {}
+    for name, (x_GxK, y_GxK, logits) in self.groups.items():
+      code, z = self.parity_outputs(variables, x_GxK)
+      m = metrics.degraded_metrics(code, jnp.asarray(logits), jnp.asarray(z), jnp.asarray(y_GxK))
+      for key in ('A_d_top1', 'A_d_top5', 'recon_top1'):
+        out[f'{name}_{key}'] = m[key]
+    return out
