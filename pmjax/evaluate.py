@@ -54,7 +54,8 @@ def evaluate_workdir(workdir: str, split: str = 'test', batch_size: int = 1000,
   spec = builders.get_spec(config.data.name)
   x_GxK, y_GxK = inference.fixed_groups(x, y, config.k)
   if config.code == 'learned':   # F runs on the learned parity queries
-    coder = learned.make_coder(config.k, config.r, spec.num_classes, spec.image_shape)
+    coder = learned.make_coder(config.k, config.r, spec.num_classes, spec.image_shape,
+                               config.get('learned_encoder', 'mlp'))
     splits_for = pipeline.Splits(x[:0], y[:0], x, y, x, y)
     evaluator = learned.LearnedEvaluator(coder, base_model, base_vars, config.data.name,
                                          splits_for, {'val': logits, 'test': logits}, batch_size)

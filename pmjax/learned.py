@@ -10,8 +10,10 @@ trained they are a `Code` like any other (`make_learned_code`): `encode`,
 towards it). Used by `pmjax.train` when `config.code == 'learned'` and by
 `pmjax.evaluate`.
 
-Encoder (MLP): Linear(kD, kD) - ReLU - Linear(kD, rD) on the flattened,
-normalised queries. Decoder (MLP): (k+r)C -> (k+r)C -> kC -> kC with ReLUs.
+Encoder (`config.learned_encoder`): 'mlp', Linear(kD, kD) - ReLU -
+Linear(kD, rD) on the flattened, normalised queries; or 'conv', 3x3
+convolutions with 20k channels and dilations 1, 1, 2, 4, 8, 1, then a 1x1
+convolution to r images. Decoder (MLP): (k+r)C -> (k+r)C -> kC -> kC with ReLUs.
 """
 
 from __future__ import annotations
@@ -28,16 +30,36 @@ from pmjax.data import pipeline
 LOSSES = ('mse', 'kl', 'ce')
 
 
+class ConvEncoder(nn.Module):
+  """3x3 convolutions with 20k channels and dilations 1, 1, 2, 4, 8, 1, then a 1x1
+  convolution to r images (of C channels each), on the k images stacked by channel."""
+  k: int
+  r: int
+
+  @nn.compact
+  def __call__(self, x_BxKxHxWxC):
+    b, k, h, w, c = x_BxKxHxWxC.shape
+    x = x_BxKxHxWxC.transpose(0, 2, 3, 1, 4).reshape(b, h, w, k * c)
+    for dilation in (1, 1, 2, 4, 8, 1):
+      x = nn.relu(nn.Conv(20 * self.k, (3, 3), kernel_dilation=dilation, padding='SAME')(x))
+    x = nn.Conv(self.r * c, (1, 1))(x)
+    return x.reshape(b, h, w, self.r, c).transpose(0, 3, 1, 2, 4)
+
+
 class LearnedCoder(nn.Module):
   k: int
   r: int
   num_classes: int
   image_shape: tuple
+  encoder: str = 'mlp'
 
   def setup(self):
     d = int(np.prod(self.image_shape))
     k, r, c = self.k, self.r, self.num_classes
-    self.enc_0, self.enc_1 = nn.Dense(k * d), nn.Dense(r * d)
+    if self.encoder == 'conv':
+      self.conv_encoder = ConvEncoder(k, r)
+    else:
+      self.enc_0, self.enc_1 = nn.Dense(k * d), nn.Dense(r * d)
     self.dec_0, self.dec_1, self.dec_2 = nn.Dense((k + r) * c), nn.Dense(k * c), nn.Dense(k * c)
 
   def __call__(self, x_BxKx, y_BxKxC, z_BxRxC):
@@ -45,6 +67,8 @@ class LearnedCoder(nn.Module):
     return self.encode(x_BxKx), self.decode_logits(y_BxKxC, z_BxRxC)
 
   def encode(self, x_BxKx):
+    if self.encoder == 'conv':
+      return self.conv_encoder(x_BxKx)
     b = x_BxKx.shape[0]
     h = nn.relu(self.enc_0(x_BxKx.reshape(b, -1)))
     return self.enc_1(h).reshape(b, self.r, *self.image_shape)
@@ -57,10 +81,16 @@ class LearnedCoder(nn.Module):
     return self.dec_2(h).reshape(b, k, c)
 
 
-def make_coder(k: int, r: int, num_classes: int, image_shape) -> LearnedCoder:
+ENCODERS = ('mlp', 'conv')
+
+
+def make_coder(k: int, r: int, num_classes: int, image_shape,
+               encoder: str = 'mlp') -> LearnedCoder:
   if r < 1 or k < 2:
     raise ValueError(f'learned code needs k >= 2 and r >= 1; got k={k}, r={r}')
-  return LearnedCoder(k, r, num_classes, tuple(image_shape))
+  if encoder not in ENCODERS:
+    raise ValueError(f'learned encoder={encoder!r} is unknown; accepted: {list(ENCODERS)}')
+  return LearnedCoder(k, r, num_classes, tuple(image_shape), encoder)
 
 
 def init_variables(coder: LearnedCoder, seed: int) -> dict:

@@ -379,7 +379,8 @@ def train_stage(config, workdir: str) -> dict:
       if augment:
         raise ValueError("code 'learned' does not support augmentation yet "
                          "(--config.data.augment=False)")
-      model = learned.make_coder(config.k, config.r, spec.num_classes, spec.image_shape)
+      model = learned.make_coder(config.k, config.r, spec.num_classes, spec.image_shape,
+                                 config.get('learned_encoder', 'mlp'))
       loss_fn = partial(learned.learned_loss, f_apply=base_model.apply,
                         loss=config.get('learned_loss', 'mse'))
       batch_fn = partial(learned.learned_batch, dataset=dataset)
@@ -410,7 +411,8 @@ def train_stage(config, workdir: str) -> dict:
   data = replicate(data, mesh)
   model_name = config.model if config.stage == 'base' else wd.model_names(config)[1]
   if config.stage == 'parity' and config.code == 'learned':
-    model_name = 'mlp'  # the coder is two MLPs (F's convolutions run in the loss, frozen)
+    # The coder's own layers decide (F runs frozen in the loss).
+    model_name = 'conv' if config.get('learned_encoder', 'mlp') == 'conv' else 'mlp'
   unroll, steps_per_call = scan_unroll(config, model_name)
   run_chunk = make_train_chunk(mesh, loss_fn, batch_fn, batch_size, group_size, unroll)
 

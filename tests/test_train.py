@@ -273,3 +273,15 @@ def test_learned_code_trains_through_frozen_f_and_evaluates(smoke_config, base_d
     code.target(y)
   with pytest.raises(ValueError, match='k >= 2'):
     learned.make_coder(1, 1, 10, (28, 28, 1))
+
+
+def test_learned_conv_encoder_shapes_and_bad_names():
+  from pmjax import learned
+  coder = learned.make_coder(3, 2, 10, (28, 28, 1), encoder='conv')
+  v = learned.init_variables(coder, 0)
+  p = coder.apply(v, jnp.ones((4, 3, 28, 28, 1)), method='encode')
+  assert p.shape == (4, 2, 28, 28, 1)
+  convs = [k for k in v['params']['conv_encoder'] if k.startswith('Conv')]
+  assert len(convs) == 7   # six dilated 3x3 + the 1x1
+  with pytest.raises(ValueError, match="accepted: \\['mlp', 'conv'\\]"):
+    learned.make_coder(2, 1, 10, (28, 28, 1), encoder='transformer')
