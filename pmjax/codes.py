@@ -110,6 +110,33 @@ def _check_x(x, k, image_shape, min_rank=3):
                      f'{image_shape}, the shape the code was made for')
 
 
+def _check_decode_args(y_BxKxC, avail_BxK, z_BxRxC, zavail_BxR, k, r):
+  _check_x(y_BxKxC, k, None)
+  b, _, c = y_BxKxC.shape
+  if avail_BxK.shape != (b, k) or z_BxRxC.shape != (b, r, c) or zavail_BxR.shape != (b, r):
+    raise ValueError(
+        f'decode got y {y_BxKxC.shape}, avail {avail_BxK.shape}, z {z_BxRxC.shape}, '
+        f'zavail {zavail_BxR.shape}; expected y_BxKxC, avail_BxK, z_BxRxC, zavail_BxR '
+        f'with B={b}, K={k}, R={r}, C={c}')
+
+
+def _matrix_encoder(w_rxk, k, image_shape):
+  def encode(x_BxKx):
+    """p_j = sum_i W[j,i] X_i: p_BxRx..."""
+    _check_x(x_BxKx, k, image_shape)
+    return jnp.einsum('ri,bi...->br...', w_rxk, x_BxKx.astype(jnp.float32),
+                      precision=jax.lax.Precision.HIGHEST).astype(x_BxKx.dtype)
+  return encode
+
+
+def _matrix_target(w_rxk, k):
+  def target(y_BxKxC):
+    """t_j = sum_i W[j,i] F(X_i): t_BxRxC."""
+    _check_x(y_BxKxC, k, None)
+    return jnp.einsum('ri,bic->brc', w_rxk, y_BxKxC, precision=jax.lax.Precision.HIGHEST)
+  return target
+
+
 def _sum_encoder(k, image_shape):
   def encode(x_BxKxD):
     """P = X1 + .. + Xk: x_BxKx... -> p_Bx1x..."""
@@ -193,13 +220,7 @@ def _is_concrete(*arrays):
 def _subtraction_decoder(k):
   def decode(y_BxKxC, avail_BxK, z_BxRxC, zavail_BxR):
     """Missing answer = F_P(P) - sum of the available ones; available rows unchanged."""
-    _check_x(y_BxKxC, k, None)
-    b, _, c = y_BxKxC.shape
-    if avail_BxK.shape != (b, k) or z_BxRxC.shape != (b, 1, c) or zavail_BxR.shape != (b, 1):
-      raise ValueError(
-          f'decode got y {y_BxKxC.shape}, avail {avail_BxK.shape}, z {z_BxRxC.shape}, '
-          f'zavail {zavail_BxR.shape}; expected y_BxKxC, avail_BxK, z_Bx1xC, zavail_Bx1 '
-          f'with B={b}, K={k}, C={c}')
+    _check_decode_args(y_BxKxC, avail_BxK, z_BxRxC, zavail_BxR, k, 1)
     avail_BxK = avail_BxK.astype(bool)
     zavail_B = zavail_BxR[:, 0].astype(bool)
     n_missing_B = k - jnp.sum(avail_BxK, axis=1)
@@ -257,26 +278,12 @@ def _linear_code(k, r, image_shape, parity_input):
       p = tile(x_BxKx)
       return jnp.broadcast_to(p, (p.shape[0], r, *p.shape[2:]))
   else:
-    def encode(x_BxKx):
-      """p_j = sum_i C[j,i] X_i: p_BxRx..."""
-      _check_x(x_BxKx, k, image_shape)
-      return jnp.einsum('ri,bi...->br...', c_rxk, x_BxKx.astype(jnp.float32),
-                        precision=jax.lax.Precision.HIGHEST).astype(x_BxKx.dtype)
-
-  def target(y_BxKxC):
-    """t_j = sum_i C[j,i] F(X_i): t_BxRxC."""
-    _check_x(y_BxKxC, k, None)
-    return jnp.einsum('ri,bic->brc', c_rxk, y_BxKxC, precision=jax.lax.Precision.HIGHEST)
+    encode = _matrix_encoder(c_rxk, k, image_shape)
+  target = _matrix_target(c_rxk, k)
 
   def decode(y_BxKxC, avail_BxK, z_BxRxC, zavail_BxR):
     """Solves C[avail parities, missing] u = z - C[:, avail] y for the missing rows."""
-    _check_x(y_BxKxC, k, None)
-    b, _, c = y_BxKxC.shape
-    if avail_BxK.shape != (b, k) or z_BxRxC.shape != (b, r, c) or zavail_BxR.shape != (b, r):
-      raise ValueError(
-          f'decode got y {y_BxKxC.shape}, avail {avail_BxK.shape}, z {z_BxRxC.shape}, '
-          f'zavail {zavail_BxR.shape}; expected y_BxKxC, avail_BxK, z_BxRxC, zavail_BxR '
-          f'with B={b}, K={k}, R={r}, C={c}')
+    _check_decode_args(y_BxKxC, avail_BxK, z_BxRxC, zavail_BxR, k, r)
     avail = avail_BxK.astype(bool)
     zavail = zavail_BxR.astype(bool)
     n_missing_B = k - jnp.sum(avail, axis=1)
@@ -399,27 +406,15 @@ def _berrut_code(k, s, image_shape, systematic):
   r = len(beta)
   enc_w = np.asarray(berrut_weights(alpha, np.ones((1, k), bool), beta))[0]   # r x k
 
-  def encode(x_BxKx):
-    _check_x(x_BxKx, k, image_shape)
-    return jnp.einsum('ri,bi...->br...', enc_w, x_BxKx.astype(jnp.float32),
-                      precision=jax.lax.Precision.HIGHEST).astype(x_BxKx.dtype)
-
-  def target(y_BxKxC):
-    _check_x(y_BxKxC, k, None)
-    return jnp.einsum('ri,bic->brc', enc_w, y_BxKxC, precision=jax.lax.Precision.HIGHEST)
+  encode = _matrix_encoder(enc_w, k, image_shape)
+  target = _matrix_target(enc_w, k)
 
   if systematic:
     nodes = np.concatenate([alpha, beta])
     order = np.argsort(-nodes, kind='stable')          # descending, as Berrut needs
 
   def decode(y_BxKxC, avail_BxK, z_BxRxC, zavail_BxR):
-    _check_x(y_BxKxC, k, None)
-    b, _, c = y_BxKxC.shape
-    if avail_BxK.shape != (b, k) or z_BxRxC.shape != (b, r, c) or zavail_BxR.shape != (b, r):
-      raise ValueError(
-          f'decode got y {y_BxKxC.shape}, avail {avail_BxK.shape}, z {z_BxRxC.shape}, '
-          f'zavail {zavail_BxR.shape}; expected y_BxKxC, avail_BxK, z_BxRxC, zavail_BxR '
-          f'with B={b}, K={k}, R={r}, C={c}')
+    _check_decode_args(y_BxKxC, avail_BxK, z_BxRxC, zavail_BxR, k, r)
     avail, zavail = avail_BxK.astype(bool), zavail_BxR.astype(bool)
     if systematic:
       n_avail_B = jnp.sum(avail, 1) + jnp.sum(zavail, 1)
