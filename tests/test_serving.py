@@ -261,3 +261,23 @@ def test_fault_injector_draws_are_reproducible_and_shaped():
   for p in procs:
     p.join(timeout=10)
     assert p.exitcode == 0
+
+
+def test_linear_r2_serving_rebuilds_two_stragglers_exactly():
+  """r=2: one parity queue per slot; two slow originals in a group of 4 are both rebuilt."""
+  code = make_code('linear', 4, 2, parity_input='sum')
+  encode = lambda x: np.asarray(code.encode(x.astype(np.float32)))
+  fe = Frontend('coded', [fake_f(slow_s=1.5) for _ in range(4)], [fake_fp(), fake_fp()], k=4,
+                r=2, encode=encode, decode=code.decode, query_shape=SHAPE).start()
+  queries = [query(3), query(4, marker=1), query(5), query(6, marker=1)]
+  t = time.perf_counter()
+  futures = [fe.submit(q) for q in queries]
+  results = [f.result(timeout=3) for f in futures]
+  assert time.perf_counter() - t < 1.0
+  fe.close(join_timeout_s=0.1)
+  assert [r.reconstructed for r in results] == [False, True, False, True]
+  for q, r in zip(queries, results):
+    np.testing.assert_allclose(r.output, fake_f()(q[None])[0], atol=1e-3)
+  with pytest.raises(ValueError, match='multiple of r'):
+    Frontend('coded', [fake_f()], [fake_fp()], k=4, r=2, encode=encode, decode=code.decode,
+             query_shape=SHAPE)

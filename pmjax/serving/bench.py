@@ -34,7 +34,8 @@ from pmjax.serving.instance import CompiledPredict
 
 
 def make_parts(parity_workdir: str):
-  """Loads F and F_P; returns (config, base (fn, vars), parity (fn, vars), code, test split)."""
+  """Loads F and F_P; returns (config, base (fn, vars), parity (fn, [vars per parity slot]),
+  code, encode, decode, splits)."""
   config = wd.read_config(parity_workdir)
   if config.stage != 'parity':
     raise ValueError(f'{parity_workdir} is a {config.stage!r} workdir; pass the workdir of a '
@@ -46,7 +47,14 @@ def make_parts(parity_workdir: str):
   code = codes.make_code(config.code, config.k, config.r, image_shape=spec.image_shape)
   splits = pipeline.load_splits(config.data)
   base_fn = inference.make_predict(base_model, dataset)
-  parity_fn = inference.make_apply(parity_model)
+  if code.r == 1:
+    parity_fn, parity_vars = inference.make_apply(parity_model), [parity_vars]
+  else:  # r stacked parity models: instance for slot j runs copy j
+    parity_fn = inference.make_apply(parity_model.base)
+    parity_vars = [jax.tree.map(lambda a, j=j: a[j], {
+        'params': parity_vars['params']['base'],
+        'batch_stats': (parity_vars.get('batch_stats') or {}).get('base', {})})
+                   for j in range(code.r)]
   encode = jax.jit(partial(inference.encode_raw, code, dataset))
   decode = jax.jit(code.decode)
   return config, (base_fn, base_vars), (parity_fn, parity_vars), code, encode, decode, splits
@@ -57,8 +65,8 @@ def build_frontend(mode, m, parts, faults, batch_size=1, hedge_delay_s=0.0, max_
   n_base, n_parity = policy.instance_counts(mode, m, code.k, code.r)
   devices = jax.devices()
   base = [CompiledPredict(base_fn, base_vars, devices[i % len(devices)]) for i in range(n_base)]
-  parity = [CompiledPredict(parity_fn, parity_vars, devices[(n_base + i) % len(devices)])
-            for i in range(n_parity)]
+  parity = [CompiledPredict(parity_fn, parity_vars[i % code.r],
+                            devices[(n_base + i) % len(devices)]) for i in range(n_parity)]
   return Frontend(mode, base, parity, k=code.k, r=code.r, encode=encode, decode=decode,
                   query_shape=splits.test_x.shape[1:], query_dtype=splits.test_x.dtype,
                   batch_size=batch_size, hedge_delay_s=hedge_delay_s, max_queue=max_queue,

@@ -82,6 +82,9 @@ class Frontend:
       raise ValueError(f'batch_size={batch_size} must be >= 1')
     if mode == 'coded' and (encode is None or decode is None or not parity_predicts):
       raise ValueError("mode 'coded' needs encode, decode and at least one parity instance")
+    if mode == 'coded' and len(parity_predicts) % r:
+      raise ValueError(f'{len(parity_predicts)} parity instances cannot serve r={r} parity '
+                       f'slots evenly; give a multiple of r (instance i serves slot i % r)')
     if mode != 'coded' and parity_predicts:
       raise ValueError(f'mode {mode!r} takes no parity instances (equal resources means '
                        f'more base instances instead)')
@@ -92,13 +95,14 @@ class Frontend:
     self.extra_capacity = len(base_predicts) - len(base_predicts) * k // (k + r) \
         if mode == 'hedge' else 0
     self.base_queue = queue.Queue(max_queue)
-    self.parity_queue = queue.Queue(max_queue)
+    # One parity queue per parity slot: with r > 1 each slot has its own parity model.
+    self.parity_queues = [queue.Queue(max_queue) for _ in range(r)]
     faults = faults or {}
     self.instances = (
         [ModelInstance(f'base{i}', p, self.base_queue, self._on_output,
                        faults.get(f'base{i}', FaultSpec(seed=i)))
          for i, p in enumerate(base_predicts)] +
-        [ModelInstance(f'parity{i}', p, self.parity_queue, self._on_output,
+        [ModelInstance(f'parity{i}', p, self.parity_queues[i % r], self._on_output,
                        faults.get(f'parity{i}', FaultSpec(seed=1000 + i)))
          for i, p in enumerate(parity_predicts)])
     self._lock = threading.RLock()
@@ -125,10 +129,10 @@ class Frontend:
       outs = [inst.predict(x) for inst in self.instances if inst.name.startswith('base')]
       if self.mode == 'coded':
         p = np.asarray(self.encode(np.stack([x] * self.k, axis=1)))
-        zs = [inst.predict(p[:, 0]) for inst in self.instances
-              if inst.name.startswith('parity')]
+        parity = [inst for inst in self.instances if inst.name.startswith('parity')]
+        zs = [inst.predict(p[:, i % self.r]) for i, inst in enumerate(parity)]
         y = np.stack([outs[0]] * self.k, axis=1)
-        z = np.stack([zs[0]] * self.r, axis=1)
+        z = np.stack(zs[:self.r], axis=1)
         avail = np.ones(y.shape[:2], bool)
         avail[:, 0] = False
         self.decode(y, avail, z, np.ones(z.shape[:2], bool))
@@ -163,7 +167,7 @@ class Frontend:
       self._hedge_cv.notify_all()
     for f in left:
       _settle(f, error=ShutdownError('server shut down before this query was answered'))
-    for q in (self.base_queue, self.parity_queue):
+    for q in [self.base_queue, *self.parity_queues]:
       while True:
         try:
           task = q.get_nowait()
@@ -172,7 +176,7 @@ class Frontend:
         if task is not None:
           task.cancelled = True
     for inst in self.instances:
-      (self.base_queue if inst.name.startswith('base') else self.parity_queue).put(None)
+      inst.queue.put(None)
     self._encoder_queue.put(None)
     deadline = time.perf_counter() + join_timeout_s
     for t in [i._thread for i in self.instances if i._thread.is_alive()] + self._threads:
@@ -282,7 +286,7 @@ class Frontend:
             task.cancelled = True
             continue
           try:
-            self.parity_queue.put_nowait(task)
+            self.parity_queues[j].put_nowait(task)
           except queue.Full:
             self.parity_dropped += 1
 
