@@ -33,7 +33,6 @@ up to r missing outputs. With r = 1, C = ones: exactly ParM.
 from __future__ import annotations
 
 import functools
-import math
 from typing import Callable, NamedTuple
 
 import jax
@@ -118,6 +117,14 @@ def _check_decode_args(y_BxKxC, avail_BxK, z_BxRxC, zavail_BxR, k, r):
         f'decode got y {y_BxKxC.shape}, avail {avail_BxK.shape}, z {z_BxRxC.shape}, '
         f'zavail {zavail_BxR.shape}; expected y_BxKxC, avail_BxK, z_BxRxC, zavail_BxR '
         f'with B={b}, K={k}, R={r}, C={c}')
+
+
+def _raise_if_undecodable(decodable_B, masks, why):
+  """With concrete masks, a group that cannot be decoded is an error (`why(g)` says
+  why); under jit its rows come back NaN instead."""
+  if _is_concrete(*masks) and not bool(np.all(decodable_B)):
+    bad = int(np.argmax(~np.asarray(decodable_B)))
+    raise ValueError(f'group {bad} cannot be decoded: {why(bad)}')
 
 
 def _matrix_encoder(w_rxk, k, image_shape):
@@ -225,12 +232,10 @@ def _subtraction_decoder(k):
     zavail_B = zavail_BxR[:, 0].astype(bool)
     n_missing_B = k - jnp.sum(avail_BxK, axis=1)
     decodable_B = (n_missing_B == 0) | ((n_missing_B == 1) & zavail_B)
-    if _is_concrete(avail_BxK, zavail_BxR) and not bool(np.all(decodable_B)):
-      bad = int(np.argmax(~np.asarray(decodable_B)))
-      raise ValueError(
-          f'group {bad} cannot be decoded: {int(n_missing_B[bad])} of k={k} outputs '
-          f'missing and parity available={bool(zavail_B[bad])}; this code (r=1) rebuilds '
-          f'at most one missing output, and only when the parity output arrived')
+    _raise_if_undecodable(decodable_B, (avail_BxK, zavail_BxR), lambda g: (
+        f'{int(n_missing_B[g])} of k={k} outputs missing and parity available='
+        f'{bool(zavail_B[g])}; this code (r=1) rebuilds at most one missing output, and '
+        f'only when the parity output arrived'))
     others_BxC = jnp.sum(jnp.where(avail_BxK[..., None], y_BxKxC, 0.0), axis=1)
     rebuilt_BxC = z_BxRxC[:, 0] - others_BxC
     rebuilt_BxC = jnp.where(decodable_B[:, None], rebuilt_BxC, jnp.nan)
@@ -288,12 +293,10 @@ def _linear_code(k, r, image_shape, parity_input):
     zavail = zavail_BxR.astype(bool)
     n_missing_B = k - jnp.sum(avail, axis=1)
     decodable_B = n_missing_B <= jnp.sum(zavail, axis=1)
-    if _is_concrete(avail_BxK, zavail_BxR) and not bool(np.all(decodable_B)):
-      bad = int(np.argmax(~np.asarray(decodable_B)))
-      raise ValueError(
-          f'group {bad} cannot be decoded: {int(n_missing_B[bad])} of k={k} outputs missing '
-          f'but only {int(np.sum(np.asarray(zavail)[bad]))} of r={r} parity outputs '
-          f'available; the linear code rebuilds m missing outputs from >= m parities')
+    _raise_if_undecodable(decodable_B, (avail_BxK, zavail_BxR), lambda g: (
+        f'{int(n_missing_B[g])} of k={k} outputs missing but only '
+        f'{int(np.sum(np.asarray(zavail)[g]))} of r={r} parity outputs available; the '
+        f'linear code rebuilds m missing outputs from >= m parities'))
     cmat = jnp.asarray(c_rxk)
     miss = (~avail).astype(y_BxKxC.dtype)                        # B x K
     w = zavail.astype(y_BxKxC.dtype)                              # B x R
@@ -426,11 +429,9 @@ def _berrut_code(k, s, image_shape, systematic):
       values, mask = z_BxRxC, zavail
       w = berrut_weights(beta, zavail, alpha)
     decodable_B = n_avail_B >= k
-    if _is_concrete(avail_BxK, zavail_BxR) and not bool(np.all(decodable_B)):
-      bad = int(np.argmax(~np.asarray(decodable_B)))
-      raise ValueError(
-          f'group {bad} cannot be decoded: {int(n_avail_B[bad])} outputs available, the '
-          f'Berrut code (K={k}, S={s}) needs any {k} of its {k + s}')
+    _raise_if_undecodable(decodable_B, (avail_BxK, zavail_BxR), lambda g: (
+        f'{int(n_avail_B[g])} outputs available, the Berrut code (K={k}, S={s}) needs '
+        f'any {k} of its {k + s}'))
     yhat = jnp.einsum('btm,bmc->btc', jnp.where(mask[:, None, :], w, 0.0),
                       jnp.where(mask[..., None], values, 0.0))
     yhat = jnp.where(decodable_B[:, None, None], yhat, jnp.nan)

@@ -56,15 +56,15 @@ def evaluate_workdir(workdir: str, split: str = 'test', batch_size: int = 1000,
   if config.code == 'learned':   # F runs on the learned parity queries
     coder = learned.make_coder(config.k, config.r, spec.num_classes, spec.image_shape,
                                config.get('learned_encoder', 'mlp'))
-    splits_for = pipeline.Splits(x[:0], y[:0], x, y, x, y)
-    evaluator = learned.LearnedEvaluator(coder, base_model, base_vars, config.data.name,
-                                         splits_for, {'val': logits, 'test': logits}, batch_size)
-    code, z = evaluator.parity_outputs({'params': parity_vars['params']}, x_GxK)
+    parity_outputs = learned.make_parity_outputs(coder, base_model, base_vars,
+                                                 config.data.name, batch_size)
+    parity_vars = {'params': parity_vars['params']}
   else:
     code = codes.make_code(config.code, config.k, config.r, image_shape=spec.image_shape,
                            parity_input=config.get('parity_input', 'concat'))
-    z = inference.batched(inference.make_parity_predict(parity_model, code, config.data.name),
-                          parity_vars, x_GxK, batch_size)
+    parity_outputs = inference.make_parity_outputs(parity_model, code, config.data.name,
+                                                   batch_size)
+  code, z = parity_outputs(parity_vars, x_GxK)
   logits_GxKxC = logits[:x_GxK.shape[0] * code.k].reshape(*y_GxK.shape, -1)
   degraded = metrics.degraded_metrics(code, jnp.asarray(logits_GxKxC), jnp.asarray(z),
                                       jnp.asarray(y_GxK))

@@ -58,6 +58,12 @@ def make_parity_predict(parity_model, code, dataset: str):
   return parity_predict
 
 
+def make_parity_outputs(parity_model, code, dataset: str, batch_size: int):
+  """(variables, x_uint8_GxKx...) -> (code, z_GxRxC): a trained parity model's outputs."""
+  predict = make_parity_predict(parity_model, code, dataset)
+  return lambda variables, x_GxK: (code, batched(predict, variables, x_GxK, batch_size))
+
+
 def batched(fn, variables, x_Nx, batch_size: int) -> np.ndarray:
   """Applies `fn(variables, chunk)` over x in fixed-size chunks (the last one padded,
   so there is one compilation) and concatenates the outputs on the host."""

@@ -24,7 +24,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from pmjax import codes, inference, metrics
+from pmjax import codes, inference
 from pmjax.data import pipeline
 
 LOSSES = ('mse', 'kl', 'ce')
@@ -155,36 +155,22 @@ def learned_loss(apply_fn, params, batch_stats, batch, f_apply, loss: str = 'mse
   return value, {}
 
 
-class LearnedEvaluator:
-  """A_d of a learned code over fixed val/test groups (F on the learned parity queries)."""
-  best_key = 'val_recon_top1'
+def make_parity_outputs(coder, base_model, base_vars, dataset: str, batch_size: int):
+  """(coder variables, x_uint8_GxKx...) -> (code, z_GxRxC): F on the learned parity queries.
 
-  def __init__(self, coder, base_model, base_vars, dataset, splits, base_logits, batch_size):
-    self.coder, self.base_vars, self.batch_size = coder, base_vars, batch_size
-    self.apply_f = inference.make_apply(base_model)
-    self.dataset = dataset
-    self.groups = {}
-    for name in ('val', 'test'):
-      x, y = getattr(splits, f'{name}_x'), getattr(splits, f'{name}_y')
-      x_GxK, y_GxK = inference.fixed_groups(x, y, coder.k)
-      logits = base_logits[name][:x_GxK.shape[0] * coder.k].reshape(*y_GxK.shape, -1)
-      self.groups[name] = (x_GxK, y_GxK, logits)
+  Compiled once; the coder's variables are an argument, not a constant.
+  """
+  apply_f = base_model.apply
 
-  def parity_outputs(self, variables, x_GxK):
-    code = make_learned_code(self.coder, variables)
+  @jax.jit
+  def z_of(variables, x_chunk):
+    coder_vars, f_vars = variables
+    p = coder.apply(coder_vars, pipeline.normalize(x_chunk, dataset), method='encode')
+    g, r = p.shape[:2]
+    return apply_f(f_vars, p.reshape(g * r, *p.shape[2:]), train=False).reshape(g, r, -1)
 
-    @jax.jit
-    def z_of(f_vars, x_chunk):
-      p = inference.encode_raw(code, self.dataset, x_chunk)
-      g, r = p.shape[:2]
-      return self.apply_f(f_vars, p.reshape(g * r, *p.shape[2:])).reshape(g, r, -1)
-    return code, inference.batched(z_of, self.base_vars, x_GxK, self.batch_size)
+  def parity_outputs(variables, x_GxK):
+    code = make_learned_code(coder, variables)
+    return code, inference.batched(z_of, (variables, base_vars), x_GxK, batch_size)
 
-  def __call__(self, variables) -> dict:
-    out = {}
-    for name, (x_GxK, y_GxK, logits) in self.groups.items():
-      code, z = self.parity_outputs(variables, x_GxK)
-      m = metrics.degraded_metrics(code, jnp.asarray(logits), jnp.asarray(z), jnp.asarray(y_GxK))
-      for key in ('A_d_top1', 'A_d_top5', 'recon_top1'):
-        out[f'{name}_{key}'] = m[key]
-    return out
+  return parity_outputs

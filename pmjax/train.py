@@ -27,7 +27,6 @@ from functools import partial
 from typing import Any, Callable
 
 from absl import app, flags, logging
-import flax
 from flax.training import train_state
 import jax
 from jax import lax
@@ -259,25 +258,28 @@ class BaseEvaluator:
 
 
 class ParityEvaluator:
-  """A_d and reconstruction accuracy over fixed val/test groups, every position erased."""
+  """A_d and reconstruction accuracy over fixed val/test groups, every position erased.
+
+  `parity_outputs(variables, x_GxK) -> (code, z_GxRxC)` runs the trained part:
+  `inference.make_parity_outputs` (a parity model) or `learned.make_parity_outputs`
+  (a learned encoder in front of the frozen F).
+  """
   best_key = 'val_recon_top1'
 
-  def __init__(self, parity_model, code, dataset, splits, base_logits, batch_size):
-    self.code = code
-    self.predict = inference.make_parity_predict(parity_model, code, dataset)
+  def __init__(self, parity_outputs, k, splits, base_logits):
+    self.parity_outputs = parity_outputs
     self.groups = {}
     for name in ('val', 'test'):
       x, y = getattr(splits, f'{name}_x'), getattr(splits, f'{name}_y')
-      x_GxK, y_GxK = inference.fixed_groups(x, y, code.k)
-      logits = base_logits[name][:x_GxK.shape[0] * code.k].reshape(*y_GxK.shape, -1)
+      x_GxK, y_GxK = inference.fixed_groups(x, y, k)
+      logits = base_logits[name][:x_GxK.shape[0] * k].reshape(*y_GxK.shape, -1)
       self.groups[name] = (x_GxK, y_GxK, logits)
-    self.batch_size = batch_size
 
   def __call__(self, variables) -> dict:
     out = {}
     for name, (x_GxK, y_GxK, logits_GxKxC) in self.groups.items():
-      z = inference.batched(self.predict, variables, x_GxK, self.batch_size)
-      m = metrics.degraded_metrics(self.code, jnp.asarray(logits_GxKxC), jnp.asarray(z),
+      code, z = self.parity_outputs(variables, x_GxK)
+      m = metrics.degraded_metrics(code, jnp.asarray(logits_GxKxC), jnp.asarray(z),
                                    jnp.asarray(y_GxK))
       for key in ('A_d_top1', 'A_d_top5', 'recon_top1'):
         out[f'{name}_{key}'] = m[key]
@@ -384,8 +386,8 @@ def train_stage(config, workdir: str) -> dict:
       loss_fn = partial(learned.learned_loss, f_apply=base_model.apply,
                         loss=config.get('learned_loss', 'mse'))
       batch_fn = partial(learned.learned_batch, dataset=dataset)
-      evaluator = learned.LearnedEvaluator(model, base_model, base_vars, dataset, splits,
-                                           base_logits, eval_bs)
+      evaluator = ParityEvaluator(learned.make_parity_outputs(
+          model, base_model, base_vars, dataset, eval_bs), config.k, splits, base_logits)
     else:
       code = codes.make_code(config.code, config.k, config.r, image_shape=spec.image_shape,
                              parity_input=config.get('parity_input', 'concat'))
@@ -393,7 +395,8 @@ def train_stage(config, workdir: str) -> dict:
       loss_fn = parity_loss
       batch_fn = partial(parity_batch, dataset=dataset, augment=augment, code=code,
                          base_apply=base_model.apply)
-      evaluator = ParityEvaluator(model, code, dataset, splits, base_logits, eval_bs)
+      evaluator = ParityEvaluator(inference.make_parity_outputs(model, code, dataset, eval_bs),
+                                  config.k, splits, base_logits)
 
   n_train = splits.train_x.shape[0]
   steps_per_epoch = (n_train // group_size) // batch_size

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from pmjax.data import builders, pipeline
-from tests.conftest import make_synthetic_cifar, make_synthetic_mnist
+from tests.conftest import make_synthetic_cifar
 
 
 def _read(builder, split):

@@ -27,7 +27,6 @@ from functools import partial
 
 from absl import app, flags
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 from pmjax import codes, inference, workdir as wd

@@ -119,7 +119,7 @@ def simulate(mode, m, k, rate, num_queries, base_samples_s, parity_samples_s=Non
       if not queues[kind]:
         break
 
-  group, groups_open = None, 0
+  group = None
   for q, t in enumerate(arrivals):
     push(t, 'arrive', q)
   while events:
