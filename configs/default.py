@@ -26,6 +26,7 @@ def get_config(arg=None, dataset='mnist', model='mlp', base_epochs=30, base_batc
   c.base_workdir = ''                 # parity stage: workdir of the trained base model
   c.code, c.k, c.r = a.code, a.k, a.r
   c.parity_input = 'concat'           # linear code: parity query ('concat' or 'sum')
+  c.linear_coefficients = 'auto'      # linear code: C ('auto' = balanced for r <= 2, else cauchy)
   c.learned_loss = 'mse'              # learned code: 'mse', 'kl' or 'ce' at the erased position
   c.learned_encoder = 'mlp'           # learned code: 'mlp' or 'conv' encoder
   c.smoke = a.smoke                   # a few steps on a tiny subset

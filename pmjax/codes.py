@@ -54,12 +54,15 @@ PARITY_INPUTS = ('concat', 'sum')
 
 
 def make_code(name: str, k: int, r: int = 1, image_shape=None,
-              parity_input: str = 'concat', systematic: bool = True) -> Code:
+              parity_input: str = 'concat', systematic: bool = True,
+              coefficients: str = 'auto') -> Code:
   """Builds the code `name` for groups of `k` queries and `r` parities.
 
   `image_shape` (H, W, C) is optional; when given, inputs are checked against
   it and `concat` checks at once that its grid divides the image.
-  `parity_input` ('concat' or 'sum') is the parity query of the `linear` code.
+  `parity_input` ('concat' or 'sum') is the parity query of the `linear` code
+  and `coefficients` its matrix C ('auto', 'balanced', 'cauchy'; see
+  `coefficient_matrix`).
   For `berrut`, r is the number of stragglers S tolerated and `systematic`
   chooses the form (see `_berrut_code`).
   """
@@ -82,7 +85,7 @@ def make_code(name: str, k: int, r: int = 1, image_shape=None,
   if image_shape is not None:
     image_shape = tuple(int(d) for d in image_shape)
   if name == 'linear':
-    return _linear_code(k, r, image_shape, parity_input)
+    return _linear_code(k, r, image_shape, parity_input, coefficients)
   if name == 'berrut':
     return _berrut_code(k, r, image_shape, systematic)
   if name == 'sum':
@@ -247,32 +250,60 @@ def _subtraction_decoder(k):
 # The systematic linear code (any r).
 # --------------------------------------------------------------------------
 
-def coefficient_matrix(k: int, r: int) -> np.ndarray:
-  """The r x k matrix C of the `linear` code.
+COEFFICIENTS = ('auto', 'balanced', 'cauchy')
 
-  r = 1: ones (ParM). r >= 2: a Cauchy matrix C[j,i] = 1/(a_j - b_i) with data
-  nodes b_i = i and parity nodes a_j spread between them ((j + 1/2) k/r - 1/2,
-  moved off any data node), each row scaled to norm sqrt(k). Every square
-  submatrix of a Cauchy matrix is invertible, so any m <= r missing outputs
-  can be solved from any m parities. Interleaving the nodes keeps the worst
-  condition number over all square submatrices small: 3.8 (k=4, r=2), 14.1
-  (k=4, r=3), 21.0 (k=8, r=2), 109 (k=8, r=3), against 51, 850, 227 and
-  14,800 with all parity nodes outside the data range.
+
+def coefficient_matrix(k: int, r: int, kind: str = 'auto') -> np.ndarray:
+  """The r x k matrix C of the `linear` code; parity j's target is sum_i C[j,i] F(X_i).
+
+  r = 1: ones (ParM), whatever the kind.
+
+  'balanced' (r = 2): a row of ones and a row that weights every position about
+  evenly: signs alternate in pairs (+a_0, -a_0, +a_1, -a_1, ...) with the
+  magnitudes a_p spaced from 1 down to 1/2, the row scaled to norm sqrt(k).
+  Decoding one missing output from a single parity divides that parity
+  model's error by C[j, i], so no entry may be small: the smallest |C[j,i]| is
+  0.63-0.65 for k = 4..8 (Cauchy: 0.17-0.27); the smallest singular value over
+  the 2 x 2 submatrices (two missing outputs) is 0.32 at k=4 (Cauchy 0.51) and
+  0.098 at k=8 (Cauchy 0.094). Every square submatrix is invertible (the
+  entries of row 2 are distinct and nonzero).
+
+  'cauchy' (any r): C[j,i] = 1/(a_j - b_i) with data nodes b_i = i and parity
+  nodes a_j spread between them ((j + 1/2) k/r - 1/2, moved off any data
+  node), each row scaled to norm sqrt(k). Every square submatrix of a Cauchy
+  matrix is invertible, so any m <= r missing outputs can be solved from any m
+  parities. Interleaving the nodes keeps the worst condition number over all
+  square submatrices small: 3.8 (k=4, r=2), 14.1 (k=4, r=3), 21.0 (k=8, r=2),
+  109 (k=8, r=3), against 51, 850, 227 and 14,800 with all parity nodes outside
+  the data range; but entries far from a parity node are small (0.07-0.27).
+
+  'auto': 'balanced' for r <= 2, 'cauchy' for r >= 3.
   """
+  if kind not in COEFFICIENTS:
+    raise ValueError(f'coefficients={kind!r} is unknown; accepted values: {list(COEFFICIENTS)}')
   if r == 1:
     return np.ones((1, k), np.float32)
-  a = (np.arange(r) + 0.5) * k / r - 0.5
-  a = a + 0.5 * (np.abs(a - np.round(a)) < 1e-9)
-  c = 1.0 / (a[:, None] - np.arange(k)[None, :])
-  c *= np.sqrt(k) / np.linalg.norm(c, axis=1, keepdims=True)
+  if kind == 'auto':
+    kind = 'balanced' if r == 2 else 'cauchy'
+  if kind == 'balanced':
+    if r != 2:
+      raise ValueError(f"coefficients='balanced' is defined for r <= 2, not r={r}; use "
+                       f"coefficients='cauchy' (or 'auto') for r >= 3")
+    a = np.linspace(1.0, 0.5, (k + 1) // 2)
+    c = np.stack([np.ones(k), [a[i // 2] * (-1) ** i for i in range(k)]])
+  else:
+    a = (np.arange(r) + 0.5) * k / r - 0.5
+    a = a + 0.5 * (np.abs(a - np.round(a)) < 1e-9)
+    c = 1.0 / (a[:, None] - np.arange(k)[None, :])
+  c = c * (np.sqrt(k) / np.linalg.norm(c, axis=1, keepdims=True))
   return c.astype(np.float32)
 
 
-def _linear_code(k, r, image_shape, parity_input):
+def _linear_code(k, r, image_shape, parity_input, coefficients):
   if parity_input not in PARITY_INPUTS:
     raise ValueError(f'parity_input={parity_input!r} is unknown; accepted values: '
                      f'{list(PARITY_INPUTS)}')
-  c_rxk = coefficient_matrix(k, r)
+  c_rxk = coefficient_matrix(k, r, coefficients)
   if parity_input == 'concat':
     if image_shape is not None:
       concat_grid(k, image_shape)

@@ -22,7 +22,7 @@ from absl import app, flags, logging
 import jax
 import jax.numpy as jnp
 
-from pmjax import codes, inference, learned, metrics, workdir as wd
+from pmjax import inference, learned, metrics, workdir as wd
 from pmjax.data import builders, pipeline
 
 
@@ -60,8 +60,7 @@ def evaluate_workdir(workdir: str, split: str = 'test', batch_size: int = 1000,
                                                  config.data.name, batch_size)
     parity_vars = {'params': parity_vars['params']}
   else:
-    code = codes.make_code(config.code, config.k, config.r, image_shape=spec.image_shape,
-                           parity_input=config.get('parity_input', 'concat'))
+    code = wd.make_code(config)
     parity_outputs = inference.make_parity_outputs(parity_model, code, config.data.name,
                                                    batch_size)
   code, z = parity_outputs(parity_vars, x_GxK)

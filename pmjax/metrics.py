@@ -116,16 +116,21 @@ def read_metrics(workdir: str) -> list:
 def degraded_by_missing(code, y_GxKxC, z_GxRxC, labels_GxK) -> dict:
   """For m = 1..r missing outputs: accuracy of the decoded answers over every test
   group and every pattern of m erased outputs among the k + r (data or parity)
-  that erases at least one data output. Every pattern must decode (finite outputs).
+  that erases at least one data output, with a breakdown by how many data
+  outputs are missing and how many parity outputs are in ('d data missing, p
+  parities in'). Patterns with m = r erased are those a serving loop that
+  decodes at k of k + r outputs sees. Every pattern must decode (finite outputs).
   """
   import itertools  # pylint: disable=g-import-not-at-top
   k, r = code.k, code.r
   g = y_GxKxC.shape[0]
   decode = jax.jit(code.decode)
+  labels = np.asarray(labels_GxK)
   out = {}
   for m in range(1, r + 1):
     correct = total = 0
     patterns = undecodable = 0
+    by_kind = {}
     for erased in itertools.combinations(range(k + r), m):
       data = [i for i in erased if i < k]
       if not data:
@@ -137,8 +142,13 @@ def degraded_by_missing(code, y_GxKxC, z_GxRxC, labels_GxK) -> dict:
       yhat = np.asarray(decode(y_GxKxC, avail, z_GxRxC, zavail))[:, data]
       patterns += 1
       undecodable += int(not np.all(np.isfinite(yhat)))
-      correct += int(np.sum(np.argmax(yhat, -1) == np.asarray(labels_GxK)[:, data]))
+      hits = int(np.sum(np.argmax(yhat, -1) == labels[:, data]))
+      correct += hits
       total += yhat.shape[0] * len(data)
+      kind = f'{len(data)} data missing, {int(zavail[0].sum())} parities in'
+      c, t = by_kind.get(kind, (0, 0))
+      by_kind[kind] = (c + hits, t + yhat.shape[0] * len(data))
     out[str(m)] = {'A_d_top1': correct / total, 'patterns': patterns,
-                   'undecodable_patterns': undecodable}
+                   'undecodable_patterns': undecodable,
+                   'by_kind': {kind: c / t for kind, (c, t) in sorted(by_kind.items())}}
   return out

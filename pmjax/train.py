@@ -37,7 +37,7 @@ import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 from tqdm import tqdm
 
-from pmjax import checkpoint, codes, inference, learned, metrics, workdir as wd
+from pmjax import checkpoint, inference, learned, metrics, workdir as wd
 from pmjax.data import builders, pipeline
 
 
@@ -389,8 +389,7 @@ def train_stage(config, workdir: str) -> dict:
       evaluator = ParityEvaluator(learned.make_parity_outputs(
           model, base_model, base_vars, dataset, eval_bs), config.k, splits, base_logits)
     else:
-      code = codes.make_code(config.code, config.k, config.r, image_shape=spec.image_shape,
-                             parity_input=config.get('parity_input', 'concat'))
+      code = wd.make_code(config)
       model = wd.build_model(wd.model_names(config)[1], dataset, code.r, code.k)
       loss_fn = parity_loss
       batch_fn = partial(parity_batch, dataset=dataset, augment=augment, code=code,

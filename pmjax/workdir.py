@@ -13,11 +13,13 @@ import os
 import jax
 import ml_collections
 
-from pmjax import checkpoint, config_utils, models
+from pmjax import checkpoint, codes, config_utils, models
 from pmjax.data import builders
 
 # Fields that define what a workdir holds: resuming with other values is an error.
 IDENTITY_FIELDS = ('stage', 'seed', 'data.name', 'model', 'parity_model', 'code', 'k', 'r')
+# Also identity for the linear code; the value a config written before the field existed meant.
+LINEAR_FIELDS = {'parity_input': 'concat', 'linear_coefficients': 'cauchy'}
 
 
 def _get(config, dotted):
@@ -44,10 +46,15 @@ def write_config(workdir: str, config: ml_collections.ConfigDict, write: bool = 
   path = os.path.join(workdir, 'config.json')
   if os.path.exists(path):
     old = read_config(workdir)
-    for field in IDENTITY_FIELDS:
-      if _get(old, field) != _get(config, field):
+    fields = {f: None for f in IDENTITY_FIELDS}
+    if _get(config, 'code') == 'linear':
+      fields.update(LINEAR_FIELDS)
+    for field, default in fields.items():
+      was = _get(old, field)
+      was = default if was is None else was
+      if was != _get(config, field):
         raise ValueError(
-            f'{os.path.abspath(workdir)} holds a run with {field}={_get(old, field)!r}, but '
+            f'{os.path.abspath(workdir)} holds a run with {field}={was!r}, but '
             f'this config has {field}={_get(config, field)!r}. Use a new --workdir, or the '
             f'same config to resume.')
   if not write:
@@ -61,6 +68,17 @@ def write_config(workdir: str, config: ml_collections.ConfigDict, write: bool = 
 def model_names(config) -> tuple:
   """(base model name, parity model name) of a config."""
   return config.model, (config.get('parity_model') or config.model)
+
+
+def make_code(config) -> codes.Code:
+  """The code of a parity run's config (not for code='learned': see pmjax.learned).
+
+  A config written before `linear_coefficients` existed used the Cauchy matrix.
+  """
+  spec = builders.get_spec(config.data.name)
+  return codes.make_code(config.code, config.k, config.get('r', 1), image_shape=spec.image_shape,
+                         parity_input=config.get('parity_input', 'concat'),
+                         coefficients=config.get('linear_coefficients', 'cauchy'))
 
 
 def build_model(name: str, dataset: str, r: int = 1, k: int | None = None):

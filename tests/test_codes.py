@@ -147,15 +147,17 @@ def test_encode_bad_shapes():
 # ----------------------------------------------------------------------------- linear code
 
 
-@pytest.mark.parametrize('k,r', [(2, 1), (2, 2), (3, 2), (4, 2), (4, 3), (5, 3)])
-def test_linear_decodes_exactly_every_erasure_pattern(k, r):
+@pytest.mark.parametrize('k,r,coefficients', [
+    (2, 1, 'auto'), (2, 2, 'balanced'), (3, 2, 'balanced'), (4, 2, 'balanced'), (8, 2, 'balanced'),
+    (4, 2, 'cauchy'), (4, 3, 'auto'), (5, 3, 'cauchy')])
+def test_linear_decodes_exactly_every_erasure_pattern(k, r, coefficients):
   """Linear F, F_P = F on p_j = sum_i C[j,i] X_i: every pattern of <= r erasures among
   the k + r outputs (data or parity) decodes to F's outputs."""
   import itertools
   rng = np.random.default_rng(10 * k + r)
   b, d, c = 5, 12, 6
   f = linear_f(jnp.asarray(rng.normal(size=(d, c)), jnp.float32))
-  code = make_code('linear', k, r, parity_input='sum')
+  code = make_code('linear', k, r, parity_input='sum', coefficients=coefficients)
   x = jnp.asarray(rng.normal(size=(b, k, d)), jnp.float32)
   y = f(x.reshape(b * k, d)).reshape(b, k, c)
   p = code.encode(x)
@@ -171,6 +173,31 @@ def test_linear_decodes_exactly_every_erasure_pattern(k, r):
         (avail[:, i] if i < k else zavail[:, i - k])[...] = False
       yhat = decode(jnp.where(avail[..., None], y, 1e3), avail, z, zavail)
       np.testing.assert_allclose(yhat, y, rtol=1e-3, atol=1e-3)
+
+
+@pytest.mark.parametrize('k', range(2, 9))
+def test_coefficient_matrices(k):
+  """Rows of norm sqrt(k); every square submatrix invertible; balanced rows keep every
+  entry (the divisor of a single-parity decode) away from zero, unlike Cauchy's."""
+  import itertools
+  from pmjax.codes import coefficient_matrix
+  for kind, r in [('balanced', 2), ('cauchy', 2), ('cauchy', min(3, k))]:
+    c = coefficient_matrix(k, r, kind).astype(np.float64)
+    np.testing.assert_allclose(np.linalg.norm(c, axis=1), np.sqrt(k), rtol=1e-5)
+    for m in range(1, r + 1):
+      for rows in itertools.combinations(range(r), m):
+        for cols in itertools.combinations(range(k), m):
+          assert np.linalg.svd(c[np.ix_(rows, cols)], compute_uv=False)[-1] > 1e-3
+  balanced, cauchy = coefficient_matrix(k, 2, 'balanced'), coefficient_matrix(k, 2, 'cauchy')
+  np.testing.assert_array_equal(balanced[0], np.ones(k))
+  assert np.abs(balanced).min() >= 0.55 and np.abs(balanced).min() > np.abs(cauchy).min()
+  np.testing.assert_array_equal(coefficient_matrix(k, 2), balanced)           # auto, r = 2
+  if k >= 3:
+    np.testing.assert_array_equal(coefficient_matrix(k, 3), coefficient_matrix(k, 3, 'cauchy'))
+  with pytest.raises(ValueError, match="'balanced' is defined for r <= 2"):
+    coefficient_matrix(4, 3, 'balanced')
+  with pytest.raises(ValueError, match="coefficients='vandermonde' is unknown"):
+    make_code('linear', 4, 2, coefficients='vandermonde')
 
 
 def test_linear_r1_is_parm():

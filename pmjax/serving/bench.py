@@ -25,8 +25,8 @@ from absl import app, flags
 import jax
 import numpy as np
 
-from pmjax import codes, inference, plotting, workdir as wd
-from pmjax.data import builders, pipeline
+from pmjax import inference, plotting, workdir as wd
+from pmjax.data import pipeline
 from pmjax.serving import loadgen, policy
 from pmjax.serving.faults import FaultSpec, start_contention
 from pmjax.serving.frontend import Frontend
@@ -43,8 +43,7 @@ def make_parts(parity_workdir: str):
   _, base_model, base_vars, _ = wd.load_variables(config.base_workdir)
   _, parity_model, parity_vars, _ = wd.load_variables(parity_workdir)
   dataset = config.data.name
-  spec = builders.get_spec(dataset)
-  code = codes.make_code(config.code, config.k, config.r, image_shape=spec.image_shape)
+  code = wd.make_code(config)
   splits = pipeline.load_splits(config.data)
   base_fn = inference.make_predict(base_model, dataset)
   if code.r == 1:
