@@ -29,6 +29,7 @@ def get_config(arg=None, dataset='mnist', model='mlp', base_epochs=30, base_batc
   c.linear_coefficients = 'auto'      # linear code: C ('auto' = balanced for r <= 2, else cauchy)
   c.learned_loss = 'mse'              # learned code: 'mse', 'kl' or 'ce' at the erased position
   c.learned_encoder = 'mlp'           # learned code: 'mlp' or 'conv' encoder
+  c.learned_train_parity = False      # learned code: train a copy of F on the parity queries
   c.smoke = a.smoke                   # a few steps on a tiny subset
 
   c.data = ml_collections.ConfigDict()

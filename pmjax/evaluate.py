@@ -53,11 +53,12 @@ def evaluate_workdir(workdir: str, split: str = 'test', batch_size: int = 1000,
   _, parity_model, parity_vars, epoch = wd.load_variables(workdir, 'best')
   spec = builders.get_spec(config.data.name)
   x_GxK, y_GxK = inference.fixed_groups(x, y, config.k)
-  if config.code == 'learned':   # F runs on the learned parity queries
+  train_parity = bool(config.get('learned_train_parity', False))
+  if config.code == 'learned':   # F (or a trained copy) runs on the learned parity queries
     coder = learned.make_coder(config.k, config.r, spec.num_classes, spec.image_shape,
                                config.get('learned_encoder', 'mlp'))
     parity_outputs = learned.make_parity_outputs(coder, base_model, base_vars,
-                                                 config.data.name, batch_size)
+                                                 config.data.name, batch_size, train_parity)
     parity_vars = {'params': parity_vars['params']}
   else:
     code = wd.make_code(config)
@@ -67,7 +68,9 @@ def evaluate_workdir(workdir: str, split: str = 'test', batch_size: int = 1000,
   logits_GxKxC = logits[:x_GxK.shape[0] * code.k].reshape(*y_GxK.shape, -1)
   degraded = metrics.degraded_metrics(code, jnp.asarray(logits_GxKxC), jnp.asarray(z),
                                       jnp.asarray(y_GxK))
-  results.update({'parity_model': ('learned encoder/decoder + frozen F' if code.name == 'learned'
+  learned_name = ('learned encoder/decoder + ' +
+                  (f'trained copy of F ({config.model})' if train_parity else 'frozen F'))
+  results.update({'parity_model': (learned_name if code.name == 'learned'
                                    else wd.model_names(config)[1]), 'code': code.name,
                   'k': code.k, 'r': code.r, 'epochs': _epochs_trained(workdir, epoch),
                   'best_epoch': epoch, 'base_workdir': os.path.abspath(base_dir),

@@ -10,6 +10,13 @@ trained they are a `Code` like any other (`make_learned_code`): `encode`,
 towards it). Used by `pmjax.train` when `config.code == 'learned'` and by
 `pmjax.evaluate`.
 
+`config.learned_train_parity=True` trains a parity model too: a copy of F
+(its architecture, initialised from F's trained parameters, batch-norm
+statistics kept at F's) computes on the parity queries and is trained jointly
+with the encoder and decoder; the variables are then {'coder': ..., 'parity':
+...}. Without it F itself computes on the parity queries, frozen (the 2018
+paper's setting).
+
 Encoder (`config.learned_encoder`): 'mlp', Linear(kD, kD) - ReLU -
 Linear(kD, rD) on the flattened, normalised queries; or 'conv', 3x3
 convolutions with 20k channels and dilations 1, 1, 2, 4, 8, 1, then a 1x1
@@ -93,11 +100,23 @@ def make_coder(k: int, r: int, num_classes: int, image_shape,
   return LearnedCoder(k, r, num_classes, tuple(image_shape), encoder)
 
 
-def init_variables(coder: LearnedCoder, seed: int) -> dict:
+def init_variables(coder: LearnedCoder, seed: int, base_vars=None,
+                   train_parity: bool = False) -> dict:
+  """The trained variables: the coder's, and with `train_parity` a copy of F's."""
   k, r, c = coder.k, coder.r, coder.num_classes
   v = jax.jit(coder.init)(jax.random.key(seed), jnp.zeros((1, k, *coder.image_shape)),
                           jnp.zeros((1, k, c)), jnp.zeros((1, r, c)))
-  return {'params': v['params'], 'batch_stats': {}}
+  params = v['params']
+  if train_parity:
+    params = {'coder': params, 'parity': jax.tree.map(jnp.array, base_vars['params'])}
+  return {'params': params, 'batch_stats': {}}
+
+
+def split_variables(params, f_vars, train_parity: bool) -> tuple:
+  """(coder variables, variables of the network that computes on the parity queries)."""
+  if train_parity:
+    return {'params': params['coder']}, {**f_vars, 'params': params['parity']}
+  return {'params': params}, jax.lax.stop_gradient(f_vars)
 
 
 def make_learned_code(coder: LearnedCoder, variables) -> codes.Code:
@@ -130,16 +149,17 @@ def learned_batch(data, idx_BxK, keys_BxK, dataset):
           'erased': erased, 'f_vars': data['base_vars']}
 
 
-def learned_loss(apply_fn, params, batch_stats, batch, f_apply, loss: str = 'mse'):
-  """Loss at the erased position of each group, through the frozen F."""
+def learned_loss(apply_fn, params, batch_stats, batch, f_apply, loss: str = 'mse',
+                 train_parity: bool = False):
+  """Loss at the erased position of each group, through the frozen F (or the trained
+  parity model)."""
   del batch_stats
-  variables = {'params': params}
+  variables, f_vars = split_variables(params, batch['f_vars'], train_parity)
   x, y = batch['x'], batch['y']
   b, k, c = y.shape
   p = apply_fn(variables, x, method='encode')
   r = p.shape[1]
-  z = f_apply(jax.lax.stop_gradient(batch['f_vars']), p.reshape(b * r, *p.shape[2:]),
-              train=False).reshape(b, r, c)
+  z = f_apply(f_vars, p.reshape(b * r, *p.shape[2:]), train=False).reshape(b, r, c)
   avail = jnp.arange(k)[None, :] != batch['erased'][:, None]
   yhat = apply_fn(variables, jnp.where(avail[..., None], y, 0.0), z, method='decode_logits')
   rows = jnp.arange(b)
@@ -155,22 +175,26 @@ def learned_loss(apply_fn, params, batch_stats, batch, f_apply, loss: str = 'mse
   return value, {}
 
 
-def make_parity_outputs(coder, base_model, base_vars, dataset: str, batch_size: int):
-  """(coder variables, x_uint8_GxKx...) -> (code, z_GxRxC): F on the learned parity queries.
+def make_parity_outputs(coder, base_model, base_vars, dataset: str, batch_size: int,
+                        train_parity: bool = False):
+  """(trained variables, x_uint8_GxKx...) -> (code, z_GxRxC): F (or the trained parity
+  model) on the learned parity queries.
 
-  Compiled once; the coder's variables are an argument, not a constant.
+  Compiled once; the trained variables are an argument, not a constant.
   """
   apply_f = base_model.apply
 
   @jax.jit
   def z_of(variables, x_chunk):
-    coder_vars, f_vars = variables
+    trained, f_vars = variables
+    coder_vars, f_vars = split_variables(trained['params'], f_vars, train_parity)
     p = coder.apply(coder_vars, pipeline.normalize(x_chunk, dataset), method='encode')
     g, r = p.shape[:2]
     return apply_f(f_vars, p.reshape(g * r, *p.shape[2:]), train=False).reshape(g, r, -1)
 
   def parity_outputs(variables, x_GxK):
-    code = make_learned_code(coder, variables)
+    coder_vars, _ = split_variables(variables['params'], base_vars, train_parity)
+    code = make_learned_code(coder, coder_vars)
     return code, inference.batched(z_of, (variables, base_vars), x_GxK, batch_size)
 
   return parity_outputs

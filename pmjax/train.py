@@ -383,11 +383,13 @@ def train_stage(config, workdir: str) -> dict:
                          "(--config.data.augment=False)")
       model = learned.make_coder(config.k, config.r, spec.num_classes, spec.image_shape,
                                  config.get('learned_encoder', 'mlp'))
+      train_parity = bool(config.get('learned_train_parity', False))
       loss_fn = partial(learned.learned_loss, f_apply=base_model.apply,
-                        loss=config.get('learned_loss', 'mse'))
+                        loss=config.get('learned_loss', 'mse'), train_parity=train_parity)
       batch_fn = partial(learned.learned_batch, dataset=dataset)
       evaluator = ParityEvaluator(learned.make_parity_outputs(
-          model, base_model, base_vars, dataset, eval_bs), config.k, splits, base_logits)
+          model, base_model, base_vars, dataset, eval_bs, train_parity), config.k, splits,
+                                  base_logits)
     else:
       code = wd.make_code(config)
       model = wd.build_model(wd.model_names(config)[1], dataset, code.r, code.k)
@@ -407,14 +409,19 @@ def train_stage(config, workdir: str) -> dict:
   input_shape = spec.image_shape
   if config.stage == 'parity' and config.r > 1:
     input_shape = (config.r, *input_shape)   # the r stacked parity models
-  variables = (learned.init_variables(model, config.seed) if config.code == 'learned'
-               and config.stage == 'parity' else init_variables(model, config.seed, input_shape))
+  if config.code == 'learned' and config.stage == 'parity':
+    variables = learned.init_variables(model, config.seed, base_vars,
+                                       config.get('learned_train_parity', False))
+  else:
+    variables = init_variables(model, config.seed, input_shape)
   state = replicate(create_state(model, tx, variables), mesh)
   data = replicate(data, mesh)
   model_name = config.model if config.stage == 'base' else wd.model_names(config)[1]
   if config.stage == 'parity' and config.code == 'learned':
-    # The coder's own layers decide (F runs frozen in the loss).
+    # The coder's own layers decide (F runs frozen in the loss), and a trained copy of F's.
     model_name = 'conv' if config.get('learned_encoder', 'mlp') == 'conv' else 'mlp'
+    if config.get('learned_train_parity', False) and config.model != 'mlp':
+      model_name = config.model
   unroll, steps_per_call = scan_unroll(config, model_name)
   run_chunk = make_train_chunk(mesh, loss_fn, batch_fn, batch_size, group_size, unroll)
 

@@ -18,8 +18,11 @@ from pmjax.data import builders
 
 # Fields that define what a workdir holds: resuming with other values is an error.
 IDENTITY_FIELDS = ('stage', 'seed', 'data.name', 'model', 'parity_model', 'code', 'k', 'r')
-# Also identity for the linear code; the value a config written before the field existed meant.
-LINEAR_FIELDS = {'parity_input': 'concat', 'linear_coefficients': 'cauchy'}
+# Also identity for one code: the value a config written before the field existed meant.
+CODE_FIELDS = {
+    'linear': {'parity_input': 'concat', 'linear_coefficients': 'cauchy'},
+    'learned': {'learned_loss': 'mse', 'learned_encoder': 'mlp', 'learned_train_parity': False},
+}
 
 
 def _get(config, dotted):
@@ -47,8 +50,7 @@ def write_config(workdir: str, config: ml_collections.ConfigDict, write: bool = 
   if os.path.exists(path):
     old = read_config(workdir)
     fields = {f: None for f in IDENTITY_FIELDS}
-    if _get(config, 'code') == 'linear':
-      fields.update(LINEAR_FIELDS)
+    fields.update(CODE_FIELDS.get(_get(config, 'code'), {}))
     for field, default in fields.items():
       was = _get(old, field)
       was = default if was is None else was

@@ -285,3 +285,44 @@ def test_learned_conv_encoder_shapes_and_bad_names():
   assert len(convs) == 7   # six dilated 3x3 + the 1x1
   with pytest.raises(ValueError, match="accepted: \\['mlp', 'conv'\\]"):
     learned.make_coder(2, 1, 10, (28, 28, 1), encoder='transformer')
+
+
+def test_learned_code_with_trained_parity_model(smoke_config, base_dir, tmp_path):
+  """learned_train_parity: a copy of F, started from F's parameters, is trained with the
+  coder; F itself is untouched; resuming with the other setting is refused."""
+  c = smoke_config('stage=parity,code=learned,k=2')
+  c.base_workdir = base_dir
+  c.learned_train_parity = True
+  w = str(tmp_path / 'learned_tp')
+  train.train_and_evaluate(c, w)
+  _, _, base_vars, _ = wd.load_variables(base_dir)
+  _, _, trained, _ = wd.load_variables(w)
+  assert set(trained['params']) == {'coder', 'parity'}
+  f_kernel = base_vars['params']['Dense_0']['kernel']
+  p_kernel = trained['params']['parity']['Dense_0']['kernel']
+  assert p_kernel.shape == f_kernel.shape and not np.allclose(p_kernel, f_kernel)
+  res = evaluate.evaluate_workdir(w, verbose=False)
+  assert 'trained copy of F' in res['parity_model'] and 0.0 <= res['A_d_top1'] <= 1.0
+  assert res['A_d_top1'] == pytest.approx(metrics.read_metrics(w)[-1]['test_A_d_top1'], abs=0.02)
+  c.learned_train_parity = False
+  with pytest.raises(ValueError, match='learned_train_parity=True'):
+    train.train_and_evaluate(c, w)
+
+
+def test_linear_coefficients_are_part_of_a_runs_identity(tmp_path):
+  """A linear run written before `linear_coefficients` existed used Cauchy: resuming it
+  with today's default ('auto') is refused; with 'cauchy' it is accepted."""
+  from configs import mnist
+  c = mnist.get_config('stage=parity,code=linear,k=4,r=2')
+  old = c.copy_and_resolve_references()
+  del old['linear_coefficients']
+  wd.write_config(str(tmp_path), old)
+  from pmjax.codes import coefficient_matrix
+  y = jnp.asarray(np.random.default_rng(0).normal(size=(2, 4, 10)), jnp.float32)
+  cauchy = jnp.einsum('ri,bic->brc', coefficient_matrix(4, 2, 'cauchy'), y)
+  np.testing.assert_allclose(wd.make_code(wd.read_config(str(tmp_path))).target(y), cauchy,
+                             rtol=1e-5)
+  with pytest.raises(ValueError, match="linear_coefficients='cauchy'"):
+    wd.write_config(str(tmp_path), c)
+  c.linear_coefficients = 'cauchy'
+  wd.write_config(str(tmp_path), c)
