@@ -66,6 +66,10 @@ def make_code(name: str, k: int, r: int = 1, image_shape=None,
   For `berrut`, r is the number of stragglers S tolerated and `systematic`
   chooses the form (see `_berrut_code`).
   """
+  if name == 'learned':
+    raise ValueError("code 'learned' is made of trained networks: train it with "
+                     "`python -m pmjax.train ... code=learned` and load it with "
+                     "pmjax.workdir.load_code(WORKDIR) (or pmjax.learned.make_learned_code)")
   if name not in CODES:
     raise ValueError(f'code name {name!r} is unknown; accepted values: {list(CODES)}')
   if not isinstance(k, (int, np.integer)) or k < 2:

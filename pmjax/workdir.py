@@ -13,7 +13,7 @@ import os
 import jax
 import ml_collections
 
-from pmjax import checkpoint, codes, config_utils, models
+from pmjax import checkpoint, codes, config_utils, learned, models
 from pmjax.data import builders
 
 # Fields that define what a workdir holds: resuming with other values is an error.
@@ -81,6 +81,24 @@ def make_code(config) -> codes.Code:
   return codes.make_code(config.code, config.k, config.get('r', 1), image_shape=spec.image_shape,
                          parity_input=config.get('parity_input', 'concat'),
                          coefficients=config.get('linear_coefficients', 'cauchy'))
+
+
+def load_code(workdir: str, which: str = 'best') -> codes.Code:
+  """The code of a parity workdir, ready to encode and decode: `make_code` for the
+  hand-designed codes; for code='learned', its trained encoder and decoder."""
+  config = read_config(workdir)
+  if config.stage != 'parity':
+    raise ValueError(f'{os.path.abspath(workdir)} is a {config.stage!r} run; a code belongs to '
+                     f'a parity run (stage=parity)')
+  if config.code != 'learned':
+    return make_code(config)
+  spec = builders.get_spec(config.data.name)
+  coder = learned.make_coder(config.k, config.r, spec.num_classes, spec.image_shape,
+                             config.get('learned_encoder', 'mlp'))
+  _, _, variables, _ = load_variables(workdir, which)
+  coder_vars, _ = learned.split_variables(variables['params'], {},
+                                          config.get('learned_train_parity', False))
+  return learned.make_learned_code(coder, coder_vars)
 
 
 def build_model(name: str, dataset: str, r: int = 1, k: int | None = None):

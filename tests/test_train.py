@@ -239,6 +239,10 @@ def test_linear_r2_trains_stacked_models_and_evaluates_every_pattern(smoke_confi
   assert by_missing['1']['undecodable_patterns'] == 0
   assert by_missing['2']['undecodable_patterns'] == 0
   assert 0.0 <= by_missing['2']['A_d_top1'] <= 1.0
+  from pmjax.bench import codes as bench_codes
+  row = bench_codes.parity_row(w)
+  assert row['A_d_by_missing'][2] == by_missing['2']['A_d_top1']
+  assert row['encode_us_per_group'] > 0 and row['decode_us_per_group'] > 0
 
 
 def test_codes_bench_berrut_rows(base_dir):
@@ -303,6 +307,13 @@ def test_learned_code_with_trained_parity_model(smoke_config, base_dir, tmp_path
   assert p_kernel.shape == f_kernel.shape and not np.allclose(p_kernel, f_kernel)
   res = evaluate.evaluate_workdir(w, verbose=False)
   assert 'trained copy of F' in res['parity_model'] and 0.0 <= res['A_d_top1'] <= 1.0
+  code = wd.load_code(w)           # the trained encoder/decoder, as a Code
+  assert code.name == 'learned' and code.encode(jnp.zeros((2, 2, 28, 28, 1))).shape[:2] == (2, 1)
+  from pmjax.bench import codes as bench_codes
+  row = bench_codes.parity_row(w)
+  assert row['code'] == 'learned' and row['decode_us_per_group'] > 0
+  with pytest.raises(ValueError, match='load_code'):
+    codes.make_code('learned', 2)
   assert res['A_d_top1'] == pytest.approx(metrics.read_metrics(w)[-1]['test_A_d_top1'], abs=0.02)
   c.learned_train_parity = False
   with pytest.raises(ValueError, match='learned_train_parity=True'):

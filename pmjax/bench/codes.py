@@ -6,9 +6,10 @@
 Training-free `berrut` codes (non-systematic as published, and systematic)
 are evaluated here on the same trained F (its best checkpoint): every test
 group of k consecutive test images, F run on the coded queries, every pattern
-of missing outputs. Trained parity runs (`sum`, `concat`, `linear`) are read
-from their workdirs' results.json (`python -m pmjax.evaluate`). Writes
-DIR/codes.json and DIR/codes.md.
+of missing outputs. Trained runs (`sum`, `concat`, `linear`, `learned`) are
+read from their workdirs' results.json (`python -m pmjax.evaluate`); their
+codes are loaded (`workdir.load_code`) and timed here. Writes DIR/codes.json
+and DIR/codes.md.
 
 Columns: acc none missing (for non-systematic codes already an
 approximation), A_d with m missing (accuracy of the answers that had to be
@@ -41,6 +42,15 @@ def _median_us(fn, calls=200):
     jax.block_until_ready(fn())
     t.append(time.perf_counter() - s)
   return 1e6 * float(np.median(t))
+
+
+def _codec_us(code, dataset, x_1xKx, y_1xKxC, z_1xRxC, avail_1xK):
+  """Median encode (raw uint8 group -> parity queries) and decode times of one group."""
+  encode = jax.jit(partial(inference.encode_raw, code, dataset))
+  decode = jax.jit(code.decode)
+  zavail = np.ones((1, code.r), bool)
+  return (_median_us(lambda: encode(x_1xKx)),
+          _median_us(lambda: decode(y_1xKxC, avail_1xK, z_1xRxC, zavail)))
 
 
 def berrut_row(base_workdir, k, s, systematic, batch=500):
@@ -94,12 +104,10 @@ def berrut_row(base_workdir, k, s, systematic, batch=500):
         zavail[list(erased)] = False
         scores.append(accuracy(none, zavail, list(range(k))))
       by_missing[m] = float(np.mean(scores))
-  x1 = x_GxK[:1]
-  enc_us = _median_us(lambda: encode(x1))
   avail1 = np.ones((1, k), bool) if systematic else np.zeros((1, k), bool)
   if systematic:
     avail1[0, 0] = False
-  dec_us = _median_us(lambda: decode(logits[:1], avail1, z[:1], np.ones((1, r), bool)))
+  enc_us, dec_us = _codec_us(code, dataset, x_GxK[:1], logits[:1], z[:1], avail1)
   return {'code': 'berrut' + ('-systematic' if systematic else ''), 'dataset': dataset,
           'model': config.model, 'k': k, 'r': r, 'stragglers': s, 'A_a': acc_a,
           'acc_none_missing': acc_none, 'A_d_by_missing': by_missing,
@@ -108,8 +116,22 @@ def berrut_row(base_workdir, k, s, systematic, batch=500):
 
 
 def parity_row(workdir):
-  with open(os.path.join(workdir, 'results.json')) as f:
+  """A trained run's row: accuracies from its results.json, its code timed on one group
+  (one output missing)."""
+  path = os.path.join(workdir, 'results.json')
+  if not os.path.exists(path):
+    raise FileNotFoundError(f'{path} is missing: run `python -m pmjax.evaluate '
+                            f'--workdir={workdir}` first')
+  with open(path) as f:
     res = json.load(f)
+  code = wd.load_code(workdir)
+  spec = builders.get_spec(res['dataset'])
+  avail = np.ones((1, code.k), bool)
+  avail[0, 0] = False
+  y = np.zeros((1, code.k, spec.num_classes), np.float32)
+  z = np.zeros((1, code.r, spec.num_classes), np.float32)
+  enc_us, dec_us = _codec_us(code, res['dataset'],
+                             np.zeros((1, code.k, *spec.image_shape), np.uint8), y, z, avail)
   by_missing = {1: res['A_d_top1']}
   for m, v in res.get('A_d_by_missing', {}).items():
     by_missing[int(m)] = v['A_d_top1']
@@ -117,22 +139,24 @@ def parity_row(workdir):
           'k': res['k'], 'r': res['r'], 'stragglers': res['r'], 'A_a': res['A_a'],
           'acc_none_missing': res['A_a'], 'A_d_by_missing': by_missing,
           'extra_compute_per_query': res['r'] / res['k'], 'workers_per_query':
-          (res['k'] + res['r']) / res['k'], 'encode_us_per_group': None,
-          'decode_us_per_group': None, 'groups': res.get('num_groups'),
-          'epochs': res.get('epochs')}
+          (res['k'] + res['r']) / res['k'], 'encode_us_per_group': enc_us,
+          'decode_us_per_group': dec_us, 'groups': res.get('num_groups'),
+          'epochs': res.get('epochs'), 'parity_model': res.get('parity_model')}
 
 
 def markdown(rows):
-  lines = ['| dataset | F | code | k | r | acc, none missing | A_d 1 missing | A_d 2 missing '
-           '| A_o(0.05) | A_o(0.1) | A_o(0.2) | extra compute/query | encode us | decode us |',
-           '|' + '---|' * 14]
+  lines = ['| dataset | F | code | parity model | k | r | acc, none missing | A_d 1 missing '
+           '| A_d 2 missing | A_o(0.05) | A_o(0.1) | A_o(0.2) | extra compute/query | encode us '
+           '| decode us |',
+           '|' + '---|' * 15]
   for r in rows:
     ad1 = r['A_d_by_missing'][1]
     ad2 = r['A_d_by_missing'].get(2)
     ao = [(1 - f) * r['acc_none_missing'] + f * ad1 for f in (0.05, 0.1, 0.2)]
     fmt = lambda v: '' if v is None else f'{v:.4f}'
     us = lambda v: '' if v is None else f'{v:.0f}'
-    lines.append(f"| {r['dataset']} | {r['model']} | {r['code']} | {r['k']} | {r['r']} | "
+    lines.append(f"| {r['dataset']} | {r['model']} | {r['code']} | "
+                 f"{r.get('parity_model') or 'none (F on coded queries)'} | {r['k']} | {r['r']} | "
                  f"{r['acc_none_missing']:.4f} | {ad1:.4f} | {fmt(ad2)} | "
                  + ' | '.join(f'{a:.4f}' for a in ao) +
                  f" | {r['extra_compute_per_query']:.3f} | {us(r['encode_us_per_group'])} | "
