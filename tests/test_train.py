@@ -254,6 +254,10 @@ def test_codes_bench_berrut_rows(base_dir):
     if systematic:
       assert row['acc_none_missing'] == row['A_a']   # nothing missing: F's own answers
   assert '| berrut |' in bench_codes.markdown([bench_codes.berrut_row(base_dir, 4, 1, False, 50)])
+  soft = bench_codes.berrut_row(base_dir, 4, 1, False, 50, outputs='softmax')
+  assert soft['code'] == 'berrut (softmax)' and 0.0 <= soft['A_d_by_missing'][1] <= 1.0
+  with pytest.raises(ValueError, match='accepted'):
+    bench_codes.berrut_row(base_dir, 4, 1, False, 50, outputs='probs')
 
 
 def test_learned_code_trains_through_frozen_f_and_evaluates(smoke_config, base_dir, tmp_path):

@@ -53,7 +53,10 @@ def _codec_us(code, dataset, x_1xKx, y_1xKxC, z_1xRxC, avail_1xK):
           _median_us(lambda: decode(y_1xKxC, avail_1xK, z_1xRxC, zavail)))
 
 
-def berrut_row(base_workdir, k, s, systematic, batch=500):
+def berrut_row(base_workdir, k, s, systematic, batch=500, outputs='logits'):
+  """Berrut on F's `outputs` ('logits', or 'softmax' probabilities: interpolated instead)."""
+  if outputs not in ('logits', 'softmax'):
+    raise ValueError(f"outputs={outputs!r} is unknown; accepted: ['logits', 'softmax']")
   config, model, variables, _ = wd.load_variables(base_workdir)
   dataset = config.data.name
   spec = builders.get_spec(dataset)
@@ -70,6 +73,8 @@ def berrut_row(base_workdir, k, s, systematic, batch=500):
     p = encode(x_chunk)
     return apply(v, p.reshape(-1, *p.shape[2:])).reshape(p.shape[0], p.shape[1], -1)
   z = inference.batched(coded_outputs, variables, x_GxK, max(1, batch // code.r))
+  if outputs == 'softmax':
+    logits, z = np.asarray(jax.nn.softmax(logits, -1)), np.asarray(jax.nn.softmax(z, -1))
   decode = jax.jit(code.decode)
   acc_a = float(np.mean(np.argmax(logits, -1) == y_GxK))
 
@@ -108,7 +113,8 @@ def berrut_row(base_workdir, k, s, systematic, batch=500):
   if systematic:
     avail1[0, 0] = False
   enc_us, dec_us = _codec_us(code, dataset, x_GxK[:1], logits[:1], z[:1], avail1)
-  return {'code': 'berrut' + ('-systematic' if systematic else ''), 'dataset': dataset,
+  return {'code': 'berrut' + ('-systematic' if systematic else '') +
+                  ('' if outputs == 'logits' else f' ({outputs})'), 'dataset': dataset,
           'model': config.model, 'k': k, 'r': r, 'stragglers': s, 'A_a': acc_a,
           'acc_none_missing': acc_none, 'A_d_by_missing': by_missing,
           'extra_compute_per_query': s / k, 'workers_per_query': (k + s) / k,
@@ -171,7 +177,8 @@ def main(argv):
   rows = []
   for base in f.base_workdirs.split(','):
     for systematic in (False, True):
-      rows.append(berrut_row(base, f.k, f.s, systematic))
+      for outputs in f.berrut_outputs.split(','):
+        rows.append(berrut_row(base, f.k, f.s, systematic, outputs=outputs))
   for w in filter(None, f.parity_workdirs.split(',')):
     rows.append(parity_row(w))
   os.makedirs(f.out, exist_ok=True)
@@ -187,6 +194,8 @@ if __name__ == '__main__':
   flags.DEFINE_string('base_workdirs', None, 'Comma list of trained F workdirs.')
   flags.DEFINE_integer('k', 8, 'K for the Berrut codes.')
   flags.DEFINE_integer('s', 1, 'Stragglers S for the Berrut codes.')
+  flags.DEFINE_string('berrut_outputs', 'logits', "F's outputs the Berrut decoder "
+                      "interpolates: comma list of 'logits', 'softmax'.")
   flags.DEFINE_string('parity_workdirs', '', 'Comma list of evaluated parity workdirs.')
   flags.DEFINE_string('out', 'workdirs/codes', 'Output directory.')
   app.run(main)
