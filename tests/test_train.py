@@ -319,6 +319,20 @@ def test_learned_code_with_trained_parity_model(smoke_config, base_dir, tmp_path
   with pytest.raises(ValueError, match='load_code'):
     codes.make_code('learned', 2)
   assert res['A_d_top1'] == pytest.approx(metrics.read_metrics(w)[-1]['test_A_d_top1'], abs=0.02)
+  # The serving loop runs it: parity instances run the trained copy on learned queries.
+  from pmjax.serving import bench as serving_bench, loadgen
+  from pmjax.serving.faults import FaultSpec
+  parts = serving_bench.make_parts(w)
+  (_, _), (_, parity_vars) = parts[1], parts[2]
+  np.testing.assert_array_equal(parity_vars[0]['params']['Dense_0']['kernel'], p_kernel)
+  fe = serving_bench.build_frontend('coded', 2, parts, {'base0': FaultSpec(fail_at_s=0.2)})
+  fe.start()
+  splits = parts[-1]
+  records = loadgen.run_poisson(fe, splits.test_x, splits.test_y, 200, 120, seed=0,
+                                timeout_s=10)
+  fe.close()
+  summary = loadgen.summarize(records)
+  assert summary['lost'] == 0 and summary['num_reconstructed'] >= 1
   c.learned_train_parity = False
   with pytest.raises(ValueError, match='learned_train_parity=True'):
     train.train_and_evaluate(c, w)

@@ -43,10 +43,16 @@ def make_parts(parity_workdir: str):
   _, base_model, base_vars, _ = wd.load_variables(config.base_workdir)
   _, parity_model, parity_vars, _ = wd.load_variables(parity_workdir)
   dataset = config.data.name
-  code = wd.make_code(config)
+  code = wd.load_code(parity_workdir)
   splits = pipeline.load_splits(config.data)
   base_fn = inference.make_predict(base_model, dataset)
-  if code.r == 1:
+  if code.name == 'learned':  # F (or its trained copy) answers every learned parity query
+    parity_fn = inference.make_apply(base_model)
+    f_vars = base_vars
+    if config.get('learned_train_parity', False):
+      f_vars = {**base_vars, 'params': parity_vars['params']['parity']}
+    parity_vars = [f_vars] * code.r
+  elif code.r == 1:
     parity_fn, parity_vars = inference.make_apply(parity_model), [parity_vars]
   else:  # r stacked parity models: instance for slot j runs copy j
     parity_fn = inference.make_apply(parity_model.base)
