@@ -281,3 +281,56 @@ def test_linear_r2_serving_rebuilds_two_stragglers_exactly():
   with pytest.raises(ValueError, match='multiple of r'):
     Frontend('coded', [fake_f()], [fake_fp()], k=4, r=2, encode=encode, decode=code.decode,
              query_shape=SHAPE)
+
+
+@pytest.mark.parametrize('wait_s,both_parities', [(0.0, False), (0.05, False), (2.0, True)])
+def test_parity_wait_uses_every_parity_within_the_bound(wait_s, both_parities):
+  """r=2, one slow original, parity 1 answers 0.4 s late: without a wait (or with a short
+  one) the decoder runs on parity 0 alone; with a longer wait it runs on both, when
+  parity 1 arrives (not at the end of the wait)."""
+  code = make_code('linear', 4, 2, parity_input='sum')
+  encode = lambda x: np.asarray(code.encode(x.astype(np.float32)))
+  seen = []
+
+  def decode(y, avail, z, zavail):
+    seen.append(np.asarray(zavail)[0].tolist())
+    return code.decode(y, avail, z, zavail)
+
+  fe = Frontend('coded', [fake_f(slow_s=3.0) for _ in range(4)],
+                [fake_fp(), fake_fp(delay_s=0.4)], k=4, r=2, encode=encode, decode=decode,
+                query_shape=SHAPE, parity_wait_s=wait_s).start()
+  seen.clear()   # the warm-up decode
+  queries = [query(3), query(4, marker=1), query(5), query(6)]
+  t = time.perf_counter()
+  futures = [fe.submit(q) for q in queries]
+  slow = futures[1].result(timeout=5)
+  elapsed = time.perf_counter() - t
+  fe.close(join_timeout_s=0.1)
+  assert slow.reconstructed
+  np.testing.assert_allclose(slow.output, fake_f()(queries[1][None])[0], atol=1e-3)
+  assert seen == [[True, True] if both_parities else [True, False]]
+  assert (0.4 <= elapsed < 1.5) if both_parities else elapsed < 0.35
+  with pytest.raises(ValueError, match='parity_wait_s'):
+    Frontend('coded', [fake_f()], [fake_fp()], k=2, encode=encode, decode=decode,
+             query_shape=SHAPE, parity_wait_s=-1)
+
+
+def test_coded_group_parity_wait_policy():
+  g = policy.CodedGroup(4, 2, parity_wait=True)
+  for s in (0, 1, 2):
+    assert not g.arrive(s).decode
+  first = g.arrive(4)                       # k outputs in, parity 5 not yet: wait
+  assert first.start_wait and not first.decode
+  done = g.arrive(5)                        # every parity in: decode now
+  assert done.decode == (3,) and not done.start_wait
+  g = policy.CodedGroup(4, 2, parity_wait=True)
+  for s in (0, 1, 2, 4):
+    g.arrive(s)
+  expired = g.expire()                      # the bound passed: decode with parity 4 alone
+  assert expired.decode == (3,) and 5 in expired.cancel
+  g = policy.CodedGroup(4, 2, parity_wait=True)
+  for s in (0, 1, 2, 4):
+    g.arrive(s)
+  own = g.arrive(3)                         # the original itself arrived during the wait
+  assert own.resolve_own and not own.decode and 5 in own.cancel and g.finished
+  assert not policy.CodedGroup(4, 1, parity_wait=True).parity_wait   # r = 1: nothing to wait for

@@ -65,7 +65,8 @@ def make_parts(parity_workdir: str):
   return config, (base_fn, base_vars), (parity_fn, parity_vars), code, encode, decode, splits
 
 
-def build_frontend(mode, m, parts, faults, batch_size=1, hedge_delay_s=0.0, max_queue=4096):
+def build_frontend(mode, m, parts, faults, batch_size=1, hedge_delay_s=0.0, max_queue=4096,
+                   parity_wait_s=0.0):
   config, (base_fn, base_vars), (parity_fn, parity_vars), code, encode, decode, splits = parts
   n_base, n_parity = policy.instance_counts(mode, m, code.k, code.r)
   devices = jax.devices()
@@ -75,7 +76,7 @@ def build_frontend(mode, m, parts, faults, batch_size=1, hedge_delay_s=0.0, max_
   return Frontend(mode, base, parity, k=code.k, r=code.r, encode=encode, decode=decode,
                   query_shape=splits.test_x.shape[1:], query_dtype=splits.test_x.dtype,
                   batch_size=batch_size, hedge_delay_s=hedge_delay_s, max_queue=max_queue,
-                  faults=faults)
+                  faults=faults, parity_wait_s=parity_wait_s if mode == 'coded' else 0.0)
 
 
 def fault_specs(f, m, k) -> dict:
@@ -93,7 +94,7 @@ def fault_specs(f, m, k) -> dict:
 def run_mode(mode, parts, f) -> dict:
   splits = parts[-1]
   fe = build_frontend(mode, f.m, parts, fault_specs(f, f.m, parts[3].k), f.batch_size,
-                      f.hedge_delay_ms / 1e3)
+                      f.hedge_delay_ms / 1e3, parity_wait_s=f.parity_wait_ms / 1e3)
   fe.start()
   procs = (start_contention(f.contention_start_s, f.contention_s, f.contention_procs)
            if f.contention_s > 0 else [])
@@ -148,7 +149,7 @@ def main(argv):
   results = {mode: run_mode(mode, parts, f) for mode in modes}
   os.makedirs(f.out, exist_ok=True)
   flag_values = {name: f[name].value for name in (
-      'workdir', 'm', 'rate', 'queries', 'warmup', 'batch_size', 'hedge_delay_ms',
+      'workdir', 'm', 'rate', 'queries', 'warmup', 'batch_size', 'hedge_delay_ms', 'parity_wait_ms',
       'slow_instances', 'slow_prob', 'slow_dist', 'slow_ms', 'fail_instance', 'fail_at_s',
       'net_ms_per_mb', 'contention_start_s', 'contention_s', 'seed')}
   with open(os.path.join(f.out, 'summary.json'), 'w') as fh:
@@ -184,6 +185,8 @@ if __name__ == '__main__':
   flags.DEFINE_integer('warmup', 200, 'Queries discarded at the start.')
   flags.DEFINE_integer('batch_size', 1, 'Queries per batch.')
   flags.DEFINE_float('hedge_delay_ms', 0.0, 'hedge: re-send after this delay (0 = at once).')
+  flags.DEFINE_float('parity_wait_ms', 0.0, 'coded, r >= 2: wait up to this long for every '
+                     'parity before decoding (0 = decode at k of k+r outputs).')
   flags.DEFINE_string('slow_instances', '', 'Comma list of instances given slowdowns.')
   flags.DEFINE_float('slow_prob', 0.0, 'Probability a batch of a slow instance is delayed.')
   flags.DEFINE_enum('slow_dist', 'fixed', ['fixed', 'exp', 'pareto'], 'Delay distribution.')

@@ -11,8 +11,10 @@ batches form coding groups of k; each data batch goes to the shared base
 queue at once; when a group is complete an encoder thread (off the data
 batches' critical path) encodes its parity batch for the parity queue. A
 query resolves with its own output or with the decoded reconstruction as soon
-as k of the group's k+r outputs are in, whichever is first; queued work that
-is no longer needed is cancelled. `equal` and `none` have no redundancy;
+as k of the group's k+r outputs are in, whichever is first (with
+`parity_wait_s` > 0 and r >= 2, a missing output waits up to that long for every
+parity, so the decoder uses all of them); queued work that is no longer needed
+is cancelled. `equal` and `none` have no redundancy;
 `hedge` re-sends a batch not answered within `hedge_delay_s` while the extra
 capacity allows, and the first answer wins.
 """
@@ -50,8 +52,8 @@ class Response(NamedTuple):
 class _Group:
   __slots__ = ('policy', 'tasks', 'outputs', 'xs')
 
-  def __init__(self, k, r):
-    self.policy = policy.CodedGroup(k, r)
+  def __init__(self, k, r, parity_wait=False):
+    self.policy = policy.CodedGroup(k, r, parity_wait)
     self.tasks = [None] * (k + r)
     self.outputs = [None] * (k + r)
     self.xs = []
@@ -75,11 +77,13 @@ class Frontend:
                encode: Callable | None = None, decode: Callable | None = None,
                query_shape=(28, 28, 1), query_dtype=np.uint8, batch_size: int = 1,
                hedge_delay_s: float = 0.0, max_queue: int = 1024,
-               faults: dict | None = None):
+               faults: dict | None = None, parity_wait_s: float = 0.0):
     if mode not in policy.MODES:
       raise ValueError(f'mode={mode!r} is unknown; accepted: {list(policy.MODES)}')
     if batch_size < 1:
       raise ValueError(f'batch_size={batch_size} must be >= 1')
+    if parity_wait_s < 0:
+      raise ValueError(f'parity_wait_s={parity_wait_s} must be >= 0 (0: decode at k of k+r)')
     if mode == 'coded' and (encode is None or decode is None or not parity_predicts):
       raise ValueError("mode 'coded' needs encode, decode and at least one parity instance")
     if mode == 'coded' and len(parity_predicts) % r:
@@ -92,6 +96,7 @@ class Frontend:
     self.encode, self.decode = encode, decode
     self.query_shape, self.query_dtype = tuple(query_shape), np.dtype(query_dtype)
     self.batch_size, self.hedge_delay_s, self.max_queue = batch_size, hedge_delay_s, max_queue
+    self.parity_wait_s = parity_wait_s
     self.extra_capacity = len(base_predicts) - len(base_predicts) * k // (k + r) \
         if mode == 'hedge' else 0
     self.base_queue = queue.Queue(max_queue)
@@ -109,7 +114,9 @@ class Frontend:
     self._pending = []           # (x, future) waiting to fill a batch
     self._group = None           # the coding group being filled
     self._encoder_queue = queue.Queue()
-    self._hedge_heap, self._hedge_cv = [], threading.Condition(self._lock)
+    # Timers (hedges, parity waits): (deadline, seq, fn); fn runs with the lock held and
+    # returns the futures to settle after it is released.
+    self._timers, self._timer_cv, self._timer_seq = [], threading.Condition(self._lock), 0
     self._hedges_in_flight = 0
     self._outstanding = set()
     self._closed = False
@@ -139,7 +146,7 @@ class Frontend:
     self.t0 = time.perf_counter()
     for inst in self.instances:
       inst.start(self.t0)
-    for target in (self._encoder_loop, self._hedge_loop):
+    for target in (self._encoder_loop, self._timer_loop):
       t = threading.Thread(target=target, daemon=True, name=target.__name__)
       t.start()
       self._threads.append(t)
@@ -164,7 +171,7 @@ class Frontend:
       time.sleep(0.005)
     with self._lock:
       left = list(self._outstanding)
-      self._hedge_cv.notify_all()
+      self._timer_cv.notify_all()
     for f in left:
       _settle(f, error=ShutdownError('server shut down before this query was answered'))
     for q in [self.base_queue, *self.parity_queues]:
@@ -237,7 +244,7 @@ class Frontend:
       f.add_done_callback(self._forget)
     if self.mode == 'coded':
       if self._group is None:
-        self._group = _Group(self.k, self.r)
+        self._group = _Group(self.k, self.r, self.parity_wait_s > 0)
       group = self._group
       task = Task(group, len(group.xs), x, futures)
     else:
@@ -261,9 +268,7 @@ class Frontend:
       if self.hedge_delay_s <= 0:
         self._hedge(task)
       else:
-        heapq.heappush(self._hedge_heap, (time.perf_counter() + self.hedge_delay_s,
-                                          id(task), task))
-        self._hedge_cv.notify()
+        self._add_timer(self.hedge_delay_s, lambda: self._hedge(task) or [])
 
   # ------------------------------------------------------------------ coded path
 
@@ -301,21 +306,32 @@ class Frontend:
       for q, f in enumerate(task.futures):
         _settle(f, Response(out[q], False, instance_name))
       return
-    settle = []
     with self._lock:
       group = task.group
       task.done = True
       group.outputs[task.slot] = out
       act = group.policy.arrive(task.slot)
+      settle = self._act(group, act)
       if act.resolve_own:
         settle.append((task.futures, out, False, instance_name))
-      if act.decode:
-        yhat = self._decode(group)
-        for i in act.decode:
-          settle.append((group.tasks[i].futures, yhat[:, i], True, 'decoder'))
-      for j in act.cancel:
-        if group.tasks[j] is not None:
-          group.tasks[j].cancelled = True
+    self._settle_all(settle)
+
+  def _act(self, group, act):
+    """Carries out a policy decision (lock held); returns the futures to settle."""
+    settle = []
+    if act.decode:
+      yhat = self._decode(group)
+      for i in act.decode:
+        settle.append((group.tasks[i].futures, yhat[:, i], True, 'decoder'))
+    for j in act.cancel:
+      if group.tasks[j] is not None:
+        group.tasks[j].cancelled = True
+    if act.start_wait:
+      self._add_timer(self.parity_wait_s, lambda: self._act(group, group.policy.expire()))
+    return settle
+
+  @staticmethod
+  def _settle_all(settle):
     for futures, values, reconstructed, who in settle:
       for q, f in enumerate(futures):
         _settle(f, Response(values[q], reconstructed, who))
@@ -348,19 +364,30 @@ class Frontend:
     self._hedges_in_flight += 1
     self.hedges_sent += 1
 
-  def _hedge_loop(self):
-    with self._lock:
-      while not self._closed:
-        if not self._hedge_heap:
-          self._hedge_cv.wait(0.05)
-          continue
-        deadline, _, task = self._hedge_heap[0]
-        now = time.perf_counter()
-        if deadline > now:
-          self._hedge_cv.wait(deadline - now)
-          continue
-        heapq.heappop(self._hedge_heap)
-        self._hedge(task)
+  # ------------------------------------------------------------------ timers
+
+  def _add_timer(self, delay_s, fn):
+    """Runs fn() (lock held) after delay_s; fn returns futures to settle (lock held)."""
+    self._timer_seq += 1
+    heapq.heappush(self._timers, (time.perf_counter() + delay_s, self._timer_seq, fn))
+    self._timer_cv.notify()
+
+  def _timer_loop(self):
+    while True:
+      with self._lock:
+        while not self._closed:
+          if not self._timers:
+            self._timer_cv.wait(0.05)
+            continue
+          deadline = self._timers[0][0]
+          now = time.perf_counter()
+          if deadline <= now:
+            break
+          self._timer_cv.wait(deadline - now)
+        if self._closed:
+          return
+        settle = heapq.heappop(self._timers)[2]()
+      self._settle_all(settle)
 
   # ------------------------------------------------------------------ stats
 

@@ -28,20 +28,30 @@ def instance_counts(mode: str, m: int, k: int, r: int = 1) -> tuple:
 
 @dataclasses.dataclass
 class Arrival:
-  """What to do when an output arrives."""
+  """What to do when an output arrives (or a group's parity wait expires)."""
   resolve_own: bool            # a data output whose queries are still unanswered
-  decode: tuple = ()           # data slots to rebuild now (k of k+r outputs are in)
+  decode: tuple = ()           # data slots to rebuild now
   cancel: tuple = ()           # slots whose queued work is no longer needed
+  start_wait: bool = False     # k outputs are in but not every parity: start the wait timer
 
 
 class CodedGroup:
-  """One coding group: k data slots (0..k-1) and r parity slots (k..k+r-1)."""
+  """One coding group: k data slots (0..k-1) and r parity slots (k..k+r-1).
 
-  def __init__(self, k: int, r: int = 1):
+  Missing data outputs are rebuilt as soon as k of the k+r outputs are in; with
+  `parity_wait` (r >= 2), not before every parity output is in or `expire()` is
+  called (the caller's timer, started when `start_wait` is returned): the
+  decoder then uses every parity instead of the first ones to arrive.
+  """
+
+  def __init__(self, k: int, r: int = 1, parity_wait: bool = False):
     self.k, self.r = k, r
     self.arrived = [False] * (k + r)
     self.answered = [False] * k      # data slot answered (directly or decoded)
     self.reconstructed = [False] * k
+    self.parity_wait = parity_wait and r > 1
+    self.waiting = False             # the wait timer has been started
+    self.expired = False
 
   def arrive(self, slot: int) -> Arrival:
     if self.arrived[slot]:
@@ -50,17 +60,28 @@ class CodedGroup:
     resolve_own = slot < self.k and not self.answered[slot]
     if resolve_own:
       self.answered[slot] = True
-    decode, cancel = (), ()
+    return self._step(resolve_own)
+
+  def expire(self) -> Arrival:
+    """The parity wait is over: decode with whatever is in (if k outputs are)."""
+    self.expired = True
+    return self._step(False)
+
+  def _step(self, resolve_own: bool) -> Arrival:
+    decode, cancel, start_wait = (), (), False
     missing = [i for i in range(self.k) if not self.answered[i]]
     if missing and sum(self.arrived) >= self.k:
-      decode = tuple(missing)
-      for i in missing:
-        self.answered[i] = self.reconstructed[i] = True
-      cancel = decode
+      if self.parity_wait and not self.expired and not all(self.arrived[self.k:]):
+        start_wait, self.waiting = not self.waiting, True
+      else:
+        decode = tuple(missing)
+        for i in missing:
+          self.answered[i] = self.reconstructed[i] = True
+        cancel = decode
     if all(self.answered):
       cancel = cancel + tuple(j for j in range(self.k + self.r)
                               if not self.arrived[j] and j not in cancel)
-    return Arrival(resolve_own, decode, cancel)
+    return Arrival(resolve_own, decode, cancel, start_wait)
 
   @property
   def finished(self) -> bool:
