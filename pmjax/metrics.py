@@ -118,7 +118,7 @@ def degraded_by_missing(code, y_GxKxC, z_GxRxC, labels_GxK) -> dict:
   group and every pattern of m erased outputs among the k + r (data or parity)
   that erases at least one data output, with a breakdown by how many data
   outputs are missing and how many parity outputs are in ('d data missing, p
-  parities in'). Patterns with m = r erased are those a serving loop that
+  of r parities in'). Patterns with m = r erased are those a serving loop that
   decodes at k of k + r outputs sees. Every pattern must decode (finite outputs).
   """
   import itertools  # pylint: disable=g-import-not-at-top
@@ -145,7 +145,7 @@ def degraded_by_missing(code, y_GxKxC, z_GxRxC, labels_GxK) -> dict:
       hits = int(np.sum(np.argmax(yhat, -1) == labels[:, data]))
       correct += hits
       total += yhat.shape[0] * len(data)
-      kind = f'{len(data)} data missing, {int(zavail[0].sum())} parities in'
+      kind = f'{len(data)} data missing, {int(zavail[0].sum())} of {r} parities in'
       c, t = by_kind.get(kind, (0, 0))
       by_kind[kind] = (c + hits, t + yhat.shape[0] * len(data))
     out[str(m)] = {'A_d_top1': correct / total, 'patterns': patterns,

@@ -239,6 +239,12 @@ def test_linear_r2_trains_stacked_models_and_evaluates_every_pattern(smoke_confi
   assert by_missing['1']['undecodable_patterns'] == 0
   assert by_missing['2']['undecodable_patterns'] == 0
   assert 0.0 <= by_missing['2']['A_d_top1'] <= 1.0
+  kinds = by_missing['2']['by_kind']
+  assert set(kinds) == {'1 data missing, 1 of 2 parities in', '2 data missing, 2 of 2 parities in'}
+  # 8 patterns with one decoded output, 6 with two: the mean over decoded outputs is the mix.
+  mix = (8 * kinds['1 data missing, 1 of 2 parities in'] +
+         12 * kinds['2 data missing, 2 of 2 parities in']) / 20
+  assert by_missing['2']['A_d_top1'] == pytest.approx(mix)
   from pmjax.bench import codes as bench_codes
   row = bench_codes.parity_row(w)
   assert row['A_d_by_missing'][2] == by_missing['2']['A_d_top1']
