@@ -238,6 +238,12 @@ def test_simulation_uses_the_same_policies():
   assert coded['p99_ms'] < 0.5 * equal['p99_ms']
   hedge = sim.summarize(sim.simulate('hedge', 4, 2, 100, 4000, service, **kw))
   assert hedge['lost'] == 0
+  # r = 2 with a bounded wait for the second parity: still nothing lost, tail still cut.
+  for wait_s in (0.0, 0.005):
+    r2 = sim.summarize(sim.simulate('coded', 4, 4, 100, 4000, service, r=2,
+                                    parity_wait_s=wait_s, **kw))
+    assert r2['lost'] == 0 and r2['frac_reconstructed'] > 0
+    assert r2['p99_ms'] < 0.5 * equal['p99_ms']
 
 
 def test_fault_injector_draws_are_reproducible_and_shaped():

@@ -71,8 +71,11 @@ class _Task:
 
 def simulate(mode, m, k, rate, num_queries, base_samples_s, parity_samples_s=None, *,
              r=1, seed=0, interference=None, slow=None, hedge_delay_s=0.0,
-             encode_s=0.0, decode_s=0.0, warmup=0) -> dict:
-  """Returns per-query latencies (s) and whether each was reconstructed."""
+             encode_s=0.0, decode_s=0.0, warmup=0, parity_wait_s=0.0) -> dict:
+  """Returns per-query latencies (s) and whether each was reconstructed.
+
+  `parity_wait_s` > 0 (r >= 2): a missing output waits up to that long for every
+  parity, as in the real frontend."""
   rng = np.random.default_rng(seed)
   n_base, n_parity = policy.instance_counts(mode, m, k, r)
   parity_samples_s = base_samples_s if parity_samples_s is None else parity_samples_s
@@ -119,6 +122,18 @@ def simulate(mode, m, k, rate, num_queries, base_samples_s, parity_samples_s=Non
       if not queues[kind]:
         break
 
+  def carry_out(act, group, now):
+    """Decodes, cancels and starts the parity wait as a policy decision says."""
+    tasks = group[1]
+    for i in act.decode:
+      for q in tasks[i].queries:
+        answer(q, now + decode_s, True)
+    for j in act.cancel:
+      if tasks[j] is not None:
+        tasks[j].cancelled = True
+    if act.start_wait:
+      push(now + parity_wait_s, 'expire', group)
+
   group = None
   for q, t in enumerate(arrivals):
     push(t, 'arrive', q)
@@ -128,7 +143,7 @@ def simulate(mode, m, k, rate, num_queries, base_samples_s, parity_samples_s=Non
       q = payload
       if mode == 'coded':
         if group is None:
-          group = (policy.CodedGroup(k, r), [None] * (k + r))
+          group = (policy.CodedGroup(k, r, parity_wait_s > 0), [None] * (k + r))
         task = _Task(group, sum(x is not None for x in group[1][:k]), [q])
         group[1][task.slot] = task
         if task.slot == k - 1:
@@ -147,6 +162,8 @@ def simulate(mode, m, k, rate, num_queries, base_samples_s, parity_samples_s=Non
           tasks[k + j] = _Task((g, tasks), k + j, [])
           queues['parity'].append(tasks[k + j])
         dispatch('parity', now)
+    elif kind == 'expire':
+      carry_out(payload[0].expire(), payload, now)
     elif kind == 'hedge':
       task = payload
       if not task.done and policy.may_hedge(hedges[0], extra):
@@ -164,12 +181,7 @@ def simulate(mode, m, k, rate, num_queries, base_samples_s, parity_samples_s=Non
         if act.resolve_own:
           for q in task.queries:
             answer(q, now, False)
-        for i in act.decode:
-          for q in tasks[i].queries:
-            answer(q, now + decode_s, True)
-        for j in act.cancel:
-          if tasks[j] is not None:
-            tasks[j].cancelled = True
+        carry_out(act, task.group, now)
       elif not task.done:
         task.done = True
         if task.copies > 1:
