@@ -152,11 +152,12 @@ def _matrix_target(w_rxk, k):
 
 
 def _sum_encoder(k, image_shape):
-  def encode(x_BxKxD):
-    """P = X1 + .. + Xk: x_BxKx... -> p_Bx1x..."""
-    _check_x(x_BxKxD, k, image_shape)
-    return jnp.sum(x_BxKxD, axis=1, keepdims=True)
-  return encode
+  """P = X1 + .. + Xk: x_BxKx... -> p_Bx1x...
+
+  A product with a row of ones: XLA's CPU backend runs the equivalent
+  reduce over the group axis ~8x slower (57 vs 7 us for k=8 MNIST images).
+  """
+  return _matrix_encoder(np.ones((1, k), np.float32), k, image_shape)
 
 
 def concat_grid(k: int, image_shape) -> tuple:
