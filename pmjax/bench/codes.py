@@ -121,6 +121,19 @@ def berrut_row(base_workdir, k, s, systematic, batch=500, outputs='logits'):
           'encode_us_per_group': enc_us, 'decode_us_per_group': dec_us, 'groups': g}
 
 
+def _code_label(config) -> str:
+  """The code's name with the choices that tell its variants apart."""
+  if config.code == 'linear':
+    coefficients = config.get('linear_coefficients', 'cauchy')
+    if coefficients == 'auto':
+      coefficients = 'balanced' if config.r == 2 else 'cauchy'
+    return f"linear ({coefficients}, {config.get('parity_input', 'concat')} query)"
+  if config.code == 'learned':
+    return (f"learned ({config.get('learned_encoder', 'mlp')} encoder, "
+            f"{config.get('learned_loss', 'mse')} loss)")
+  return config.code
+
+
 def parity_row(workdir):
   """A trained run's row: accuracies from its results.json, its code timed on one group
   (one output missing)."""
@@ -141,7 +154,8 @@ def parity_row(workdir):
   by_missing = {1: res['A_d_top1']}
   for m, v in res.get('A_d_by_missing', {}).items():
     by_missing[int(m)] = v['A_d_top1']
-  return {'code': res['code'], 'dataset': res['dataset'], 'model': res['model'],
+  return {'code': _code_label(wd.read_config(workdir)), 'dataset': res['dataset'],
+          'model': res['model'],
           'k': res['k'], 'r': res['r'], 'stragglers': res['r'], 'A_a': res['A_a'],
           'acc_none_missing': res['A_a'], 'A_d_by_missing': by_missing,
           'extra_compute_per_query': res['r'] / res['k'], 'workers_per_query':
