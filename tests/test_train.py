@@ -321,7 +321,7 @@ def test_learned_code_with_trained_parity_model(smoke_config, base_dir, tmp_path
   assert code.name == 'learned' and code.encode(jnp.zeros((2, 2, 28, 28, 1))).shape[:2] == (2, 1)
   from pmjax.bench import codes as bench_codes
   row = bench_codes.parity_row(w)
-  assert row['code'] == 'learned' and row['decode_us_per_group'] > 0
+  assert row['code'] == 'learned (mlp encoder, mse loss)' and row['decode_us_per_group'] > 0
   with pytest.raises(ValueError, match='load_code'):
     codes.make_code('learned', 2)
   assert res['A_d_top1'] == pytest.approx(metrics.read_metrics(w)[-1]['test_A_d_top1'], abs=0.02)
