@@ -381,6 +381,11 @@ def train_stage(config, workdir: str) -> dict:
       if augment:
         raise ValueError("code 'learned' does not support augmentation yet "
                          "(--config.data.augment=False)")
+      if config.get('parity_model') not in ('', None, config.model):
+        raise ValueError(
+            f"code 'learned' runs F's own architecture on the parity queries (frozen, or a "
+            f"trained copy with --config.learned_train_parity=True), not parity_model="
+            f"{config.parity_model!r}; leave parity_model empty")
       model = learned.make_coder(config.k, config.r, spec.num_classes, spec.image_shape,
                                  config.get('learned_encoder', 'mlp'))
       train_parity = bool(config.get('learned_train_parity', False))

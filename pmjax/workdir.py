@@ -73,7 +73,8 @@ def model_names(config) -> tuple:
 
 
 def make_code(config) -> codes.Code:
-  """The code of a parity run's config (not for code='learned': see pmjax.learned).
+  """The code of a parity run's config (code='learned' needs its trained networks:
+  `load_code`).
 
   A config written before `linear_coefficients` existed used the Cauchy matrix.
   """

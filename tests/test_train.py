@@ -342,6 +342,9 @@ def test_learned_code_with_trained_parity_model(smoke_config, base_dir, tmp_path
   c.learned_train_parity = False
   with pytest.raises(ValueError, match='learned_train_parity=True'):
     train.train_and_evaluate(c, w)
+  c.learned_train_parity, c.parity_model = True, 'lenet5'
+  with pytest.raises(ValueError, match='leave parity_model empty'):
+    train.train_and_evaluate(c, str(tmp_path / 'other'))
 
 
 def test_linear_coefficients_are_part_of_a_runs_identity(tmp_path):
