@@ -165,10 +165,10 @@ def parity_row(workdir):
 
 
 def markdown(rows):
-  lines = ['| dataset | F | code | parity model | k | r | acc, none missing | A_d 1 missing '
-           '| A_d 2 missing | A_o(0.05) | A_o(0.1) | A_o(0.2) | extra compute/query | encode us '
-           '| decode us |',
-           '|' + '---|' * 15]
+  lines = ['| dataset | F | code | parity model | epochs | k | r | acc, none missing '
+           '| A_d 1 missing | A_d 2 missing | A_o(0.05) | A_o(0.1) | A_o(0.2) '
+           '| extra compute/query | encode us | decode us |',
+           '|' + '---|' * 16]
   for r in rows:
     ad1 = r['A_d_by_missing'][1]
     ad2 = r['A_d_by_missing'].get(2)
@@ -176,7 +176,8 @@ def markdown(rows):
     fmt = lambda v: '' if v is None else f'{v:.4f}'
     us = lambda v: '' if v is None else f'{v:.0f}'
     lines.append(f"| {r['dataset']} | {r['model']} | {r['code']} | "
-                 f"{r.get('parity_model') or 'none (F on coded queries)'} | {r['k']} | {r['r']} | "
+                 f"{r.get('parity_model') or 'none (F on coded queries)'} | "
+                 f"{r.get('epochs') or ''} | {r['k']} | {r['r']} | "
                  f"{r['acc_none_missing']:.4f} | {ad1:.4f} | {fmt(ad2)} | "
                  + ' | '.join(f'{a:.4f}' for a in ao) +
                  f" | {r['extra_compute_per_query']:.3f} | {us(r['encode_us_per_group'])} | "
