@@ -263,21 +263,22 @@ def main(argv):
   for rate in rates:
     results[str(rate)] = {}
     for mode in modes:
-      res = simulate(mode, f.m, f.k, rate, f.queries, base_samples, seed=f.seed,
+      res = simulate(mode, f.m, f.k, rate, f.queries, base_samples, r=f.r, seed=f.seed,
                      interference=interference, slow=slow, hedge_delay_s=f.hedge_delay_ms / 1e3,
                      encode_s=f.encode_us / 1e6, decode_s=f.decode_us / 1e6,
-                     warmup=f.queries // 100)
+                     warmup=f.queries // 100, parity_wait_s=f.parity_wait_ms / 1e3)
       results[str(rate)][mode] = summarize(res)
   elapsed = time.time() - t0
   os.makedirs(f.out, exist_ok=True)
   meta = {'service_times': source, 'service_median_ms': float(np.median(base_samples) * 1e3),
           'service_p99_ms': float(np.percentile(base_samples, 99) * 1e3),
-          'm': f.m, 'k': f.k, 'queries': f.queries, 'interference': interference,
+          'm': f.m, 'k': f.k, 'r': f.r, 'parity_wait_ms': f.parity_wait_ms,
+          'queries': f.queries, 'interference': interference,
           'slow': slow, 'seed': f.seed, 'sim_seconds': elapsed}
   with open(os.path.join(f.out, 'sim.json'), 'w') as fh:
     json.dump({'meta': meta, 'results': results}, fh, indent=2)
   plot(results, rates, os.path.join(f.out, 'sim_p999.png'),
-       f'simulated, k={f.k}, m={f.m}, {f.queries} queries, service: {source[:60]}')
+       f'simulated, k={f.k}, r={f.r}, m={f.m}, {f.queries} queries, service: {source[:60]}')
   print(f'service time: {source}; median {meta["service_median_ms"]:.2f} ms; '
         f'simulated {len(rates) * len(modes)} runs in {elapsed:.1f} s')
   print('| rate | ' + ' | '.join(f'{m} p99.9 | {m} gap' for m in modes) +
@@ -301,6 +302,9 @@ if __name__ == '__main__':
   flags.DEFINE_string('model', 'resnet18', 'Model whose service times are measured.')
   flags.DEFINE_string('service_from', '', 'Serving bench summary.json with service samples.')
   flags.DEFINE_integer('k', 2, 'Group size.')
+  flags.DEFINE_integer('r', 1, 'Parity queries per group (m*r must be divisible by k).')
+  flags.DEFINE_float('parity_wait_ms', 0.0, 'coded, r >= 2: wait up to this long for every '
+                     'parity before decoding (0 = decode at k of k+r outputs).')
   flags.DEFINE_integer('m', 12, 'Base instances of the coded mode.')
   flags.DEFINE_integer('queries', 100000, 'Queries per run.')
   flags.DEFINE_string('rates', '150,210,270,330,390', 'Query rates (queries/s).')
