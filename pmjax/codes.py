@@ -268,7 +268,7 @@ def coefficient_matrix(k: int, r: int, kind: str = 'auto') -> np.ndarray:
   magnitudes a_p spaced from 1 down to 1/2, the row scaled to norm sqrt(k).
   Decoding one missing output from a single parity divides that parity
   model's error by C[j, i], so no entry may be small: the smallest |C[j,i]| is
-  0.63-0.65 for k = 4..8 (Cauchy: 0.17-0.27); the smallest singular value over
+  0.61-0.65 for k = 4..8 (Cauchy: 0.13-0.27); the smallest singular value over
   the 2 x 2 submatrices (two missing outputs) is 0.32 at k=4 (Cauchy 0.51) and
   0.098 at k=8 (Cauchy 0.094). Every square submatrix is invertible (the
   entries of row 2 are distinct and nonzero).

@@ -191,6 +191,15 @@ def test_coefficient_matrices(k):
   balanced, cauchy = coefficient_matrix(k, 2, 'balanced'), coefficient_matrix(k, 2, 'cauchy')
   np.testing.assert_array_equal(balanced[0], np.ones(k))
   assert np.abs(balanced).min() >= 0.55 and np.abs(balanced).min() > np.abs(cauchy).min()
+  if k >= 4:   # the figures coefficient_matrix's docstring quotes
+    assert 0.60 <= np.abs(balanced).min() <= 0.65 and 0.12 <= np.abs(cauchy).min() <= 0.28
+  smallest_2x2 = lambda c: min(np.linalg.svd(c[:, list(cols)], compute_uv=False)[-1]
+                               for cols in itertools.combinations(range(k), 2))
+  if k in (4, 8):
+    assert smallest_2x2(balanced.astype(np.float64)) == pytest.approx(
+        {4: 0.32, 8: 0.098}[k], abs=0.005)
+    assert smallest_2x2(cauchy.astype(np.float64)) == pytest.approx(
+        {4: 0.513, 8: 0.094}[k], abs=0.005)
   np.testing.assert_array_equal(coefficient_matrix(k, 2), balanced)           # auto, r = 2
   if k >= 3:
     np.testing.assert_array_equal(coefficient_matrix(k, 3), coefficient_matrix(k, 3, 'cauchy'))

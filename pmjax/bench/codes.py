@@ -30,7 +30,7 @@ from absl import app, flags
 import jax
 import numpy as np
 
-from pmjax import codes, inference, workdir as wd
+from pmjax import codes, inference, metrics, workdir as wd
 from pmjax.data import builders, pipeline
 
 
@@ -44,11 +44,10 @@ def _median_us(fn, calls=200):
   return 1e6 * float(np.median(t))
 
 
-def _codec_us(code, dataset, x_1xKx, y_1xKxC, z_1xRxC, avail_1xK):
-  """Median encode (raw uint8 group -> parity queries) and decode times of one group."""
-  encode = jax.jit(partial(inference.encode_raw, code, dataset))
-  decode = jax.jit(code.decode)
-  zavail = np.ones((1, code.r), bool)
+def _codec_us(encode, decode, x_1xKx, y_1xKxC, z_1xRxC, avail_1xK):
+  """Median times of the compiled encode (raw uint8 group -> parity queries) and decode
+  of one group."""
+  zavail = np.ones(z_1xRxC.shape[:2], bool)
   return (_median_us(lambda: encode(x_1xKx)),
           _median_us(lambda: decode(y_1xKxC, avail_1xK, z_1xRxC, zavail)))
 
@@ -84,20 +83,10 @@ def berrut_row(base_workdir, k, s, systematic, batch=500, outputs='logits'):
     return float(np.mean(np.argmax(yhat[:, positions], -1) == y_GxK[:, positions]))
 
   r = code.r
-  if systematic:
+  if systematic:   # the same patterns and pooling as the trained codes' rows
     acc_none = acc_a
-    by_missing = {}
-    for m in range(1, s + 1):
-      scores = []
-      for erased in itertools.combinations(range(k + r), m):
-        data = [i for i in erased if i < k]
-        if not data:
-          continue
-        avail, zavail = np.ones(k, bool), np.ones(r, bool)
-        avail[data] = False
-        zavail[[i - k for i in erased if i >= k]] = False
-        scores.append(accuracy(avail, zavail, data))
-      by_missing[m] = float(np.mean(scores))
+    by_missing = {int(m): v['A_d_top1'] for m, v in metrics.degraded_by_missing(
+        code, logits, z, y_GxK).items()}
   else:
     none = np.zeros(k, bool)
     acc_none = accuracy(none, np.ones(r, bool), list(range(k)))
@@ -112,7 +101,7 @@ def berrut_row(base_workdir, k, s, systematic, batch=500, outputs='logits'):
   avail1 = np.ones((1, k), bool) if systematic else np.zeros((1, k), bool)
   if systematic:
     avail1[0, 0] = False
-  enc_us, dec_us = _codec_us(code, dataset, x_GxK[:1], logits[:1], z[:1], avail1)
+  enc_us, dec_us = _codec_us(encode, decode, x_GxK[:1], logits[:1], z[:1], avail1)
   return {'code': 'berrut' + ('-systematic' if systematic else '') +
                   ('' if outputs == 'logits' else f' ({outputs})'), 'dataset': dataset,
           'model': config.model, 'k': k, 'r': r, 'stragglers': s, 'A_a': acc_a,
@@ -149,7 +138,8 @@ def parity_row(workdir):
   avail[0, 0] = False
   y = np.zeros((1, code.k, spec.num_classes), np.float32)
   z = np.zeros((1, code.r, spec.num_classes), np.float32)
-  enc_us, dec_us = _codec_us(code, res['dataset'],
+  enc_us, dec_us = _codec_us(jax.jit(partial(inference.encode_raw, code, res['dataset'])),
+                             jax.jit(code.decode),
                              np.zeros((1, code.k, *spec.image_shape), np.uint8), y, z, avail)
   by_missing = {1: res['A_d_top1']}
   for m, v in res.get('A_d_by_missing', {}).items():

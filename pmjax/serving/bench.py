@@ -184,9 +184,7 @@ if __name__ == '__main__':
   flags.DEFINE_integer('queries', 2000, 'Queries per mode (after warm-up).')
   flags.DEFINE_integer('warmup', 200, 'Queries discarded at the start.')
   flags.DEFINE_integer('batch_size', 1, 'Queries per batch.')
-  flags.DEFINE_float('hedge_delay_ms', 0.0, 'hedge: re-send after this delay (0 = at once).')
-  flags.DEFINE_float('parity_wait_ms', 0.0, 'coded, r >= 2: wait up to this long for every '
-                     'parity before decoding (0 = decode at k of k+r outputs).')
+  policy.define_flags()   # hedge_delay_ms, parity_wait_ms
   flags.DEFINE_string('slow_instances', '', 'Comma list of instances given slowdowns.')
   flags.DEFINE_float('slow_prob', 0.0, 'Probability a batch of a slow instance is delayed.')
   flags.DEFINE_enum('slow_dist', 'fixed', ['fixed', 'exp', 'pareto'], 'Delay distribution.')

@@ -88,6 +88,14 @@ class CodedGroup:
     return all(self.answered)
 
 
+def define_flags():
+  """The policy's command-line knobs, shared by the serving bench and the simulator."""
+  from absl import flags  # pylint: disable=g-import-not-at-top
+  flags.DEFINE_float('hedge_delay_ms', 0.0, 'hedge: re-send after this delay (0 = at once).')
+  flags.DEFINE_float('parity_wait_ms', 0.0, 'coded, r >= 2: wait up to this long for every '
+                     'parity before decoding (0 = decode at k of k+r outputs).')
+
+
 def may_hedge(hedges_in_flight: int, extra_capacity: int) -> bool:
   """Hedge a late query only while the extra instances' capacity allows."""
   return hedges_in_flight < extra_capacity

@@ -303,8 +303,7 @@ if __name__ == '__main__':
   flags.DEFINE_string('service_from', '', 'Serving bench summary.json with service samples.')
   flags.DEFINE_integer('k', 2, 'Group size.')
   flags.DEFINE_integer('r', 1, 'Parity queries per group (m*r must be divisible by k).')
-  flags.DEFINE_float('parity_wait_ms', 0.0, 'coded, r >= 2: wait up to this long for every '
-                     'parity before decoding (0 = decode at k of k+r outputs).')
+  policy.define_flags()   # hedge_delay_ms, parity_wait_ms
   flags.DEFINE_integer('m', 12, 'Base instances of the coded mode.')
   flags.DEFINE_integer('queries', 100000, 'Queries per run.')
   flags.DEFINE_string('rates', '150,210,270,330,390', 'Query rates (queries/s).')
@@ -315,7 +314,6 @@ if __name__ == '__main__':
   flags.DEFINE_float('busy_factor', 5.0, 'Service-time factor while interfered.')
   flags.DEFINE_float('slow_prob', 0.0, 'Per-batch slowdown probability.')
   flags.DEFINE_float('slow_ms', 0.0, 'Per-batch slowdown (ms).')
-  flags.DEFINE_float('hedge_delay_ms', 0.0, 'hedge: re-send after this delay.')
   flags.DEFINE_float('encode_us', 0.0, 'Encode time per group added to the parity path.')
   flags.DEFINE_float('decode_us', 0.0, 'Decode time added to reconstructed answers.')
   flags.DEFINE_integer('seed', 0, 'Seed.')
