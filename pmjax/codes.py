@@ -71,7 +71,9 @@ def make_code(name: str, k: int, r: int = 1, image_shape=None,
                      "`python -m pmjax.train ... code=learned` and load it with "
                      "pmjax.workdir.load_code(WORKDIR) (or pmjax.learned.make_learned_code)")
   if name not in CODES:
-    raise ValueError(f'code name {name!r} is unknown; accepted values: {list(CODES)}')
+    raise ValueError(f'code name {name!r} is unknown; accepted values: {list(CODES)}, and '
+                     f"'learned' (trained: `python -m pmjax.train ... code=learned`, then "
+                     f'pmjax.workdir.load_code)')
   if not isinstance(k, (int, np.integer)) or k < 2:
     raise ValueError(f'k={k!r} is invalid: k (queries per coding group) must be an '
                      f'integer >= 2')

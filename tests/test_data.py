@@ -129,3 +129,130 @@ def test_official_mnist_when_present():
   spec = builders.get_spec('mnist')
   labels = builders.read_idx(spec, os.path.join(d, 't10k-labels-idx1-ubyte.gz'))
   assert labels.shape == (10000,) and labels[:3].tolist() == [7, 2, 1]
+
+
+# ---------------------------------------------------------------------------
+# No silent wrong answers: archives, provenance, prepared files.
+# ---------------------------------------------------------------------------
+
+class _Payload:
+  """A pickle that runs a command when loaded (what a malicious archive would hold)."""
+
+  def __init__(self, marker):
+    self.marker = marker
+
+  def __reduce__(self):
+    return (os.system, (f'touch {self.marker}',))
+
+
+def _malicious_cifar(path, marker):
+  import io, pickle, tarfile
+  make_synthetic_cifar(str(path))
+  blob = pickle.dumps({b'data': _Payload(marker), b'labels': [0]}, protocol=2)
+  with tarfile.open(path, 'r:gz') as tar:
+    members = [(m, tar.extractfile(m).read() if m.isfile() else None) for m in tar.getmembers()]
+  with tarfile.open(path, 'w:gz') as tar:
+    for m, data in members:
+      if m.name.endswith('data_batch_1'):
+        data = blob
+        m.size = len(blob)
+      tar.addfile(m, io.BytesIO(data) if data is not None else None)
+
+
+def test_malicious_cifar_pickle_never_runs(tmp_path):
+  """Unpickling a crafted data_batch_1 would run `touch MARKER`: refused, file named."""
+  marker = tmp_path / 'PWNED'
+  manual = tmp_path / 'raw'
+  manual.mkdir()
+  _malicious_cifar(manual / 'cifar-10-python.tar.gz', marker)
+  with pytest.raises(builders.RawFileError, match=r'data_batch_1.*posix.system|'
+                     r'data_batch_1.*os.system') as e:
+    builders.read_raw('cifar10', str(manual), download=False)
+  assert 'cifar-10-python.tar.gz' in str(e.value) and 'malicious' in str(e.value)
+  assert not marker.exists()
+  # The same through the CLI a user would run.
+  import subprocess, sys
+  out = subprocess.run(
+      [sys.executable, '-m', 'pmjax.train', '--config=configs/cifar10.py:smoke,stage=base,model=mlp',
+       f'--config.data.manual_dir={manual}', f'--config.data.data_dir={tmp_path / "tfds"}',
+       f'--workdir={tmp_path / "w"}'], cwd=os.path.dirname(os.path.dirname(__file__)),
+      capture_output=True, text=True, timeout=300)
+  assert out.returncode == 1 and not marker.exists()
+  assert out.stderr.strip().splitlines()[-1].startswith('error: cifar10: raw file')
+
+
+def test_downloaded_archive_is_md5_checked(tmp_path, monkeypatch):
+  src = tmp_path / 'web' / 'cifar-10-python.tar.gz'
+  src.parent.mkdir()
+  make_synthetic_cifar(str(src))
+  spec = builders.get_spec('cifar10')
+  raw = spec.files['archive']._replace(urls=('file://' + str(src),))
+  monkeypatch.setitem(builders.SPECS, 'cifar10', spec._replace(files={'archive': raw}))
+  with pytest.raises(builders.RawFileError, match='not the canonical c58f3010'):
+    builders.fetch_raw_file(builders.SPECS['cifar10'], 'archive', str(tmp_path / 'dl'))
+  assert not os.listdir(tmp_path / 'dl')  # nothing unchecked is left behind
+  raw = raw._replace(download_md5=builders.file_md5(str(src)))
+  monkeypatch.setitem(builders.SPECS, 'cifar10', spec._replace(files={'archive': raw}))
+  assert os.path.exists(builders.fetch_raw_file(builders.SPECS['cifar10'], 'archive',
+                                                str(tmp_path / 'dl')))
+
+
+def test_prepared_data_records_its_provenance(tmp_path, mnist_dir, capsys):
+  """Data prepared from synthetic files is never served to a run that asks for others."""
+  data_dir = str(tmp_path / 'tfds')
+  b = builders.get_builder('mnist', data_dir, mnist_dir, download_raw=False, verify_md5=False)
+  assert len(_read(b, 'test')) == 200
+  # The same files again: reused as is.
+  builders.get_builder('mnist', data_dir, mnist_dir, download_raw=False, verify_md5=False)
+  assert 'rebuilding' not in capsys.readouterr().out
+  # A default run (canonical md5 checks) with the synthetic files: not served; rebuilt,
+  # which fails on the md5 check instead of training on the wrong data.
+  with pytest.raises(builders.RawFileError, match='md5'):
+    builders.get_builder('mnist', data_dir, mnist_dir, download_raw=False, verify_md5=True)
+  assert 'rebuilding' in capsys.readouterr().out
+  # Other raw files in the manual directory: rebuilt from them.
+  other = tmp_path / 'other'
+  from tests.conftest import make_synthetic_mnist
+  make_synthetic_mnist(str(other), n_train=300, n_test=50, seed=1)
+  b = builders.get_builder('mnist', data_dir, str(other), download_raw=False, verify_md5=False)
+  assert len(_read(b, 'test')) == 50
+  # Raw files not at hand and a prepared copy that is not verified: refused, with the fix.
+  with pytest.raises(builders.PreparedDataError, match='not checked against the canonical'):
+    builders.get_builder('mnist', data_dir, str(tmp_path / 'nothing'), download_raw=False,
+                         verify_md5=True)
+
+
+def test_corrupt_prepared_file_names_it_and_the_fix(smoke_config, mnist_dir, tmp_path):
+  c = smoke_config()
+  c.data.data_dir = str(tmp_path / 'tfds')
+  pipeline.load_splits(c.data)
+  version_dir = [d for d, _, fs in os.walk(c.data.data_dir) if any('-train.' in f for f in fs)][0]
+  train_file = [f for f in os.listdir(version_dir) if '-train.' in f][0]
+  path = os.path.join(version_dir, train_file)
+  with open(path, 'r+b') as f:
+    f.truncate(os.path.getsize(path) // 2)
+  with pytest.raises(builders.PreparedDataError, match=r'-train\..*delete .* and re-run'):
+    pipeline.load_splits(c.data)
+
+
+def test_read_only_prepared_data_dir_is_usable(smoke_config, tmp_path, monkeypatch):
+  """As on a read-only file system: no lock file can be made, the prepared copy is read."""
+  c = smoke_config()
+  c.data.data_dir = str(tmp_path / 'tfds')
+  expected = pipeline.load_splits(c.data)
+  real_open, real_access = open, os.access
+
+  def ro_open(path, mode='r', *a, **kw):
+    if str(path).startswith(c.data.data_dir) and any(m in mode for m in 'wa+'):
+      raise OSError(30, 'Read-only file system', str(path))
+    return real_open(path, mode, *a, **kw)
+
+  monkeypatch.setattr('builtins.open', ro_open)
+  monkeypatch.setattr(os, 'access', lambda p, m: False if str(p).startswith(
+      c.data.data_dir) and m == os.W_OK else real_access(p, m))
+  got = pipeline.load_splits(c.data)
+  np.testing.assert_array_equal(got.test_x, expected.test_x)
+  c.data.data_dir = str(tmp_path / 'tfds' / 'empty')
+  os.makedirs(c.data.data_dir)
+  with pytest.raises(builders.PreparedDataError, match='read-only.*writable'):
+    pipeline.load_splits(c.data)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import gzip
 import hashlib
+import json
 import os
 import pickle
 import shutil
@@ -31,7 +32,8 @@ class RawFileError(FileNotFoundError):
 class RawFile(NamedTuple):
   name: str       # file name in the manual directory
   urls: tuple     # canonical download locations, tried in order
-  md5: str | None  # md5 of the *decompressed* content for idx files, else of the file
+  md5: str | None  # md5 of the *decompressed* content of an idx file (checked on read)
+  download_md5: str | None = None  # md5 of the file itself, checked after a download
 
 
 class DatasetSpec(NamedTuple):
@@ -76,14 +78,14 @@ SPECS = {
         'cifar10', (32, 32, 3), 10,
         {'archive': RawFile('cifar-10-python.tar.gz',
                             ('https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz',),
-                            None)},
+                            None, 'c58f30108f718f92721af3b95e74349a')},
         'download cifar-10-python.tar.gz, or use the offline copy in '
         '../shared/data/cifar10 (config.data.manual_dir)'),
     'cifar100': DatasetSpec(
         'cifar100', (32, 32, 3), 100,
         {'archive': RawFile('cifar-100-python.tar.gz',
                             ('https://www.cs.toronto.edu/~kriz/cifar-100-python.tar.gz',),
-                            None)},
+                            None, 'eb9058c3a382ffc7106e4002c42a8d85')},
         'download cifar-100-python.tar.gz (about 160 MB) into the manual directory'),
 }
 
@@ -108,6 +110,9 @@ def fetch_raw_file(spec: DatasetSpec, role: str, manual_dir: str | None,
       try:
         with urllib.request.urlopen(url, timeout=30) as resp, open(tmp, 'wb') as f:
           shutil.copyfileobj(resp, f)
+        if raw.download_md5 and file_md5(tmp) != raw.download_md5:
+          raise ValueError(f'md5 {file_md5(tmp)} is not the canonical {raw.download_md5} '
+                           f'(a corrupt or tampered download; it was discarded)')
         os.replace(tmp, path)
         return path
       except Exception as e:  # pylint: disable=broad-except
@@ -119,6 +124,36 @@ def fetch_raw_file(spec: DatasetSpec, role: str, manual_dir: str | None,
   raise RawFileError(
       f'{spec.name}: raw file {raw.name!r} not found in {where}{tried}. '
       f'To fix: {spec.how_to_get}.')
+
+
+def file_md5(path: str) -> str:
+  h = hashlib.md5()
+  with open(path, 'rb') as f:
+    for block in iter(lambda: f.read(1 << 20), b''):
+      h.update(block)
+  return h.hexdigest()
+
+
+class SafeUnpickler(pickle.Unpickler):
+  """Unpickles only plain containers, bytes and numpy arrays (CIFAR's python files).
+
+  A pickle names the callables that rebuild its objects, and `pickle.load`
+  calls them: a crafted file can run any command. This unpickler admits the
+  few globals a canonical CIFAR pickle uses (numpy's array reconstruction and
+  the latin-1 codec of protocol-2 bytes) and refuses every other one before
+  it is called.
+  """
+  ALLOWED = {('numpy', 'ndarray'), ('numpy', 'dtype'),
+             ('numpy.core.multiarray', '_reconstruct'), ('numpy._core.multiarray', '_reconstruct'),
+             ('numpy.core.multiarray', 'scalar'), ('numpy._core.multiarray', 'scalar'),
+             ('_codecs', 'encode')}
+
+  def find_class(self, module, name):
+    if (module, name) not in self.ALLOWED:
+      raise pickle.UnpicklingError(
+          f'it references {module}.{name}, which a canonical CIFAR pickle never contains '
+          f'(refused before running it: the file may be malicious)')
+    return super().find_class(module, name)
 
 
 def _corrupt(spec, path, why):
@@ -181,12 +216,25 @@ def read_cifar_dataset(spec, manual_dir, download=True, verify_md5=True):
         for n in names:
           if n not in by_base:
             raise _corrupt(spec, path, f'archive has no member {n!r}')
-          d = pickle.load(tar.extractfile(by_base[n]), encoding='bytes')
-          images.append(np.asarray(d[b'data'], np.uint8).reshape(-1, 3, 32, 32))
+          try:
+            d = SafeUnpickler(tar.extractfile(by_base[n]), encoding='bytes').load()
+          except pickle.UnpicklingError as e:
+            raise _corrupt(spec, f'{path} (member {by_base[n].name})', str(e)) from None
+          if not isinstance(d, dict) or b'data' not in d or label_key not in d:
+            raise _corrupt(spec, path, f'member {n!r} is not a dict with {b"data"!r} and '
+                           f'{label_key!r}')
+          data = np.asarray(d[b'data'])
+          if data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != 3072:
+            raise _corrupt(spec, path, f'member {n!r} data is {data.dtype} {data.shape}, '
+                           f'expected uint8 Nx3072')
+          images.append(data.reshape(-1, 3, 32, 32))
           labels.append(np.asarray(d[label_key], np.int64))
         out[split] = (np.concatenate(images).transpose(0, 2, 3, 1),
                       np.concatenate(labels))
-  except (tarfile.TarError, EOFError, OSError, pickle.UnpicklingError, KeyError) as e:
+  except RawFileError:
+    raise
+  except (tarfile.TarError, EOFError, OSError, pickle.UnpicklingError, KeyError,
+          ValueError) as e:
     raise _corrupt(spec, path, f'{type(e).__name__}: {e}') from e
   return out
 
@@ -254,15 +302,91 @@ def _make_builder_class(spec):
 BUILDERS = {name: _make_builder_class(spec) for name, spec in SPECS.items()}
 
 
+PROVENANCE_FILE = 'pmjax_provenance.json'
+
+
+class PreparedDataError(RuntimeError):
+  """Prepared (array_record) data cannot be used: unreadable, or from other raw files."""
+
+
+def raw_provenance(spec: DatasetSpec, manual_dir: str | None, verify_md5: bool) -> dict:
+  """What data prepared from `manual_dir` would be made of: the md5 of each raw file
+  found there (None where absent) and whether idx contents are md5-checked."""
+  md5s = {}
+  for raw in spec.files.values():
+    path = os.path.join(manual_dir, raw.name) if manual_dir else None
+    md5s[raw.name] = file_md5(path) if path and os.path.exists(path) else None
+  return {'verify_md5': bool(verify_md5), 'raw_md5': md5s}
+
+
+def _read_provenance(builder):
+  path = os.path.join(builder.data_dir, PROVENANCE_FILE)
+  try:
+    with open(path) as f:
+      return json.load(f)
+  except (OSError, ValueError):
+    return None
+
+
+def _stale_reason(recorded, wanted) -> str | None:
+  """Why prepared data (made as `recorded`) must not serve a run that wants `wanted`."""
+  have_raw = all(v is not None for v in wanted['raw_md5'].values())
+  if recorded is None:
+    return ('it was prepared before pmjax recorded where prepared data comes from'
+            if have_raw else None)
+  if have_raw and recorded.get('raw_md5') != wanted['raw_md5']:
+    return 'it was prepared from other raw files than those in the manual directory'
+  if wanted['verify_md5'] and not recorded.get('verify_md5'):
+    return ('it was prepared from raw files that were not checked against the canonical '
+            'md5s (config.data.verify_md5=False), and this run asks for canonical data')
+  return None
+
+
 def get_builder(name: str, data_dir: str, manual_dir: str | None = None,
                 download_raw: bool = True, verify_md5: bool = True):
   """Returns the tfds builder for `name`, preparing it in `data_dir` if needed.
 
   `verify_md5=False` accepts idx files whose content differs from the canonical
-  ones (custom or synthetic copies in the canonical format).
+  ones (custom or synthetic copies in the canonical format). The prepared
+  copy records its provenance (raw-file md5s, whether they were verified);
+  a prepared copy made from other raw files, or from unverified ones when
+  this run asks for verified data, is rebuilt from the raw files at hand, or
+  refused when they are not at hand.
   """
-  get_spec(name)
-  builder = BUILDERS[name](data_dir=data_dir, manual_dir=manual_dir,
-                           download_raw=download_raw, verify_md5=verify_md5)
+  spec = get_spec(name)
+
+  def make():
+    return BUILDERS[name](data_dir=data_dir, manual_dir=manual_dir,
+                          download_raw=download_raw, verify_md5=verify_md5)
+
+  builder = make()
+  wanted = raw_provenance(spec, manual_dir, verify_md5)
+  if builder.is_prepared():
+    why = _stale_reason(_read_provenance(builder), wanted)
+    if why is None:
+      return builder
+    if not all(v is not None for v in wanted['raw_md5'].values()):
+      raise PreparedDataError(
+          f'{name}: the prepared data in {builder.data_dir} cannot serve this run: {why}. '
+          f'To fix: put the canonical raw files in the manual directory '
+          f'({manual_dir or "config.data.manual_dir"}) so it is rebuilt, or use another '
+          f'config.data.data_dir.')
+    if not os.access(builder.data_dir, os.W_OK):
+      raise PreparedDataError(
+          f'{name}: the prepared data in {builder.data_dir} must be rebuilt ({why}), but '
+          f'that directory is read-only. To fix: use a writable config.data.data_dir.')
+    print(f'pmjax: rebuilding {builder.data_dir}: {why}', flush=True)
+    shutil.rmtree(builder.data_dir)
+    builder = make()
+  elif os.path.isdir(data_dir) and not os.access(data_dir, os.W_OK):
+    raise PreparedDataError(
+        f'{name} is not prepared in {data_dir}, which is read-only. To fix: use a writable '
+        f'config.data.data_dir (or prepare it there once with write access).')
   builder.download_and_prepare(file_format='array_record')
+  if not all(v is not None for v in wanted['raw_md5'].values()):
+    wanted = raw_provenance(spec, manual_dir, verify_md5)  # now downloaded
+  tmp = os.path.join(builder.data_dir, PROVENANCE_FILE + '.tmp')
+  with open(tmp, 'w') as f:
+    json.dump(wanted, f)
+  os.replace(tmp, os.path.join(builder.data_dir, PROVENANCE_FILE))
   return builder

@@ -63,6 +63,26 @@ def default_data_dir() -> str:
   return os.environ.get('PMJAX_DATA_DIR') or os.path.expanduser('~/.cache/pmjax/tfds')
 
 
+class _prepare_lock:
+  """An exclusive lock on data_dir/.pmjax_prepare.lock; none when data_dir is read-only."""
+
+  def __init__(self, data_dir):
+    self.data_dir, self.file = data_dir, None
+
+  def __enter__(self):
+    try:
+      os.makedirs(self.data_dir, exist_ok=True)
+      self.file = open(os.path.join(self.data_dir, '.pmjax_prepare.lock'), 'w')
+    except OSError:
+      return self  # read-only: get_builder refuses if it would have to write
+    fcntl.flock(self.file, fcntl.LOCK_EX)
+    return self
+
+  def __exit__(self, *exc):
+    if self.file is not None:
+      self.file.close()
+
+
 def load_splits(data_cfg) -> Splits:
   """Loads train / val / test as numpy from the prepared tfds data source.
 
@@ -72,20 +92,26 @@ def load_splits(data_cfg) -> Splits:
   name = data_cfg.name
   manual_dir = data_cfg.get('manual_dir') or default_manual_dir(name)
   data_dir = data_cfg.get('data_dir') or default_data_dir()
-  os.makedirs(data_dir, exist_ok=True)
-  # Several processes on one machine (multi-process runs) must not prepare at once.
-  with open(os.path.join(data_dir, '.pmjax_prepare.lock'), 'w') as lock:
-    fcntl.flock(lock, fcntl.LOCK_EX)
+  # Several processes on one machine (multi-process runs) must not prepare at once. A
+  # read-only data_dir takes no lock: it can only serve data prepared there before.
+  with _prepare_lock(data_dir):
     builder = builders.get_builder(name, data_dir, manual_dir,
                                    download_raw=data_cfg.get('download', True),
                                    verify_md5=data_cfg.get('verify_md5', True))
   source = builder.as_data_source()
 
   def read(split):
-    ds = source[split]
-    records = ds.__getitems__(list(range(len(ds))))
-    x = np.stack([r['image'] for r in records]).astype(np.uint8)
-    y = np.asarray([r['label'] for r in records], np.int32)
+    try:
+      ds = source[split]
+      records = ds.__getitems__(list(range(len(ds))))
+      x = np.stack([r['image'] for r in records]).astype(np.uint8)
+      y = np.asarray([r['label'] for r in records], np.int32)
+    except Exception as e:  # pylint: disable=broad-except
+      files = sorted(f for f in os.listdir(builder.data_dir) if f'-{split}.' in f)
+      raise builders.PreparedDataError(
+          f'{name}: the prepared {split} split in {builder.data_dir} ({", ".join(files)}) '
+          f'cannot be read: {type(e).__name__}: {str(e)[:300]}. To fix: delete '
+          f'{builder.data_dir} and re-run; it is rebuilt from the raw files.') from None
     return x, y
 
   train_x, train_y = read('train')
