@@ -90,15 +90,25 @@ def _epochs_trained(workdir, default):
 def _finish(workdir, results, write, verbose):
   if jax.process_index() != 0:  # one writer in multi-process runs
     write = verbose = False
+  if verbose:  # first: a workdir that cannot be written still shows its numbers
+    print(format_table(results), flush=True)
   if write:
     name = 'results.json' if results['split'] == 'test' else f"results_{results['split']}.json"
     path = os.path.join(workdir, name)
-    with open(path + '.tmp', 'w') as f:
-      json.dump(results, f, indent=2)
-    os.replace(path + '.tmp', path)
-  if verbose:
-    print(format_table(results))
+    try:
+      with open(path + '.tmp', 'w') as f:
+        json.dump(results, f, indent=2)
+      os.replace(path + '.tmp', path)
+    except OSError as e:
+      raise ResultsNotWrittenError(
+          f'could not write {path} ({e.strerror or e}); the results are printed above. '
+          f'To fix: make {workdir} writable, or call '
+          f'pmjax.evaluate.evaluate_workdir(..., write=False) to only compute them.') from None
   return results
+
+
+class ResultsNotWrittenError(OSError):
+  """The results were computed (and printed) but could not be saved."""
 
 
 def format_table(results: dict) -> str:
@@ -127,7 +137,9 @@ def main(argv):
     return
   if flags.FLAGS.workdir is None:
     raise app.UsageError('--workdir (one run) or --sweep (a tree of runs) is required')
-  evaluate_workdir(flags.FLAGS.workdir, flags.FLAGS.split, flags.FLAGS.batch_size)
+  from pmjax import train  # pylint: disable=g-import-not-at-top
+  with train.user_errors(ResultsNotWrittenError):
+    evaluate_workdir(flags.FLAGS.workdir, flags.FLAGS.split, flags.FLAGS.batch_size)
 
 
 if __name__ == '__main__':

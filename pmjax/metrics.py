@@ -77,14 +77,16 @@ class MetricWriter:
     self._tb_dir = os.path.join(workdir, 'tb')
     if not enabled:
       return
-    # On resume, forget epochs after the restored checkpoint: they are re-run.
+    # On resume, forget epochs after the restored checkpoint: they are re-run (and a
+    # line torn by a kill is dropped).
     if os.path.exists(self.path):
-      with open(self.path) as f:
-        rows = [json.loads(line) for line in f if line.strip()]
-      with open(self.path, 'w') as f:
+      rows = read_metrics(workdir)
+      tmp = self.path + '.tmp'
+      with open(tmp, 'w') as f:
         for row in rows:
           if row.get('epoch', 0) <= resume_epoch:
             f.write(json.dumps(row) + '\n')
+      os.replace(tmp, self.path)
 
   def write(self, epoch: int, metrics: dict):
     if not self.enabled:
@@ -92,6 +94,8 @@ class MetricWriter:
     row = {'epoch': epoch, **metrics}
     with open(self.path, 'a') as f:
       f.write(json.dumps(row) + '\n')
+      f.flush()
+      os.fsync(f.fileno())
     if self._tb is None:
       from tensorboardX import SummaryWriter  # pylint: disable=g-import-not-at-top
       self._tb = SummaryWriter(self._tb_dir)
@@ -109,8 +113,17 @@ def read_metrics(workdir: str) -> list:
   path = os.path.join(workdir, 'metrics.jsonl')
   if not os.path.exists(path):
     return []
+  rows = []
   with open(path) as f:
-    return [json.loads(line) for line in f if line.strip()]
+    for number, line in enumerate(f, 1):
+      if not line.strip():
+        continue
+      try:
+        rows.append(json.loads(line))
+      except ValueError:
+        print(f'pmjax: warning: skipped line {number} of {path}, which is not complete '
+              f'JSON (a write interrupted by a kill?)', flush=True)
+  return rows
 
 
 def degraded_by_missing(code, y_GxKxC, z_GxRxC, labels_GxK) -> dict:

@@ -20,8 +20,10 @@ are averaged with `lax.pmean`. No host work happens inside an epoch.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
+import sys
 import time
 from functools import partial
 from typing import Any, Callable
@@ -319,31 +321,97 @@ def resolve_batch_size(config) -> int:
   return bs
 
 
-def train_and_evaluate(config, workdir: str) -> dict:
-  """Trains the configured stage(s) in `workdir`; returns the final metrics."""
-  if config.stage == 'all':
-    base_dir, parity_dir = os.path.join(workdir, 'base'), os.path.join(workdir, 'parity')
-    wd.write_config(workdir, config, write=jax.process_index() == 0)
-    with config.unlocked():
-      base_cfg = config.copy_and_resolve_references()
-      base_cfg.stage = 'base'
-      parity_cfg = config.copy_and_resolve_references()
-      parity_cfg.stage, parity_cfg.base_workdir = 'parity', base_dir
-    train_stage(base_cfg, base_dir)
-    train_stage(parity_cfg, parity_dir)
-    from pmjax import evaluate  # pylint: disable=g-import-not-at-top
-    return evaluate.evaluate_workdir(workdir)
-  if config.stage not in ('base', 'parity'):
+def validate_config(config):
+  """Refuses, up front, values that would train nothing or fail deep inside a step."""
+  problems = []
+  if config.stage not in ('base', 'parity', 'all'):
     raise ValueError(f"config.stage={config.stage!r} is unknown; accepted: 'base', "
                      f"'parity', 'all'")
-  return train_stage(config, workdir)
+  stages = ('base', 'parity') if config.stage == 'all' else (config.stage,)
+  for name in stages:
+    cfg = config[name]
+    if not (isinstance(cfg.num_epochs, int) and cfg.num_epochs >= 1):
+      problems.append(f'{name}.num_epochs={cfg.num_epochs!r} must be an integer >= 1')
+    if not (isinstance(cfg.batch_size, int) and cfg.batch_size >= 0):
+      problems.append(f'{name}.batch_size={cfg.batch_size!r} must be an integer >= 1 '
+                      f'(0: the default)')
+    if not cfg.optim.lr > 0:
+      problems.append(f'{name}.optim.lr={cfg.optim.lr!r} must be > 0')
+    if cfg.optim.get('weight_decay', 0.0) < 0:
+      problems.append(f'{name}.optim.weight_decay={cfg.optim.weight_decay!r} must be >= 0')
+  if 'parity' in stages:
+    if not (isinstance(config.k, int) and config.k >= 2):
+      problems.append(f'k={config.k!r} must be an integer >= 2')
+    if not (isinstance(config.get('r', 1), int) and config.get('r', 1) >= 1):
+      problems.append(f'r={config.r!r} must be an integer >= 1')
+  for field in ('log_every_steps', 'eval_every_epochs', 'eval_batch_size'):
+    if not (isinstance(config.get(field, 1), int) and config.get(field, 1) >= 1):
+      problems.append(f'{field}={config.get(field)!r} must be an integer >= 1')
+  for field in ('train_limit', 'test_limit'):
+    if not (isinstance(config.data.get(field, 0), int) and config.data.get(field, 0) >= 0):
+      problems.append(f'data.{field}={config.data.get(field)!r} must be an integer >= 0 '
+                      f'(0: all)')
+  if not (isinstance(config.get('stop_after_epochs', 0), int)
+          and config.get('stop_after_epochs', 0) >= 0):
+    problems.append(f'stop_after_epochs={config.stop_after_epochs!r} must be >= 0')
+  if problems:
+    raise ValueError('invalid config: ' + '; '.join(problems) +
+                     '. Fix these values (--config.FIELD=VALUE) and re-run.')
 
 
-def train_stage(config, workdir: str) -> dict:
+def train_and_evaluate(config, workdir: str, allow_config_change: bool = False) -> dict:
+  """Trains the configured stage(s) in `workdir`; returns the final metrics.
+
+  `allow_config_change` continues a workdir whose config differs in fields
+  that change the result (recorded in W/config_history.jsonl); without it,
+  such a workdir is refused (see `pmjax.workdir.write_config`).
+  """
+  validate_config(config)
+  if config.stage == 'all':
+    base_dir, parity_dir = os.path.join(workdir, 'base'), os.path.join(workdir, 'parity')
+    with wd.WorkdirLock(workdir, enabled=jax.process_index() == 0):
+      wd.write_config(workdir, config, write=jax.process_index() == 0,
+                      allow_change=allow_config_change)
+      with config.unlocked():
+        base_cfg = config.copy_and_resolve_references()
+        base_cfg.stage = 'base'
+        parity_cfg = config.copy_and_resolve_references()
+        parity_cfg.stage, parity_cfg.base_workdir = 'parity', base_dir
+      train_stage(base_cfg, base_dir, allow_config_change)
+      train_stage(parity_cfg, parity_dir, allow_config_change)
+      from pmjax import evaluate  # pylint: disable=g-import-not-at-top
+      return evaluate.evaluate_workdir(workdir)
+  return train_stage(config, workdir, allow_config_change)
+
+
+def load_base_model(base_workdir: str, dataset: str, model_name: str) -> tuple:
+  """(config, model, variables) of the trained F a parity run is built on."""
+  base_cfg = wd.read_config(base_workdir)
+  if base_cfg.stage != 'base':
+    hint = (f' (its base model is in {os.path.join(base_workdir, "base")})'
+            if base_cfg.stage == 'all' else '')
+    raise ValueError(
+        f'base_workdir {base_workdir} holds a {base_cfg.stage!r} run, not a trained base '
+        f'model{hint}. Set --config.base_workdir to the workdir of a stage=base run.')
+  base_cfg, base_model, base_vars, _ = wd.load_variables(base_workdir, 'best')
+  if base_cfg.data.name != dataset or base_cfg.model != model_name:
+    raise ValueError(
+        f'base_workdir {base_workdir} holds {base_cfg.model} on '
+        f'{base_cfg.data.name}, but this config asks for {model_name} on {dataset}')
+  return base_cfg, base_model, base_vars
+
+
+def train_stage(config, workdir: str, allow_config_change: bool = False) -> dict:
+  with wd.WorkdirLock(workdir, enabled=jax.process_index() == 0):
+    return _train_stage(config, workdir, allow_config_change)
+
+
+def _train_stage(config, workdir: str, allow_config_change: bool) -> dict:
   if config.get('base_workdir'):
     with config.unlocked():
       config.base_workdir = os.path.abspath(config.base_workdir)
-  wd.write_config(workdir, config, write=jax.process_index() == 0)
+  wd.write_config(workdir, config, write=jax.process_index() == 0,
+                  allow_change=allow_config_change)
   dataset = config.data.name
   spec = builders.get_spec(dataset)
   splits = pipeline.load_splits(config.data)
@@ -364,11 +432,7 @@ def train_stage(config, workdir: str) -> dict:
     if not config.get('base_workdir'):
       raise ValueError('config.base_workdir is empty: a parity run needs the workdir of a '
                        'trained base model (--config.base_workdir=W_BASE)')
-    base_cfg, base_model, base_vars, _ = wd.load_variables(config.base_workdir, 'best')
-    if base_cfg.data.name != dataset or base_cfg.model != config.model:
-      raise ValueError(
-          f'base_workdir {config.base_workdir} holds {base_cfg.model} on '
-          f'{base_cfg.data.name}, but this config asks for {config.model} on {dataset}')
+    _, base_model, base_vars = load_base_model(config.base_workdir, dataset, config.model)
     group_size = config.k
     base_predict = inference.make_predict(base_model, dataset)
     base_logits = {n: inference.batched(base_predict, base_vars, getattr(splits, f'{n}_x'),
@@ -432,13 +496,15 @@ def train_stage(config, workdir: str) -> dict:
 
   # Resume.
   ckpts = checkpoint.Checkpoints(workdir)
-  start_epoch, best = 0, -math.inf
-  restored = ckpts.restore('latest', _ckpt_tree(state, 0, best))
+  start_epoch, best, best_epoch = 0, -math.inf, 0
+  restored = ckpts.restore('latest', _ckpt_tree(state, 0, best, 0))
   if restored is not None:
     state = replicate(state.replace(
         params=restored['params'], batch_stats=restored['batch_stats'],
         opt_state=restored['opt_state'], step=restored['step']), mesh)
     start_epoch, best = int(restored['epoch']), float(restored['best_metric'])
+    best_epoch = int(restored.get('best_epoch', 0))
+    ckpts.repair_best(restored)
     print(f'Resumed {workdir} from epoch {start_epoch}', flush=True)
   writer = metrics.MetricWriter(workdir, resume_epoch=start_epoch,
                                 enabled=jax.process_index() == 0)
@@ -478,11 +544,16 @@ def train_stage(config, workdir: str) -> dict:
            'groups_per_s': steps_per_epoch * batch_size / train_time}
     if epoch % config.get('eval_every_epochs', 1) == 0 or epoch == num_epochs:
       row.update(evaluator(variables_of(state)))
-    is_best = row.get(evaluator.best_key, -math.inf) > best
-    if is_best:
-      best = row[evaluator.best_key]
-    ckpts.save(_ckpt_tree(state, epoch, best), is_best)
+    if row.get(evaluator.best_key, -math.inf) > best:
+      best, best_epoch = row[evaluator.best_key], epoch
+    # Best, then the metrics row, then latest: a kill anywhere in between leaves a
+    # latest checkpoint whose later epochs are all re-done (identically) on resume,
+    # so best, latest and metrics.jsonl always agree (see pmjax.checkpoint).
+    tree = _ckpt_tree(state, epoch, best, best_epoch)
+    if best_epoch == epoch:
+      ckpts.save('best', tree)
     writer.write(epoch, row)
+    ckpts.save('latest', tree)
     last = {'epoch': epoch, **row}
     if jax.process_index() == 0:
       tqdm.write(f'{config.stage} epoch {epoch}/{num_epochs}: ' +
@@ -492,10 +563,11 @@ def train_stage(config, workdir: str) -> dict:
   return last
 
 
-def _ckpt_tree(state, epoch, best):
+def _ckpt_tree(state, epoch, best, best_epoch):
   return {'params': state.params, 'batch_stats': state.batch_stats,
           'opt_state': state.opt_state, 'step': state.step,
-          'epoch': np.int64(epoch), 'best_metric': np.float64(best)}
+          'epoch': np.int64(epoch), 'best_metric': np.float64(best),
+          'best_epoch': np.int64(best_epoch), 'checksum': np.zeros(32, np.uint8)}
 
 
 # ---------------------------------------------------------------------------
@@ -509,10 +581,30 @@ def main(argv):
   if flags.FLAGS.workdir is None:
     raise app.UsageError('--workdir is required (where checkpoints and metrics go)')
   initialize_distributed()
-  train_and_evaluate(flags.FLAGS.config, flags.FLAGS.workdir)
+  with user_errors():
+    train_and_evaluate(flags.FLAGS.config, flags.FLAGS.workdir,
+                       allow_config_change=flags.FLAGS.allow_config_change)
+
+
+# Errors whose message says what is wrong and the fix: the command line prints that one
+# line (no traceback) and exits with status 1.
+USER_ERRORS = (checkpoint.CheckpointError, builders.RawFileError, builders.PreparedDataError,
+               wd.ConfigMismatchError, wd.WorkdirBusyError, FloatingPointError)
+
+
+@contextlib.contextmanager
+def user_errors(*more):
+  """Turns the errors that name their own fix into one line on stderr and exit 1."""
+  try:
+    yield
+  except USER_ERRORS + more as e:
+    sys.exit(f'error: {e}')
 
 
 if __name__ == '__main__':
   config_flags.DEFINE_config_file('config', 'configs/default.py', 'Training config file.')
   flags.DEFINE_string('workdir', None, 'Directory for checkpoints and metrics.')
+  flags.DEFINE_bool('allow_config_change', False,
+                    'Continue a workdir whose config differs in fields that change the '
+                    'result; the change is recorded in WORKDIR/config_history.jsonl.')
   app.run(main)

@@ -8,7 +8,11 @@
 
 from __future__ import annotations
 
+import fcntl
+import json
 import os
+import socket
+import time
 
 import jax
 import ml_collections
@@ -16,19 +20,76 @@ import ml_collections
 from pmjax import checkpoint, codes, config_utils, learned, models
 from pmjax.data import builders
 
-# Fields that define what a workdir holds: resuming with other values is an error.
-IDENTITY_FIELDS = ('stage', 'seed', 'data.name', 'model', 'parity_model', 'code', 'k', 'r')
-# Also identity for one code: the value a config written before the field existed meant.
+# Fields that cannot change what a run computes: they may differ when it is resumed.
+NEUTRAL_FIELDS = ('progress_bar', 'stop_after_epochs', 'eval_batch_size', 'data.manual_dir',
+                  'data.data_dir', 'data.download')
+# Fields one code reads, with the value a config written before the field existed meant.
 CODE_FIELDS = {
     'linear': {'parity_input': 'concat', 'linear_coefficients': 'cauchy'},
     'learned': {'learned_loss': 'mse', 'learned_encoder': 'mlp', 'learned_train_parity': False},
 }
+# What a base run does not read (F's parity models come later, from another workdir).
+_NOT_READ_BY_BASE = ('parity.', 'code', 'k', 'r', 'parity_model', 'base_workdir')
+
+
+class ConfigMismatchError(ValueError):
+  """A workdir holds a run whose result-changing config differs from this one."""
 
 
 def _get(config, dotted):
   for part in dotted.split('.'):
     config = config.get(part) if config is not None else None
   return config
+
+
+def _flat(d: dict, prefix: str = '') -> dict:
+  out = {}
+  for key, value in d.items():
+    if isinstance(value, dict):
+      out.update(_flat(value, f'{prefix}{key}.'))
+    else:
+      out[prefix + key] = value
+  return out
+
+
+def _read_by(config: dict, field: str) -> bool:
+  """Whether the run described by `config` (a flat dict) reads `field`."""
+  def matches(pattern):
+    return field.startswith(pattern) if pattern.endswith('.') else field == pattern
+  stage, code = config.get('stage'), config.get('code')
+  if any(field in fields for c, fields in CODE_FIELDS.items() if c != code):
+    return False
+  if stage == 'base':
+    return not any(matches(p) for p in _NOT_READ_BY_BASE)
+  if stage == 'parity':
+    return not field.startswith('base.')  # F comes from base_workdir
+  return True
+
+
+def _neutral(config: dict, field: str) -> bool:
+  """Whether `field` cannot change the result (epochs: only with a constant schedule,
+  where more epochs continue the same run; a decaying schedule depends on the total)."""
+  if field in NEUTRAL_FIELDS:
+    return True
+  stage_cfg = field.rpartition('.')[0]
+  return (field.endswith('.num_epochs') and
+          config.get(f'{stage_cfg}.optim.schedule', 'constant') == 'constant')
+
+
+def config_differences(old: ml_collections.ConfigDict, new: ml_collections.ConfigDict) -> tuple:
+  """(result-changing, neutral) {field: (old value, new value)} between two configs."""
+  a = _flat(json.loads(config_utils.to_json(old)))
+  b = _flat(json.loads(config_utils.to_json(new)))
+  legacy = CODE_FIELDS.get(b.get('code'), {})
+  changing, neutral = {}, {}
+  for field in sorted(set(a) | set(b)):
+    was, now = a.get(field, legacy.get(field)), b.get(field, legacy.get(field))
+    if field == 'base_workdir' and was and now:
+      was, now = os.path.realpath(was), os.path.realpath(now)
+    if was == now or not (_read_by(a, field) or _read_by(b, field)):
+      continue
+    (neutral if _neutral(b, field) else changing)[field] = (was, now)
+  return changing, neutral
 
 
 def read_config(workdir: str) -> ml_collections.ConfigDict:
@@ -41,30 +102,82 @@ def read_config(workdir: str) -> ml_collections.ConfigDict:
     return config_utils.from_json(f.read())
 
 
-def write_config(workdir: str, config: ml_collections.ConfigDict, write: bool = True):
+def write_config(workdir: str, config: ml_collections.ConfigDict, write: bool = True,
+                 allow_change: bool = False):
   """Writes W/config.json, refusing a config that describes a different run.
 
-  `write=False` (processes other than 0) only checks."""
+  Every field that can change the result is part of the run's identity: a
+  config that differs in one is refused with the list of fields, unless
+  `allow_change` (`python -m pmjax.train --allow_config_change`), which records
+  the change in W/config_history.jsonl. Fields that cannot change the result
+  (`NEUTRAL_FIELDS`, more epochs at a constant learning rate) may differ; the
+  change is said and recorded. `write=False` (processes other than 0) only checks.
+  """
   os.makedirs(workdir, exist_ok=True)
   path = os.path.join(workdir, 'config.json')
+  changes = {}
   if os.path.exists(path):
-    old = read_config(workdir)
-    fields = {f: None for f in IDENTITY_FIELDS}
-    fields.update(CODE_FIELDS.get(_get(config, 'code'), {}))
-    for field, default in fields.items():
-      was = _get(old, field)
-      was = default if was is None else was
-      if was != _get(config, field):
-        raise ValueError(
-            f'{os.path.abspath(workdir)} holds a run with {field}={was!r}, but '
-            f'this config has {field}={_get(config, field)!r}. Use a new --workdir, or the '
-            f'same config to resume.')
+    changing, neutral = config_differences(read_config(workdir), config)
+    if changing and not allow_change:
+      listed = ', '.join(f'{f}={was!r} (this config: {now!r})'
+                         for f, (was, now) in changing.items())
+      raise ConfigMismatchError(
+          f'{os.path.abspath(workdir)} holds a run with {listed}. Use a new --workdir, '
+          f'the same config to resume, or --allow_config_change to continue this run with '
+          f'the new values (recorded in config_history.jsonl).')
+    changes = {**changing, **neutral}
+    if changes and write:
+      print(f'pmjax: resuming {workdir} with changed ' + ', '.join(
+          f'{f} {was!r} -> {now!r}' for f, (was, now) in changes.items()) +
+            ('' if changing else ' (these cannot change the result)'), flush=True)
   if not write:
     return
+  if changes:
+    with open(os.path.join(workdir, 'config_history.jsonl'), 'a') as f:
+      f.write(json.dumps({'time': time.strftime('%Y-%m-%dT%H:%M:%S'),
+                          'changed': {k: list(v) for k, v in changes.items()},
+                          'result_changing': sorted(set(changes) - set(neutral))}) + '\n')
   tmp = path + '.tmp'
   with open(tmp, 'w') as f:
     f.write(config_utils.to_json(config))
   os.replace(tmp, path)
+
+
+class WorkdirBusyError(RuntimeError):
+  """Another process is training in the same workdir."""
+
+
+class WorkdirLock:
+  """An exclusive lock on W/.pmjax.lock while a run trains there (process 0 only)."""
+
+  def __init__(self, workdir: str, enabled: bool = True):
+    self.path = os.path.join(workdir, '.pmjax.lock')
+    self.enabled, self.file = enabled, None
+
+  def __enter__(self):
+    if not self.enabled:
+      return self
+    os.makedirs(os.path.dirname(self.path), exist_ok=True)
+    self.file = open(self.path, 'a+')
+    try:
+      fcntl.flock(self.file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+      self.file.seek(0)
+      holder = self.file.read().strip() or 'unknown'
+      self.file.close()
+      raise WorkdirBusyError(
+          f'{os.path.dirname(os.path.abspath(self.path))} is being trained by another '
+          f'process ({holder}); wait for it to finish or stop it, or use another '
+          f'--workdir') from None
+    self.file.seek(0)
+    self.file.truncate()
+    self.file.write(f'pid {os.getpid()} on {socket.gethostname()}')
+    self.file.flush()
+    return self
+
+  def __exit__(self, *exc):
+    if self.file is not None:
+      self.file.close()  # releases the lock
 
 
 def model_names(config) -> tuple:

@@ -124,8 +124,10 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(smoke_config, base_dir, t
   good = _params(w)
   c.stop_after_epochs = 0
   c.parity.optim.lr = 1e30
+  with pytest.raises(ValueError, match=r'parity.optim.lr=0.001 \(this config: 1e\+30\)'):
+    train.train_and_evaluate(c, w)  # a changed learning rate is a different run
   with pytest.raises(FloatingPointError, match='last good checkpoint'):
-    train.train_and_evaluate(c, w)
+    train.train_and_evaluate(c, w, allow_config_change=True)
   ck = checkpoint.Checkpoints(w, create=False)
   assert ck.latest.latest_step() == 1
   ck.close()
