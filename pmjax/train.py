@@ -598,7 +598,12 @@ def user_errors(*more):
   try:
     yield
   except USER_ERRORS + more as e:
-    sys.exit(f'error: {e}')
+    print(f'error: {e}', file=sys.stderr)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    # Not sys.exit: a failed orbax/tensorstore read can leave callbacks that print an
+    # unrelated "Event loop is closed" traceback at interpreter shutdown.
+    os._exit(1)
 
 
 if __name__ == '__main__':
