@@ -312,3 +312,9 @@ def test_berrut_bad_arguments():
   zavail[0, :2] = False
   with pytest.raises(ValueError, match='needs any 4 of its 5'):
     code.decode(jnp.zeros((1, 4, 3)), np.zeros((1, 4), bool), jnp.zeros((1, 5, 3)), zavail)
+
+
+def test_unknown_code_lists_learned_too():
+  with pytest.raises(ValueError, match=r"accepted values: \['sum', 'concat', 'linear', "
+                     r"'berrut'\], and 'learned'"):
+    make_code('foo', 2)

@@ -340,3 +340,134 @@ def test_coded_group_parity_wait_policy():
   own = g.arrive(3)                         # the original itself arrived during the wait
   assert own.resolve_own and not own.decode and 5 in own.cancel and g.finished
   assert not policy.CodedGroup(4, 1, parity_wait=True).parity_wait   # r = 1: nothing to wait for
+
+
+# ---------------------------------------------------------------------------
+# No stranded query: failing models, partial batches and groups, deadlines.
+# ---------------------------------------------------------------------------
+
+def raising_f(after=0):
+  """A model that raises on every call after the first `after` ones."""
+  calls = []
+  def predict(x):
+    calls.append(1)
+    if len(calls) > after:
+      raise RuntimeError('CUDA error: an illegal memory access')
+    return fake_f()(x)
+  return predict
+
+
+def _all_settled(futs, timeout=5):
+  deadline = time.perf_counter() + timeout
+  for f in futs:
+    try:
+      f.result(timeout=max(0.0, deadline - time.perf_counter()))
+    except Exception:  # pylint: disable=broad-except
+      pass
+  return all(f.done() for f in futs)
+
+
+@pytest.mark.parametrize('mode', ['equal', 'none', 'hedge'])
+def test_instance_that_raises_is_dead_and_its_batch_is_served_by_another(mode):
+  # base1 is busy 50 ms per query, so base0 surely takes (and fails) one.
+  fe = Frontend(mode, [raising_f(), fake_f(slow_s=0.05)], query_shape=SHAPE,
+                k=2).start(warmup=False)
+  futs = [fe.submit(query(i % 9 + 2, marker=1)) for i in range(8)]
+  assert _all_settled(futs)
+  for i, f in enumerate(futs):
+    np.testing.assert_allclose(f.result().output,
+                               fake_f()(query(i % 9 + 2, marker=1)[None])[0])
+  s = fe.stats()['instances']['base0']
+  assert not s['alive'] and 'illegal memory access' in s['error']
+  fe.close()
+
+
+def test_coded_instance_that_raises_is_decoded():
+  fe = coded([raising_f(), fake_f(slow_s=0.05)], [fake_fp()]).start(warmup=False)
+  futs = [fe.submit(query(i % 9 + 2, marker=1)) for i in range(8)]
+  assert _all_settled(futs)
+  for i, f in enumerate(futs):
+    np.testing.assert_allclose(f.result().output,
+                               fake_f()(query(i % 9 + 2, marker=1)[None])[0], atol=1e-4)
+  assert not fe.stats()['instances']['base0']['alive']
+  fe.close()
+
+
+@pytest.mark.parametrize('mode', ['coded', 'equal'])
+def test_when_every_instance_raises_every_query_fails_and_new_ones_are_refused(mode):
+  from pmjax.serving.frontend import InstanceError, NoInstanceError
+  if mode == 'coded':
+    fe = coded([raising_f(), raising_f()], [raising_f()]).start(warmup=False)
+  else:
+    fe = Frontend('equal', [raising_f(), raising_f()], query_shape=SHAPE).start(warmup=False)
+  futs = [fe.submit(query(i + 2)) for i in range(6)]
+  assert _all_settled(futs)   # none pending
+  for f in futs:
+    with pytest.raises(InstanceError):
+      f.result()
+  s = fe.stats()['instances']
+  assert not s['base0']['alive'] and not s['base1']['alive']
+  with pytest.raises(NoInstanceError, match='no base instance is alive.*illegal memory'):
+    fe.submit(query(2))
+  fe.close()
+
+
+def test_partial_batch_is_flushed():
+  fe = Frontend('none', [fake_f()], query_shape=SHAPE, batch_size=4,
+                flush_timeout_s=0.02).start()
+  t = time.perf_counter()
+  r = fe.submit(query(5)).result(timeout=2)
+  assert time.perf_counter() - t < 1.0
+  np.testing.assert_allclose(r.output, fake_f()(query(5)[None])[0])
+  assert fe.stats()['flushed_batches'] == 1
+  fe.close()
+
+
+def test_partial_group_is_padded_and_still_protected():
+  """A lone query whose F straggles: its group is padded with F(0) and the parity
+  rebuilds it exactly, long before its own answer."""
+  with coded([fake_f(slow_s=1.5)], [fake_fp()], flush_timeout_s=0.02) as fe:
+    t = time.perf_counter()
+    r = fe.submit(query(5, marker=1)).result(timeout=3)
+    assert time.perf_counter() - t < 1.0
+    assert r.reconstructed and fe.stats()['flushed_groups'] == 1
+  np.testing.assert_allclose(r.output, fake_f()(query(5, marker=1)[None])[0], atol=1e-5)
+
+
+def test_deadline_fails_a_query_that_is_not_answered_in_time():
+  from pmjax.serving.frontend import DeadlineExceededError
+  fe = Frontend('equal', [fake_f(slow_s=1.0)], query_shape=SHAPE, deadline_s=0.05).start()
+  t = time.perf_counter()
+  with pytest.raises(DeadlineExceededError, match='50.0 ms'):
+    fe.submit(query(2, marker=1)).result(timeout=2)
+  assert time.perf_counter() - t < 0.5
+  # A per-query deadline overrides the server's.
+  assert fe.submit(query(3), deadline_s=5.0).result(timeout=3).output is not None
+  assert fe.stats()['deadlines_missed'] == 1
+  fe.close(join_timeout_s=0.1)
+
+
+def test_fail_stop_of_the_only_instance_strands_nothing():
+  """A silent crash loses the batch in flight (a deadline bounds it); what was queued
+  behind it and what comes after gets an error, not an endless wait."""
+  from pmjax.serving.frontend import DeadlineExceededError, InstanceError, NoInstanceError
+  faults = {'base0': FaultSpec(fail_at_s=0.05)}
+  fe = Frontend('none', [fake_f(slow_s=0.2)], query_shape=SHAPE, faults=faults,
+                deadline_s=1.0).start(warmup=False)
+  futs = [fe.submit(query(2, marker=1)) for _ in range(3)]
+  assert _all_settled(futs, timeout=3)
+  errors = [type(f.exception()) for f in futs]
+  assert set(errors) <= {DeadlineExceededError, InstanceError} and InstanceError in errors
+  with pytest.raises(NoInstanceError):
+    fe.submit(query(2))
+  fe.close()
+
+
+def test_submit_copies_the_callers_buffer():
+  fe = Frontend('none', [fake_f(slow_s=0.2)], query_shape=SHAPE).start()
+  fe.submit(query(2, marker=1))      # keeps the instance busy
+  buf = query(7)
+  f = fe.submit(buf)
+  buf[:] = 9                         # the caller reuses its buffer
+  np.testing.assert_allclose(f.result(timeout=2).output, fake_f()(query(7)[None])[0])
+  fe.close()

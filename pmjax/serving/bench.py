@@ -66,7 +66,7 @@ def make_parts(parity_workdir: str):
 
 
 def build_frontend(mode, m, parts, faults, batch_size=1, hedge_delay_s=0.0, max_queue=4096,
-                   parity_wait_s=0.0):
+                   parity_wait_s=0.0, flush_timeout_s=0.05, deadline_s=None):
   config, (base_fn, base_vars), (parity_fn, parity_vars), code, encode, decode, splits = parts
   n_base, n_parity = policy.instance_counts(mode, m, code.k, code.r)
   devices = jax.devices()
@@ -76,7 +76,8 @@ def build_frontend(mode, m, parts, faults, batch_size=1, hedge_delay_s=0.0, max_
   return Frontend(mode, base, parity, k=code.k, r=code.r, encode=encode, decode=decode,
                   query_shape=splits.test_x.shape[1:], query_dtype=splits.test_x.dtype,
                   batch_size=batch_size, hedge_delay_s=hedge_delay_s, max_queue=max_queue,
-                  faults=faults, parity_wait_s=parity_wait_s if mode == 'coded' else 0.0)
+                  faults=faults, parity_wait_s=parity_wait_s if mode == 'coded' else 0.0,
+                  flush_timeout_s=flush_timeout_s, deadline_s=deadline_s)
 
 
 def fault_specs(f, m, k) -> dict:
@@ -94,7 +95,9 @@ def fault_specs(f, m, k) -> dict:
 def run_mode(mode, parts, f) -> dict:
   splits = parts[-1]
   fe = build_frontend(mode, f.m, parts, fault_specs(f, f.m, parts[3].k), f.batch_size,
-                      f.hedge_delay_ms / 1e3, parity_wait_s=f.parity_wait_ms / 1e3)
+                      f.hedge_delay_ms / 1e3, parity_wait_s=f.parity_wait_ms / 1e3,
+                      flush_timeout_s=f.flush_ms / 1e3,
+                      deadline_s=f.deadline_ms / 1e3 if f.deadline_ms > 0 else None)
   fe.start()
   procs = (start_contention(f.contention_start_s, f.contention_s, f.contention_procs)
            if f.contention_s > 0 else [])
@@ -150,6 +153,7 @@ def main(argv):
   os.makedirs(f.out, exist_ok=True)
   flag_values = {name: f[name].value for name in (
       'workdir', 'm', 'rate', 'queries', 'warmup', 'batch_size', 'hedge_delay_ms', 'parity_wait_ms',
+      'flush_ms', 'deadline_ms',
       'slow_instances', 'slow_prob', 'slow_dist', 'slow_ms', 'fail_instance', 'fail_at_s',
       'net_ms_per_mb', 'contention_start_s', 'contention_s', 'seed')}
   with open(os.path.join(f.out, 'summary.json'), 'w') as fh:
@@ -184,6 +188,9 @@ if __name__ == '__main__':
   flags.DEFINE_integer('queries', 2000, 'Queries per mode (after warm-up).')
   flags.DEFINE_integer('warmup', 200, 'Queries discarded at the start.')
   flags.DEFINE_integer('batch_size', 1, 'Queries per batch.')
+  flags.DEFINE_float('flush_ms', 50.0, 'A partial batch or coding group is sent after this '
+                     'long (a partial group padded with zero queries).')
+  flags.DEFINE_float('deadline_ms', 0.0, 'Fail a query not answered within this (0 = none).')
   policy.define_flags()   # hedge_delay_ms, parity_wait_ms
   flags.DEFINE_string('slow_instances', '', 'Comma list of instances given slowdowns.')
   flags.DEFINE_float('slow_prob', 0.0, 'Probability a batch of a slow instance is delayed.')

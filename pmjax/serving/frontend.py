@@ -17,6 +17,17 @@ parity, so the decoder uses all of them); queued work that is no longer needed
 is cancelled. `equal` and `none` have no redundancy;
 `hedge` re-sends a batch not answered within `hedge_delay_s` while the extra
 capacity allows, and the first answer wins.
+
+No query is stranded: a partial batch or coding group is flushed after
+`flush_timeout_s` (padded with zero queries, whose outputs F(0) are known, so
+a partial group is still protected by its parity); `deadline_s` (per server,
+or per query in `submit`) fails a query with `DeadlineExceededError` when it
+passes. An instance whose predict raises is marked dead; its batch is
+re-queued once to another live instance, otherwise failed with
+`InstanceError` (coded mode: treated as a missing output and decoded when k
+outputs are in). When no base instance is alive, `submit` refuses new queries
+with `NoInstanceError`. A silent fail-stop (injected fault) loses the batch in
+flight, as a crashed machine would: `deadline_s` bounds the wait for it.
 """
 
 from __future__ import annotations
@@ -43,6 +54,18 @@ class ShutdownError(RuntimeError):
   """The server shut down before the query was answered."""
 
 
+class InstanceError(RuntimeError):
+  """Every instance that could answer the query failed on it."""
+
+
+class NoInstanceError(RuntimeError):
+  """No live instance can serve queries: the query was refused, not queued."""
+
+
+class DeadlineExceededError(TimeoutError):
+  """The query was not answered within its deadline."""
+
+
 class Response(NamedTuple):
   output: np.ndarray       # the query's output (logits)
   reconstructed: bool      # True when decoded from the other outputs and the parity
@@ -60,6 +83,8 @@ class _Group:
 
 
 def _settle(future, result=None, error=None):
+  if future.done():
+    return
   try:
     if error is not None:
       future.set_exception(error)
@@ -77,11 +102,17 @@ class Frontend:
                encode: Callable | None = None, decode: Callable | None = None,
                query_shape=(28, 28, 1), query_dtype=np.uint8, batch_size: int = 1,
                hedge_delay_s: float = 0.0, max_queue: int = 1024,
-               faults: dict | None = None, parity_wait_s: float = 0.0):
+               faults: dict | None = None, parity_wait_s: float = 0.0,
+               flush_timeout_s: float = 0.05, deadline_s: float | None = None):
     if mode not in policy.MODES:
       raise ValueError(f'mode={mode!r} is unknown; accepted: {list(policy.MODES)}')
     if batch_size < 1:
       raise ValueError(f'batch_size={batch_size} must be >= 1')
+    if flush_timeout_s <= 0:
+      raise ValueError(f'flush_timeout_s={flush_timeout_s} must be > 0 (how long a partial '
+                       f'batch or coding group waits for more queries)')
+    if deadline_s is not None and deadline_s <= 0:
+      raise ValueError(f'deadline_s={deadline_s} must be > 0, or None for no deadline')
     if parity_wait_s < 0:
       raise ValueError(f'parity_wait_s={parity_wait_s} must be >= 0 (0: decode at k of k+r)')
     if mode == 'coded' and (encode is None or decode is None or not parity_predicts):
@@ -97,6 +128,7 @@ class Frontend:
     self.query_shape, self.query_dtype = tuple(query_shape), np.dtype(query_dtype)
     self.batch_size, self.hedge_delay_s, self.max_queue = batch_size, hedge_delay_s, max_queue
     self.parity_wait_s = parity_wait_s
+    self.flush_timeout_s, self.deadline_s = flush_timeout_s, deadline_s
     self.extra_capacity = len(base_predicts) - len(base_predicts) * k // (k + r) \
         if mode == 'hedge' else 0
     self.base_queue = queue.Queue(max_queue)
@@ -105,10 +137,11 @@ class Frontend:
     faults = faults or {}
     self.instances = (
         [ModelInstance(f'base{i}', p, self.base_queue, self._on_output,
-                       faults.get(f'base{i}', FaultSpec(seed=i)))
+                       faults.get(f'base{i}', FaultSpec(seed=i)), self._on_instance_dead)
          for i, p in enumerate(base_predicts)] +
         [ModelInstance(f'parity{i}', p, self.parity_queues[i % r], self._on_output,
-                       faults.get(f'parity{i}', FaultSpec(seed=1000 + i)))
+                       faults.get(f'parity{i}', FaultSpec(seed=1000 + i)),
+                       self._on_instance_dead)
          for i, p in enumerate(parity_predicts)])
     self._lock = threading.RLock()
     self._pending = []           # (x, future) waiting to fill a batch
@@ -124,6 +157,8 @@ class Frontend:
     self.encode_s, self.decode_s = [], []
     self.parity_dropped = 0
     self.hedges_sent = 0
+    self.flushed_batches = self.flushed_groups = self.deadlines_missed = 0
+    self._zero_out = None        # F's output on a batch of zero queries (pads partial groups)
     self.t0 = None
 
   # ------------------------------------------------------------------ life cycle
@@ -131,6 +166,14 @@ class Frontend:
   def start(self, warmup: bool = True):
     """Starts every thread; `warmup` first runs each instance, encode and decode once
     on zeros of the serving batch shape, so no compilation lands on a query's path."""
+    zeros = np.zeros((self.batch_size, *self.query_shape), self.query_dtype)
+    if self.mode == 'coded':  # F(0), to pad partial groups (from the first base that runs)
+      for inst in [i for i in self.instances if i.queue is self.base_queue]:
+        try:
+          self._zero_out = np.asarray(inst.predict(zeros))
+          break
+        except Exception:  # pylint: disable=broad-except
+          continue  # a broken instance is found out when it serves
     if warmup:
       x = np.zeros((self.batch_size, *self.query_shape), self.query_dtype)
       outs = [inst.predict(x) for inst in self.instances if inst.name.startswith('base')]
@@ -198,7 +241,7 @@ class Frontend:
   # ------------------------------------------------------------------ submit
 
   def _validate(self, x):
-    x = np.asarray(x)
+    x = np.array(x, copy=True)  # the caller may reuse its buffer once submit returns
     if x.shape != self.query_shape:
       raise ValueError(f'query has shape {x.shape}; this server expects {self.query_shape} '
                        f'({self.query_dtype})')
@@ -208,11 +251,14 @@ class Frontend:
       raise ValueError('query contains NaN or Inf values')
     return x
 
-  def submit(self, x) -> Future:
+  def submit(self, x, deadline_s: float | None = None) -> Future:
     """Queues one query; returns a Future of a `Response`.
 
-    A malformed query gets its error on its own future. Raises OverloadError
-    when the queue is full and ShutdownError after `close()`.
+    A malformed query gets its error on its own future. `deadline_s` (default:
+    the server's) fails the future with DeadlineExceededError if it is not
+    answered in time. Raises OverloadError when the queue is full,
+    NoInstanceError when no base instance is alive and ShutdownError after
+    `close()`.
     """
     future = Future()
     try:
@@ -220,31 +266,88 @@ class Frontend:
     except ValueError as e:
       future.set_exception(e)
       return future
+    deadline_s = self.deadline_s if deadline_s is None else deadline_s
     with self._lock:
       if self._closed:
         raise ShutdownError('server is shut down; start a new Frontend')
+      if not self._live(self.base_queue):
+        raise NoInstanceError('no base instance is alive (' + '; '.join(
+            f'{i.name}: {i.error or "stopped"}' for i in self.instances
+            if i.queue is self.base_queue) + '); start a new Frontend with working models')
       self._outstanding.add(future)
+      future.add_done_callback(self._forget)
+      if deadline_s:
+        self._add_timer(deadline_s, lambda: self._expire_query(future, deadline_s))
       self._pending.append((x, future))
+      if len(self._pending) == 1 and self.batch_size > 1:
+        self._add_timer(self.flush_timeout_s, lambda: self._flush_batch(future))
       if len(self._pending) < self.batch_size:
         return future
       batch, self._pending = self._pending, []
       self._dispatch(batch)
-    future.add_done_callback(self._forget)
     return future
+
+  def _expire_query(self, future, deadline_s):
+    if future.done():
+      return []
+    self.deadlines_missed += 1
+    return [([future], DeadlineExceededError(f'no answer within the deadline of '
+                                             f'{deadline_s * 1e3:.1f} ms'), False, '')]
+
+  def _flush_batch(self, first_future):
+    """A partial batch waited flush_timeout_s: send it as it is (lock held)."""
+    if self._pending and self._pending[0][1] is first_future:
+      batch, self._pending = self._pending, []
+      self.flushed_batches += 1
+      try:
+        self._dispatch(batch)
+      except (OverloadError, NoInstanceError):
+        pass  # its futures already carry the error
+    return []
+
+  def _flush_group(self, group):
+    """A coding group waited flush_timeout_s for k batches: pad it with zero queries,
+    whose outputs F(0) are known, and encode it as it is (lock held)."""
+    if self._group is not group:
+      return []
+    self._group = None
+    self.flushed_groups += 1
+    settle = []
+    zeros = np.zeros((self.batch_size, *self.query_shape), self.query_dtype)
+    for slot in range(len(group.xs), self.k):
+      group.xs.append(zeros)
+      group.outputs[slot] = self._zero_out
+      settle += self._act(group, group.policy.arrive(slot))
+    if self._zero_out is None:  # F(0) unknown (no base model ran on it): no parity
+      for j in range(self.r):
+        settle += self._act(group, group.policy.fail(self.k + j))
+    else:
+      self._encoder_queue.put(group)
+    return settle
+
+  def _live(self, task_queue) -> bool:
+    return any(i.alive for i in self.instances if i.queue is task_queue)
 
   def _forget(self, future):
     with self._lock:
       self._outstanding.discard(future)
 
   def _dispatch(self, batch):
-    """Sends one full batch to the base queue (lock held)."""
+    """Sends one batch (padded with zero queries if partial) to the base queue (lock held)."""
     x = np.stack([q for q, _ in batch])
+    if len(batch) < self.batch_size:
+      x = np.concatenate([x, np.zeros((self.batch_size - len(batch), *x.shape[1:]), x.dtype)])
     futures = [f for _, f in batch]
-    for f in futures[:-1]:
-      f.add_done_callback(self._forget)
+    if not self._live(self.base_queue):
+      error = NoInstanceError('no base instance is alive to serve this query')
+      for f in futures:
+        _settle(f, error=error)
+      raise error
     if self.mode == 'coded':
       if self._group is None:
         self._group = _Group(self.k, self.r, self.parity_wait_s > 0)
+        group = self._group
+        self._add_timer(self.flush_timeout_s, lambda: self._flush_group(group))
       group = self._group
       task = Task(group, len(group.xs), x, futures)
     else:
@@ -255,7 +358,6 @@ class Frontend:
       error = OverloadError(f'server overloaded: {self.max_queue} batches already queued; '
                             f'retry later or lower the request rate')
       for f in futures:
-        self._outstanding.discard(f)
         _settle(f, error=error)
       raise error from None
     if self.mode == 'coded':
@@ -283,6 +385,7 @@ class Frontend:
       t = time.perf_counter()
       p = np.asarray(self.encode(np.stack(group.xs, axis=1)))
       self.encode_s.append(time.perf_counter() - t)
+      settle = []
       with self._lock:
         for j in range(self.r):
           task = Task(group, self.k + j, p[:, j], [])
@@ -290,10 +393,15 @@ class Frontend:
           if group.policy.finished:
             task.cancelled = True
             continue
+          if not self._live(self.parity_queues[j]):
+            settle += self._act(group, group.policy.fail(self.k + j))
+            continue
           try:
             self.parity_queues[j].put_nowait(task)
           except queue.Full:
             self.parity_dropped += 1
+            settle += self._act(group, group.policy.fail(self.k + j))
+      self._settle_all(settle)
 
   def _on_output(self, task, out, instance_name):
     if self.mode != 'coded':
@@ -323,6 +431,10 @@ class Frontend:
       yhat = self._decode(group)
       for i in act.decode:
         settle.append((group.tasks[i].futures, yhat[:, i], True, 'decoder'))
+    for i in act.lost:
+      settle.append((group.tasks[i].futures, InstanceError(
+          f'the instance computing this query failed and too few of its coding group\'s '
+          f'{self.k + self.r} outputs can arrive to rebuild it'), False, ''))
     for j in act.cancel:
       if group.tasks[j] is not None:
         group.tasks[j].cancelled = True
@@ -332,9 +444,59 @@ class Frontend:
 
   @staticmethod
   def _settle_all(settle):
+    """Answers futures: (futures, outputs or an exception, reconstructed, who) each."""
     for futures, values, reconstructed, who in settle:
       for q, f in enumerate(futures):
-        _settle(f, Response(values[q], reconstructed, who))
+        if isinstance(values, BaseException):
+          _settle(f, error=values)
+        else:
+          _settle(f, Response(values[q], reconstructed, who))
+
+  # ------------------------------------------------------------------ failures
+
+  def _on_instance_dead(self, instance, task, error):
+    """An instance stopped: its batch (if it raised) is re-queued once or failed; when
+    it was the last live instance of its queue, everything queued there is failed."""
+    with self._lock:
+      settle = []
+      if task is not None:
+        settle += self._task_failed(task, instance, error)
+      if not self._live(instance.queue):
+        why = InstanceError(f'every instance serving this queue is dead (last: '
+                            f'{instance.name}: {instance.error or "fail-stop"})')
+        while True:
+          try:
+            queued = instance.queue.get_nowait()
+          except queue.Empty:
+            break
+          if queued is not None:
+            settle += self._task_failed(queued, instance, why)
+        if instance.queue is self.base_queue:
+          pending, self._pending = self._pending, []
+          settle += [([f for _, f in pending], why, False, '')] if pending else []
+    self._settle_all(settle)
+
+  def _task_failed(self, task, instance, error):
+    """A batch that `instance` could not compute (lock held); returns futures to settle."""
+    if task.done or task.cancelled:
+      return []
+    if task.copies > 1:          # a hedged copy is still on its way
+      task.copies -= 1
+      self._hedges_in_flight -= 1
+      return []
+    if not task.retried and self._live(instance.queue):
+      task.retried = True
+      try:
+        instance.queue.put_nowait(task)
+        return []
+      except queue.Full:
+        pass
+    if self.mode == 'coded':
+      return self._act(task.group, task.group.policy.fail(task.slot))
+    task.done = True
+    return [(task.futures, InstanceError(f'instance {instance.name} failed on this query '
+                                         f'({error}) and no other instance could take it'),
+             False, instance.name)]
 
   def _decode(self, group):
     k, r = self.k, self.r
@@ -394,10 +556,14 @@ class Frontend:
   def stats(self) -> dict:
     return {
         'mode': self.mode,
-        'instances': {i.name: {'served': i.served, 'lost': i.lost, 'alive': i.alive}
+        'instances': {i.name: {'served': i.served, 'lost': i.lost, 'alive': i.alive,
+                               'error': i.error}
                       for i in self.instances},
         'encode_us_per_group': 1e6 * float(np.mean(self.encode_s)) if self.encode_s else None,
         'decode_us_per_group': 1e6 * float(np.mean(self.decode_s)) if self.decode_s else None,
         'parity_dropped': self.parity_dropped,
         'hedges_sent': self.hedges_sent,
+        'flushed_batches': self.flushed_batches,
+        'flushed_groups': self.flushed_groups,
+        'deadlines_missed': self.deadlines_missed,
     }

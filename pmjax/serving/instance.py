@@ -3,6 +3,10 @@
 Instances of a kind pull batches from one shared FIFO queue (so each holds at
 most one batch in flight), skip work that was cancelled while queued, apply
 their injected faults, and hand each output to the frontend's callback.
+An instance whose predict raises is dead: it stops, records the error and
+hands its batch back to the frontend (`on_dead`), which re-queues or fails it.
+An injected fail-stop is silent (a crashed machine): the in-flight batch is
+lost, and the frontend only learns that the instance is gone.
 """
 
 from __future__ import annotations
@@ -44,7 +48,8 @@ class CompiledPredict:
 
 class Task:
   """One batch of work: a data batch (slot < k) or a parity batch of a group."""
-  __slots__ = ('group', 'slot', 'x', 'futures', 'cancelled', 'done', 'enqueued_at', 'copies')
+  __slots__ = ('group', 'slot', 'x', 'futures', 'cancelled', 'done', 'enqueued_at', 'copies',
+               'retried')
 
   def __init__(self, group, slot, x, futures):
     self.group, self.slot, self.x, self.futures = group, slot, x, futures
@@ -52,18 +57,22 @@ class Task:
     self.done = False
     self.enqueued_at = time.perf_counter()
     self.copies = 1
+    self.retried = False   # re-queued once after an instance failed on it
 
 
 class ModelInstance:
   """Serves `predict` on its own thread, pulling from `task_queue`."""
 
   def __init__(self, name: str, predict: CompiledPredict, task_queue: queue.Queue,
-               on_output: Callable, faults: FaultSpec | None = None):
+               on_output: Callable, faults: FaultSpec | None = None,
+               on_dead: Callable | None = None):
     self.name, self.predict, self.queue, self.on_output = name, predict, task_queue, on_output
+    self.on_dead = on_dead or (lambda instance, task, error: None)
     self.faults = FaultInjector(faults or FaultSpec())
     self.served = 0
     self.lost = 0
     self.alive = True
+    self.error = None            # what killed it, if its predict raised
     self.service_s = []          # measured compute time per batch (for the simulator)
     self._start = None
     self._thread = threading.Thread(target=self._loop, name=name, daemon=True)
@@ -83,18 +92,26 @@ class ModelInstance:
       if task.cancelled or task.done:
         continue                  # no longer needed: never served twice
       if self.faults.failed(time.perf_counter() - self._start):
-        self.alive = False
-        self.lost += 1            # the in-flight batch dies with the instance
-        return
+        return self._die(None, None)  # the in-flight batch dies with the instance
       delay = self.faults.extra_delay_s(task.x.nbytes)
       t = time.perf_counter()
-      out = self.predict(task.x)
+      try:
+        out = self.predict(task.x)
+      except Exception as e:  # pylint: disable=broad-except
+        self.error = f'{type(e).__name__}: {e}'
+        return self._die(task, e)
       self.service_s.append(time.perf_counter() - t)
       if delay:
         time.sleep(delay)
       if self.faults.failed(time.perf_counter() - self._start):
-        self.alive = False
-        self.lost += 1
-        return
+        return self._die(None, None)
       self.served += 1
       self.on_output(task, out, self.name)
+
+  def _die(self, task, error):
+    """Stops serving. `task` (when the predict raised) goes back to the frontend; with a
+    silent fail-stop it is lost."""
+    self.alive = False
+    if task is None:
+      self.lost += 1
+    self.on_dead(self, task, error)

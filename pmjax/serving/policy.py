@@ -33,6 +33,7 @@ class Arrival:
   decode: tuple = ()           # data slots to rebuild now
   cancel: tuple = ()           # slots whose queued work is no longer needed
   start_wait: bool = False     # k outputs are in but not every parity: start the wait timer
+  lost: tuple = ()             # data slots that can never be answered (fail their queries)
 
 
 class CodedGroup:
@@ -47,7 +48,8 @@ class CodedGroup:
   def __init__(self, k: int, r: int = 1, parity_wait: bool = False):
     self.k, self.r = k, r
     self.arrived = [False] * (k + r)
-    self.answered = [False] * k      # data slot answered (directly or decoded)
+    self.failed = [False] * (k + r)  # output will never arrive (its instance failed)
+    self.answered = [False] * k      # data slot answered (directly, decoded or failed)
     self.reconstructed = [False] * k
     self.parity_wait = parity_wait and r > 1
     self.waiting = False             # the wait timer has been started
@@ -62,6 +64,25 @@ class CodedGroup:
       self.answered[slot] = True
     return self._step(resolve_own)
 
+  def fail(self, slot: int) -> Arrival:
+    """Output `slot` will never arrive (every instance that could compute it failed).
+
+    Missing data outputs are still decoded once k outputs are in; when fewer
+    than k of the k+r outputs can ever arrive, the failed data slots are `lost`."""
+    if self.arrived[slot] or self.failed[slot]:
+      return Arrival(False)
+    self.failed[slot] = True
+    act = self._step(False)
+    if sum(not f for f in self.failed) < self.k:
+      lost = tuple(i for i in range(self.k) if not self.answered[i] and self.failed[i])
+      for i in lost:
+        self.answered[i] = True
+      act = Arrival(False, act.decode, act.cancel, act.start_wait, lost)
+      if all(self.answered):
+        act.cancel = act.cancel + tuple(j for j in range(self.k + self.r)
+                                        if not self.arrived[j] and j not in act.cancel)
+    return act
+
   def expire(self) -> Arrival:
     """The parity wait is over: decode with whatever is in (if k outputs are)."""
     self.expired = True
@@ -71,7 +92,8 @@ class CodedGroup:
     decode, cancel, start_wait = (), (), False
     missing = [i for i in range(self.k) if not self.answered[i]]
     if missing and sum(self.arrived) >= self.k:
-      if self.parity_wait and not self.expired and not all(self.arrived[self.k:]):
+      parities_settled = all(a or f for a, f in zip(self.arrived[self.k:], self.failed[self.k:]))
+      if self.parity_wait and not self.expired and not parities_settled:
         start_wait, self.waiting = not self.waiting, True
       else:
         decode = tuple(missing)
