@@ -85,10 +85,11 @@ class Checkpoints:
           f'no checkpoints in {os.path.abspath(workdir)} (looked for {self.root}); train first '
           f'with `python -m pmjax.train --workdir={workdir} ...`, or pass the workdir '
           f'of a finished run')
-    if create and jax.process_index() == 0:
+    if create:
       for which in KEEP:
         os.makedirs(os.path.join(self.root, which), exist_ok=True)
-      self._remove_stale_tmp()
+      if jax.process_index() == 0:
+        self._remove_stale_tmp()
     self._open()
 
   def _open(self):
