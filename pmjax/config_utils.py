@@ -7,6 +7,10 @@ import json
 import ml_collections
 
 
+class ConfigError(ValueError):
+  """A config that cannot run as given; the message names the field and the fix."""
+
+
 def parse_arg(arg: str | None, **defaults) -> ml_collections.ConfigDict:
   """Parses a config argument such as "stage=parity,k=3,code=concat,smoke".
 

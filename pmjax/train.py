@@ -39,7 +39,7 @@ import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 from tqdm import tqdm
 
-from pmjax import checkpoint, inference, learned, metrics, workdir as wd
+from pmjax import checkpoint, config_utils, inference, learned, metrics, workdir as wd
 from pmjax.data import builders, pipeline
 
 
@@ -325,8 +325,8 @@ def validate_config(config):
   """Refuses, up front, values that would train nothing or fail deep inside a step."""
   problems = []
   if config.stage not in ('base', 'parity', 'all'):
-    raise ValueError(f"config.stage={config.stage!r} is unknown; accepted: 'base', "
-                     f"'parity', 'all'")
+    raise config_utils.ConfigError(f"config.stage={config.stage!r} is unknown; accepted: "
+                                   f"'base', 'parity', 'all'")
   stages = ('base', 'parity') if config.stage == 'all' else (config.stage,)
   for name in stages:
     cfg = config[name]
@@ -355,7 +355,7 @@ def validate_config(config):
           and config.get('stop_after_epochs', 0) >= 0):
     problems.append(f'stop_after_epochs={config.stop_after_epochs!r} must be >= 0')
   if problems:
-    raise ValueError('invalid config: ' + '; '.join(problems) +
+    raise config_utils.ConfigError('invalid config: ' + '; '.join(problems) +
                      '. Fix these values (--config.FIELD=VALUE) and re-run.')
 
 
@@ -390,12 +390,12 @@ def load_base_model(base_workdir: str, dataset: str, model_name: str) -> tuple:
   if base_cfg.stage != 'base':
     hint = (f' (its base model is in {os.path.join(base_workdir, "base")})'
             if base_cfg.stage == 'all' else '')
-    raise ValueError(
+    raise config_utils.ConfigError(
         f'base_workdir {base_workdir} holds a {base_cfg.stage!r} run, not a trained base '
         f'model{hint}. Set --config.base_workdir to the workdir of a stage=base run.')
   base_cfg, base_model, base_vars, _ = wd.load_variables(base_workdir, 'best')
   if base_cfg.data.name != dataset or base_cfg.model != model_name:
-    raise ValueError(
+    raise config_utils.ConfigError(
         f'base_workdir {base_workdir} holds {base_cfg.model} on '
         f'{base_cfg.data.name}, but this config asks for {model_name} on {dataset}')
   return base_cfg, base_model, base_vars
@@ -410,9 +410,15 @@ def _train_stage(config, workdir: str, allow_config_change: bool) -> dict:
   if config.get('base_workdir'):
     with config.unlocked():
       config.base_workdir = os.path.abspath(config.base_workdir)
+  dataset = config.data.name
+  if config.stage == 'parity':  # checked before the workdir records this config
+    if not config.get('base_workdir'):
+      raise config_utils.ConfigError(
+          'config.base_workdir is empty: a parity run needs the workdir of a trained base '
+          'model (--config.base_workdir=W_BASE)')
+    _, base_model, base_vars = load_base_model(config.base_workdir, dataset, config.model)
   wd.write_config(workdir, config, write=jax.process_index() == 0,
                   allow_change=allow_config_change)
-  dataset = config.data.name
   spec = builders.get_spec(dataset)
   splits = pipeline.load_splits(config.data)
   mesh = make_mesh()
@@ -429,10 +435,6 @@ def _train_stage(config, workdir: str, allow_config_change: bool) -> dict:
     batch_fn = partial(base_batch, dataset=dataset, augment=augment)
     evaluator = BaseEvaluator(model, dataset, splits, eval_bs)
   else:
-    if not config.get('base_workdir'):
-      raise ValueError('config.base_workdir is empty: a parity run needs the workdir of a '
-                       'trained base model (--config.base_workdir=W_BASE)')
-    _, base_model, base_vars = load_base_model(config.base_workdir, dataset, config.model)
     group_size = config.k
     base_predict = inference.make_predict(base_model, dataset)
     base_logits = {n: inference.batched(base_predict, base_vars, getattr(splits, f'{n}_x'),
@@ -589,7 +591,7 @@ def main(argv):
 # Errors whose message says what is wrong and the fix: the command line prints that one
 # line (no traceback) and exits with status 1.
 USER_ERRORS = (checkpoint.CheckpointError, builders.RawFileError, builders.PreparedDataError,
-               wd.ConfigMismatchError, wd.WorkdirBusyError, FloatingPointError)
+               config_utils.ConfigError, wd.WorkdirBusyError, FloatingPointError)
 
 
 @contextlib.contextmanager

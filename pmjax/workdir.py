@@ -32,7 +32,7 @@ CODE_FIELDS = {
 _NOT_READ_BY_BASE = ('parity.', 'code', 'k', 'r', 'parity_model', 'base_workdir')
 
 
-class ConfigMismatchError(ValueError):
+class ConfigMismatchError(config_utils.ConfigError):
   """A workdir holds a run whose result-changing config differs from this one."""
 
 

@@ -229,6 +229,9 @@ def test_parity_run_is_not_accepted_as_base_model(smoke_config, base_config, tmp
   c.base_workdir = parity
   with pytest.raises(ValueError, match="holds a 'parity' run, not a trained base model"):
     train.train_and_evaluate(c, str(tmp_path / 'p2'))
+  assert not os.path.exists(tmp_path / 'p2' / 'config.json')  # the fixed command may run
+  c.base_workdir = base
+  assert train.train_and_evaluate(c, str(tmp_path / 'p2'))['epoch'] == 1
 
 
 def test_changed_config_is_refused_or_recorded(base_config, tmp_path, capsys):

@@ -376,7 +376,7 @@ def test_instance_that_raises_is_dead_and_its_batch_is_served_by_another(mode):
   assert _all_settled(futs)
   for i, f in enumerate(futs):
     np.testing.assert_allclose(f.result().output,
-                               fake_f()(query(i % 9 + 2, marker=1)[None])[0])
+                               fake_f(slow_s=0)(query(i % 9 + 2, marker=1)[None])[0])
   s = fe.stats()['instances']['base0']
   assert not s['alive'] and 'illegal memory access' in s['error']
   fe.close()
@@ -388,7 +388,7 @@ def test_coded_instance_that_raises_is_decoded():
   assert _all_settled(futs)
   for i, f in enumerate(futs):
     np.testing.assert_allclose(f.result().output,
-                               fake_f()(query(i % 9 + 2, marker=1)[None])[0], atol=1e-4)
+                               fake_f(slow_s=0)(query(i % 9 + 2, marker=1)[None])[0], atol=1e-4)
   assert not fe.stats()['instances']['base0']['alive']
   fe.close()
 
@@ -431,7 +431,8 @@ def test_partial_group_is_padded_and_still_protected():
     r = fe.submit(query(5, marker=1)).result(timeout=3)
     assert time.perf_counter() - t < 1.0
     assert r.reconstructed and fe.stats()['flushed_groups'] == 1
-  np.testing.assert_allclose(r.output, fake_f()(query(5, marker=1)[None])[0], atol=1e-5)
+  np.testing.assert_allclose(r.output, fake_f(slow_s=0)(query(5, marker=1)[None])[0],
+                             atol=1e-5)
 
 
 def test_deadline_fails_a_query_that_is_not_answered_in_time():
