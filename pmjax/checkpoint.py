@@ -11,7 +11,8 @@ What survives what:
   temporary directories are removed when the workdir is opened again. The
   training loop saves best, then the metrics row, then latest, so whatever
   is newer than the latest checkpoint is re-done identically on resume (and
-  `repair_best` mends a best left behind by older pmjax versions);
+  `repair_best` restores a best checkpoint that went missing from the latest
+  one, when latest still holds that epoch);
 - a corrupted file: `checksum` is a sha256 over every saved array, verified on
   restore. A latest step that fails is moved to W/checkpoints/corrupt/ and
   the previous one is used, with one line saying so; a best step that fails
@@ -208,9 +209,10 @@ class Checkpoints:
   def repair_best(self, latest_tree: dict):
     """Makes best agree with the latest checkpoint's record of it (process 0).
 
-    The latest tree names the best epoch; if best lacks it (a kill between the
-    two saves in pmjax versions that wrote latest first) and latest still holds
-    that epoch, it is copied to best."""
+    The latest tree names the best epoch; if best lacks it (removed by hand, or
+    lost by a kill between the two saves of a pmjax that wrote latest first)
+    and latest still holds that epoch, it is copied to best. Checkpoints
+    written before `best_epoch` existed are left as they are."""
     if jax.process_index() != 0 or 'best_epoch' not in latest_tree:
       return
     best_epoch, epoch = int(latest_tree['best_epoch']), int(latest_tree['epoch'])

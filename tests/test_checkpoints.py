@@ -326,3 +326,13 @@ def test_evaluate_read_only_workdir_prints_the_table(uninterrupted, monkeypatch,
   with pytest.raises(evaluate.ResultsNotWrittenError, match='results are printed above'):
     evaluate.evaluate_workdir(uninterrupted)
   assert 'A_a' in capsys.readouterr().out
+
+
+def test_missing_best_is_restored_from_latest(base_config, uninterrupted, tmp_path, capsys):
+  import shutil
+  w = str(tmp_path / 'w')
+  shutil.copytree(uninterrupted, w)
+  shutil.rmtree(os.path.join(w, 'checkpoints', 'best', '3'))
+  train.train_and_evaluate(base_config(), w)   # nothing left to train: only the repair
+  assert 'best/3 was missing' in capsys.readouterr().out
+  _assert_same_run(uninterrupted, w)
