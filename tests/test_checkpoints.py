@@ -336,3 +336,22 @@ def test_missing_best_is_restored_from_latest(base_config, uninterrupted, tmp_pa
   train.train_and_evaluate(base_config(), w)   # nothing left to train: only the repair
   assert 'best/3 was missing' in capsys.readouterr().out
   _assert_same_run(uninterrupted, w)
+
+
+def test_checkpoint_from_before_checksums_is_read_with_a_note(tmp_path, capsys):
+  """A checkpoint written by an older pmjax (no checksum, no best_epoch) still resumes."""
+  import orbax.checkpoint as ocp
+  old = {'params': {'w': np.arange(6, dtype=np.float32)}, 'step': np.int32(4),
+         'epoch': np.int64(1), 'best_metric': np.float64(0.5)}
+  path = tmp_path / 'w' / 'checkpoints' / 'latest'
+  path.mkdir(parents=True)
+  with ocp.CheckpointManager(str(path), item_handlers=ocp.StandardCheckpointHandler()) as m:
+    m.save(1, args=ocp.args.StandardSave(old))
+    m.wait_until_finished()
+  ck = checkpoint.Checkpoints(str(tmp_path / 'w'))
+  abstract = {**old, 'best_epoch': np.int64(0), 'checksum': np.zeros(32, np.uint8)}
+  tree = ck.restore('latest', abstract)
+  ck.close()
+  assert 'best_epoch' not in tree and 'checksum' not in tree
+  np.testing.assert_array_equal(tree['params']['w'], old['params']['w'])
+  assert 'written before checkpoints carried a checksum' in capsys.readouterr().out
