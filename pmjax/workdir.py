@@ -121,6 +121,9 @@ def write_config(workdir: str, config: ml_collections.ConfigDict, write: bool = 
     if changing and not allow_change:
       listed = ', '.join(f'{f}={was!r} (this config: {now!r})'
                          for f, (was, now) in changing.items())
+      if any(f.endswith('.num_epochs') for f in changing):
+        listed += (' (with a decaying learning-rate schedule the number of epochs sets the '
+                   'rate of every step, so more epochs are another run)')
       raise ConfigMismatchError(
           f'{os.path.abspath(workdir)} holds a run with {listed}. Use a new --workdir, '
           f'the same config to resume, or --allow_config_change to continue this run with '
