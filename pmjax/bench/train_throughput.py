@@ -49,8 +49,12 @@ def _data():
                             images(10000), labels(10000)), 'random images (no MNIST found)')
 
 
-def run(code_name='sum', k=2, batch=64, epochs=5, model_name='mlp', chunk=100):
+def run(code_name='sum', k=2, batch=64, epochs=5, model_name='mlp', chunk=100,
+        train_limit=0):
   splits, source = _data()
+  if train_limit:  # smoke runs: a subset of the training set
+    splits = splits._replace(train_x=splits.train_x[:train_limit],
+                             train_y=splits.train_y[:train_limit])
   code = codes.make_code(code_name, k, image_shape=(28, 28, 1))
   base, parity = get_model(model_name, 10), get_model(model_name, 10)
   base_vars = train.init_variables(base, 1, (28, 28, 1))
@@ -69,7 +73,8 @@ def run(code_name='sum', k=2, batch=64, epochs=5, model_name='mlp', chunk=100):
   batch_fn = partial(train.parity_batch, dataset='mnist', augment=False,
                                      code=code, base_apply=base.apply)
   run_chunk = train.make_train_chunk(mesh, train.parity_loss, batch_fn, batch, k)
-  evaluator = train.ParityEvaluator(parity, code, 'mnist', splits, base_logits, 1000)
+  evaluator = train.ParityEvaluator(inference.make_parity_outputs(parity, code, 'mnist', 1000),
+                                    k, splits, base_logits)
   key = jax.random.key(0)
   n = splits.train_x.shape[0]
   train_s, eval_s = [], []
@@ -106,7 +111,7 @@ def run(code_name='sum', k=2, batch=64, epochs=5, model_name='mlp', chunk=100):
 def main(argv):
   del argv
   f = flags.FLAGS
-  r = run(f.code, f.k, f.batch, f.epochs, f.model)
+  r = run(f.code, f.k, f.batch, f.epochs, f.model, train_limit=f.train_limit)
   print(json.dumps(r))
   print(f"\n{r['model']} {r['code']} k={r['k']} batch={r['batch_groups']} groups, "
         f"{r['devices'][0]} x{len(r['devices'])}:")
@@ -124,4 +129,5 @@ if __name__ == '__main__':
   flags.DEFINE_integer('batch', 64, 'Groups per batch.')
   flags.DEFINE_integer('epochs', 5, 'Timed epochs (after one warm-up epoch).')
   flags.DEFINE_string('model', 'mlp', 'Parity model architecture.')
+  flags.DEFINE_integer('train_limit', 0, 'Train on the first N images only (0 = all).')
   app.run(main)
