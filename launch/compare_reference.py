@@ -10,11 +10,13 @@ reference's epochs, from our per-epoch `metrics.jsonl`.
 """
 
 import argparse
-import json
 import os
 import re
+import sys
 
 HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, os.path.dirname(HERE))
+from pmjax import metrics  # noqa: E402  (one reader of metrics.jsonl, torn lines skipped)
 DEFAULT_REFERENCE = os.path.join(HERE, '..', '..', 'shared', 'reference', 'parm_pytorch_cpu.md')
 
 
@@ -34,8 +36,7 @@ def reference_curves(path):
 
 
 def ours(workdir):
-  with open(os.path.join(workdir, 'metrics.jsonl')) as f:
-    return {r['epoch']: r for r in map(json.loads, f) if 'test_A_d_top1' in r}
+  return {r['epoch']: r for r in metrics.read_metrics(workdir) if 'test_A_d_top1' in r}
 
 
 def main():

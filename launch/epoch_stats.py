@@ -10,10 +10,12 @@ import os
 import statistics
 import sys
 
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from pmjax import metrics  # noqa: E402  (one reader of metrics.jsonl, torn lines skipped)
+
 
 def stats(workdir):
-  with open(os.path.join(workdir, 'metrics.jsonl')) as f:
-    rows = [json.loads(line) for line in f if line.strip()]
+  rows = metrics.read_metrics(workdir)
   with open(os.path.join(workdir, 'config.json')) as f:
     config = json.load(f)
   timed = rows[1:] or rows

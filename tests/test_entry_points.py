@@ -1,0 +1,77 @@
+"""Every documented command runs to completion on a tiny run (not just --help).
+
+`python -m pmjax.train` and `pmjax.evaluate` are run by tests/test_train.py and
+tests/test_checkpoints.py, `launch/sweep.py` by tests/test_sweep.py and
+`launch/local_multiprocess.py` by tests/test_multiprocess.py; the others are
+here, run side by side (two at a time) on one small base + parity run.
+`launch/torch_parity_step.py` needs PyTorch and runs only where it is installed.
+"""
+
+import concurrent.futures
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from pmjax import train
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+REFERENCE = os.path.join(os.path.dirname(REPO), 'shared', 'reference', 'parm_pytorch_cpu.md')
+
+
+@pytest.fixture(scope='module')
+def tiny_run(tmp_path_factory, mnist_dir, tfds_dir):
+  """W/base and W/parity (sum, k=2) of a stage=all smoke run, evaluated."""
+  from configs import mnist
+  c = mnist.get_config('smoke,code=sum')
+  c.data.update(dict(manual_dir=mnist_dir, data_dir=tfds_dir, download=False,
+                     verify_md5=False, num_val=100, train_limit=256, test_limit=100))
+  c.progress_bar = False
+  w = str(tmp_path_factory.mktemp('tiny'))
+  train.train_and_evaluate(c, w)
+  return w
+
+
+def _run(cmd):
+  return subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300)
+
+
+def test_every_other_entry_point_runs(tiny_run, tmp_path):
+  base, parity = os.path.join(tiny_run, 'base'), os.path.join(tiny_run, 'parity')
+  py = sys.executable
+  commands = {
+      'bench.train_throughput': [py, '-m', 'pmjax.bench.train_throughput', '--epochs=1',
+                                 '--train_limit=1024'],
+      'bench.codecs': [py, '-m', 'pmjax.bench.codecs', '--models=mlp', '--calls=5'],
+      'bench.codes': [py, '-m', 'pmjax.bench.codes', f'--base_workdirs={base}', '--k=2',
+                      '--s=1', f'--parity_workdirs={parity}', f'--out={tmp_path / "codes"}'],
+      'serving.bench': [py, '-m', 'pmjax.serving.bench', f'--workdir={parity}',
+                        '--mode=coded,equal', '--queries=60', '--warmup=10', '--rate=200',
+                        '--deadline_ms=2000', f'--out={tmp_path / "serving"}'],
+      'serving.sim': [py, '-m', 'pmjax.serving.sim', '--model=mlp', '--k=2', '--m=2',
+                      '--queries=300', '--rates=100', f'--out={tmp_path / "sim"}'],
+      'launch/epoch_stats.py': [py, 'launch/epoch_stats.py', base, parity],
+  }
+  if os.path.exists(REFERENCE):
+    commands['launch/compare_reference.py'] = [py, 'launch/compare_reference.py',
+                                               f'A={parity}']
+  with concurrent.futures.ThreadPoolExecutor(2) as pool:
+    results = dict(zip(commands, pool.map(_run, commands.values())))
+  for name, out in results.items():
+    assert out.returncode == 0, f'{name} failed:\n{out.stderr[-3000:]}'
+  assert json.loads(results['bench.train_throughput'].stdout.splitlines()[0])[
+      'train_groups_per_s'] > 0
+  assert os.path.exists(tmp_path / 'codes' / 'codes.md')
+  summary = json.load(open(tmp_path / 'serving' / 'summary.json'))
+  assert summary['results']['coded']['lost'] == 0
+  assert os.path.exists(tmp_path / 'sim' / 'sim.json')
+  assert 'parity' in results['launch/epoch_stats.py'].stdout
+
+
+def test_torch_reference_step_where_torch_is_installed():
+  pytest.importorskip('torch')
+  out = subprocess.run([sys.executable, 'launch/torch_parity_step.py'], cwd=REPO,
+                       capture_output=True, text=True, timeout=600)
+  assert out.returncode == 0 and 'bare_step_groups_per_s' in out.stdout
