@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
+import os
 
 import ml_collections
 
@@ -39,3 +41,26 @@ def to_json(config: ml_collections.ConfigDict) -> str:
 
 def from_json(text: str) -> ml_collections.ConfigDict:
   return ml_collections.ConfigDict(json.loads(text))
+
+
+def resolve_config_flag(argv: list) -> list:
+  """Makes `--config=configs/X.py[:args]` work from any directory.
+
+  A config path that does not exist relative to the working directory but
+  names a file of pmjax's own `configs` package (installed with `pip install
+  -e .`, or beside the repository) is replaced by that file's absolute path.
+  """
+  spec = importlib.util.find_spec('configs')
+  if spec is None or not spec.submodule_search_locations:
+    return argv
+  configs_dir = list(spec.submodule_search_locations)[0]
+  out = []
+  for arg in argv:
+    if arg.startswith('--config='):
+      path, colon, rest = arg[len('--config='):].partition(':')
+      if not os.path.exists(path) and path.startswith('configs' + os.sep):
+        candidate = os.path.join(configs_dir, path[len('configs' + os.sep):])
+        if os.path.exists(candidate):
+          arg = f'--config={candidate}{colon}{rest}'
+    out.append(arg)
+  return out

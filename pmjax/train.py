@@ -609,6 +609,7 @@ def user_errors(*more):
 
 
 if __name__ == '__main__':
+  sys.argv = config_utils.resolve_config_flag(sys.argv)
   config_flags.DEFINE_config_file('config', 'configs/default.py', 'Training config file.')
   flags.DEFINE_string('workdir', None, 'Directory for checkpoints and metrics.')
   flags.DEFINE_bool('allow_config_change', False,

@@ -175,7 +175,8 @@ def test_malicious_cifar_pickle_never_runs(tmp_path):
   out = subprocess.run(
       [sys.executable, '-m', 'pmjax.train', '--config=configs/cifar10.py:smoke,stage=base,model=mlp',
        f'--config.data.manual_dir={manual}', f'--config.data.data_dir={tmp_path / "tfds"}',
-       f'--workdir={tmp_path / "w"}'], cwd=os.path.dirname(os.path.dirname(__file__)),
+       f'--workdir={tmp_path / "w"}'], cwd=str(tmp_path),   # configs/ found from anywhere
+      env=dict(os.environ, PYTHONPATH=os.path.dirname(os.path.dirname(os.path.abspath(__file__)))),
       capture_output=True, text=True, timeout=300)
   assert out.returncode == 1 and not marker.exists()
   assert out.stderr.strip().splitlines()[-1].startswith('error: cifar10: raw file')
