@@ -66,6 +66,9 @@ def test_every_other_entry_point_runs(tiny_run, tmp_path):
   assert os.path.exists(tmp_path / 'codes' / 'codes.md')
   summary = json.load(open(tmp_path / 'serving' / 'summary.json'))
   assert summary['results']['coded']['lost'] == 0
+  assert 'base_service_ms_samples' not in summary['results']['coded']  # raw samples apart
+  from pmjax.serving import sim
+  assert len(sim.service_samples_ms(str(tmp_path / 'serving' / 'summary.json'))) > 10
   assert os.path.exists(tmp_path / 'sim' / 'sim.json')
   assert 'parity' in results['launch/epoch_stats.py'].stdout
 

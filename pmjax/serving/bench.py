@@ -123,6 +123,9 @@ def run_mode(mode, parts, f) -> dict:
   return summary
 
 
+RAW_SAMPLES = ('latencies_ms', 'base_service_ms_samples')
+
+
 def plot_cdf(results: dict, path: str, title: str):
   fig, ax = plotting.pyplot().subplots(figsize=(6, 4))
   for mode, s in results.items():
@@ -158,8 +161,11 @@ def main(argv):
       'net_ms_per_mb', 'contention_start_s', 'contention_s', 'seed')}
   with open(os.path.join(f.out, 'summary.json'), 'w') as fh:
     json.dump({'flags': flag_values, 'device': str(jax.devices()[0]),
-               'results': {m: {k: v for k, v in s.items() if k != 'latencies_ms'}
+               'results': {m: {k: v for k, v in s.items() if k not in RAW_SAMPLES}
                            for m, s in results.items()}}, fh, indent=2)
+  # Raw samples (the simulator's --service_from reads them) stay out of the summary.
+  with open(os.path.join(f.out, 'samples.json'), 'w') as fh:
+    json.dump({m: {k: s[k] for k in RAW_SAMPLES} for m, s in results.items()}, fh)
   config = parts[0]
   plot_cdf(results, os.path.join(f.out, 'latency_cdf.png'),
            f'{config.model} {config.code} k={config.k}, {f.rate:g} q/s, '

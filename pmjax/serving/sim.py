@@ -9,7 +9,7 @@ first-answer-wins / decode at k of k+r / cancellation, `policy.may_hedge`,
 pull from shared FIFO queues. Service times are drawn from samples measured
 on real compiled instances of `--model` on this machine (batch 1, random
 weights: the time does not depend on them), or loaded from a serving bench
-summary (`--service_from=DIR/summary.json`).
+summary (`--service_from=DIR/summary.json`; the samples are in DIR/samples.json).
 
 Interference model (`--interference`): each instance alternates between
 normal and interfered periods (exponential durations, means `--calm_s` and
@@ -242,15 +242,23 @@ def plot(results, rates, path, title):
   plotting.save(fig, path)
 
 
+def service_samples_ms(path: str) -> list:
+  """Base-model service times (ms) recorded by a serving bench run: its samples.json
+  (beside `path`, a summary.json) or, in summaries written before it, the summary."""
+  samples = os.path.join(os.path.dirname(path), 'samples.json')
+  if os.path.exists(samples):
+    with open(samples) as fh:
+      return next(iter(json.load(fh).values()))['base_service_ms_samples']
+  with open(path) as fh:
+    return next(iter(json.load(fh)['results'].values()))['base_service_ms_samples']
+
+
 def main(argv):
   del argv
   f = flags.FLAGS
   logging.set_verbosity(logging.WARNING)
   if f.service_from:
-    with open(f.service_from) as fh:
-      s = json.load(fh)
-    first = next(iter(s['results'].values()))
-    base_samples = np.asarray(first['base_service_ms_samples']) / 1e3
+    base_samples = np.asarray(service_samples_ms(f.service_from)) / 1e3
     source = f'measured by the serving bench ({f.service_from})'
   else:
     base_samples = measure_service_samples(f.model)
