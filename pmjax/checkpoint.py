@@ -31,6 +31,8 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
+from pmjax import mesh
+
 
 class CheckpointError(RuntimeError):
   """A checkpoint is missing, corrupt or cannot be written."""
@@ -118,8 +120,7 @@ class Checkpoints:
       return
     # Host numpy copies of this process's replica: the same files whatever the
     # device or process count (and orbax needs no cross-process coordination).
-    tree = jax.tree.map(lambda a: np.asarray(a.addressable_data(0))
-                        if isinstance(a, jax.Array) else np.asarray(a), tree)
+    tree = jax.tree.map(np.asarray, mesh.local_copy(tree))
     tree['checksum'] = tree_checksum(tree)
     epoch = int(tree['epoch'])
     manager = getattr(self, which)

@@ -39,13 +39,17 @@ def encode_raw(code, dataset: str, x_uint8_GxKxHxWxC):
   return code.encode(pipeline.normalize(x_uint8_GxKxHxWxC, dataset))
 
 
+def parity_model_input(p_GxRx):
+  """What the parity model(s) take: r = 1, one model on G queries (p_Gx...); r > 1,
+  `models.Stacked` takes p_GxRx... whole."""
+  g, r = p_GxRx.shape[:2]
+  return p_GxRx.reshape(g, *p_GxRx.shape[2:]) if r == 1 else p_GxRx
+
+
 def apply_parity(parity_model, variables, p_GxRx):
   """F_P on parity queries p_GxRx... -> z_GxRxC (eval mode)."""
-  g, r = p_GxRx.shape[:2]
-  # r = 1: one model on g queries; r > 1: `models.Stacked` takes p_GxRx... whole.
-  z = parity_model.apply(variables, p_GxRx.reshape(g, *p_GxRx.shape[2:]) if r == 1
-                         else p_GxRx, train=False)
-  return z.reshape(g, r, -1)
+  z = parity_model.apply(variables, parity_model_input(p_GxRx), train=False)
+  return z.reshape(p_GxRx.shape[0], p_GxRx.shape[1], -1)
 
 
 def make_parity_predict(parity_model, code, dataset: str):

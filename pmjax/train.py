@@ -36,11 +36,12 @@ import jax.numpy as jnp
 from ml_collections import config_flags
 import numpy as np
 import optax
-from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+from jax.sharding import Mesh, PartitionSpec as P
 from tqdm import tqdm
 
 from pmjax import checkpoint, config_utils, inference, learned, metrics, workdir as wd
 from pmjax.data import builders, pipeline
+from pmjax.mesh import local_copy, make_mesh, replicate  # noqa: F401  (train.make_mesh)
 
 
 class TrainState(train_state.TrainState):
@@ -77,16 +78,6 @@ def make_optimizer(optim_cfg, total_steps: int) -> optax.GradientTransformation:
   raise ValueError(f"config optim.name={name!r} is unknown; accepted: 'adam', 'adamw', 'sgd'")
 
 
-def make_mesh(devices=None) -> Mesh:
-  """A 1-D ('data',) mesh over every device, local and across hosts."""
-  devices = jax.devices() if devices is None else devices
-  return Mesh(np.asarray(devices), ('data',))
-
-
-def replicate(tree, mesh):
-  return jax.device_put(tree, NamedSharding(mesh, P()))
-
-
 def init_variables(model, seed: int, input_shape) -> dict:
   """Variables of `model` for inputs of shape (batch, *input_shape)."""
   variables = jax.jit(partial(model.init, train=False))(
@@ -101,12 +92,7 @@ def create_state(model, tx, variables) -> TrainState:
 
 def variables_of(state: TrainState) -> dict:
   """F's variables as this process's local copy (the state is replicated)."""
-  return local({'params': state.params, 'batch_stats': state.batch_stats})
-
-
-def local(tree):
-  """A replicated global array -> this process's copy (works with several processes)."""
-  return jax.tree.map(lambda a: a.addressable_data(0) if isinstance(a, jax.Array) else a, tree)
+  return local_copy({'params': state.params, 'batch_stats': state.batch_stats})
 
 
 def initialize_distributed():
@@ -130,9 +116,8 @@ def initialize_distributed():
 # Losses, batches and the train step (pure, module level).
 # ---------------------------------------------------------------------------
 
-def _apply_train(state_or_fn, params, batch_stats, x):
+def _apply_train(apply_fn, params, batch_stats, x):
   """Applies a model in train mode; returns (outputs, new batch stats)."""
-  apply_fn = state_or_fn
   if batch_stats:
     out, updates = apply_fn({'params': params, 'batch_stats': batch_stats}, x, train=True,
                             mutable=['batch_stats'])
@@ -150,11 +135,8 @@ def base_loss(apply_fn, params, batch_stats, batch):
 def parity_loss(apply_fn, params, batch_stats, batch):
   """MSE between F_P(parity queries) and the code's target {'p', 't'}."""
   p = batch['p']
-  g, r = p.shape[:2]
-  # r = 1: one model on g queries; r > 1: `models.Stacked` takes p_GxRx... whole.
-  out, new_bs = _apply_train(apply_fn, params, batch_stats,
-                             p.reshape(g, *p.shape[2:]) if r == 1 else p)
-  loss = jnp.mean((out.reshape(g, r, -1) - batch['t']) ** 2)
+  out, new_bs = _apply_train(apply_fn, params, batch_stats, inference.parity_model_input(p))
+  loss = jnp.mean((out.reshape(*p.shape[:2], -1) - batch['t']) ** 2)
   return loss, new_bs
 
 
@@ -206,18 +188,20 @@ def make_train_chunk(mesh: Mesh, loss_fn, batch_fn, global_batch: int, group_siz
   if global_batch % n_dev:
     raise ValueError(f'batch size {global_batch} does not divide by the {n_dev} devices; '
                      f'choose a batch size that is a multiple of {n_dev}')
-  local = global_batch // n_dev
+  per_device = global_batch // n_dev
 
   def chunk(state, data, perm, first_step, epoch_key, n_steps):
     dev = lax.axis_index('data')
 
     def body(state, s):
       step = first_step + s
-      start = (step * global_batch + dev * local) * group_size
-      idx = lax.dynamic_slice_in_dim(perm, start, local * group_size).reshape(local, group_size)
+      start = (step * global_batch + dev * per_device) * group_size
+      idx = lax.dynamic_slice_in_dim(perm, start, per_device * group_size).reshape(
+          per_device, group_size)
       keys = jax.random.split(jax.random.fold_in(epoch_key, step), global_batch * group_size)
-      keys = lax.dynamic_slice_in_dim(keys, dev * local * group_size, local * group_size)
-      batch = batch_fn(data, idx, keys.reshape(local, group_size))
+      keys = lax.dynamic_slice_in_dim(keys, dev * per_device * group_size,
+                                      per_device * group_size)
+      batch = batch_fn(data, idx, keys.reshape(per_device, group_size))
       return train_step(state, batch, loss_fn)
 
     state, m = lax.scan(body, state, jnp.arange(n_steps), unroll=unroll)
@@ -529,7 +513,7 @@ def _train_stage(config, workdir: str, allow_config_change: bool) -> dict:
       for first in range(0, steps_per_epoch, chunk):
         n = min(chunk, steps_per_epoch - first)
         state, m = run_chunk(state, data, perm, jnp.int32(first), epoch_key, n_steps=n)
-        loss = float(local(m['loss']))
+        loss = float(local_copy(m['loss']))
         if not math.isfinite(loss):
           ckpts.close()
           raise FloatingPointError(

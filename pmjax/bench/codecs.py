@@ -25,12 +25,14 @@ from pmjax.models import get_model
 from pmjax.serving.instance import CompiledPredict
 
 
-def _median_us(fn, calls):
-  fn()
+def median_us(fn, calls: int) -> float:
+  """Median wall time (us) of `fn()` over `calls` calls after one warm-up call, each
+  call waited for (`jax.block_until_ready`)."""
+  jax.block_until_ready(fn())
   times = []
   for _ in range(calls):
     t = time.perf_counter()
-    fn()
+    jax.block_until_ready(fn())
     times.append(time.perf_counter() - t)
   return 1e6 * float(np.median(times))
 
@@ -50,9 +52,9 @@ def measure(model_name, code_name='concat', k=2, batch_size=1, calls=500):
   avail = np.ones((batch_size, k), bool)
   avail[:, 0] = False
   zavail = np.ones((batch_size, 1), bool)
-  enc_us = _median_us(lambda: np.asarray(encode(x_group)), calls)
-  dec_us = _median_us(lambda: np.asarray(decode(y, avail, z, zavail)), calls)
-  inf_us = _median_us(lambda: predict(x_batch), calls)
+  enc_us = median_us(lambda: np.asarray(encode(x_group)), calls)
+  dec_us = median_us(lambda: np.asarray(decode(y, avail, z, zavail)), calls)
+  inf_us = median_us(lambda: predict(x_batch), calls)
   return {'model': model_name, 'code': code_name, 'k': k, 'batch_size': batch_size,
           'encode_us': enc_us, 'decode_us': dec_us, 'inference_us': inf_us,
           'codec_fraction_of_inference': (enc_us + dec_us) / inf_us}

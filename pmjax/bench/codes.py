@@ -23,7 +23,6 @@ from __future__ import annotations
 import itertools
 import json
 import os
-import time
 from functools import partial
 
 from absl import app, flags
@@ -31,25 +30,18 @@ import jax
 import numpy as np
 
 from pmjax import codes, inference, metrics, workdir as wd
+from pmjax.bench import codecs
 from pmjax.data import builders, pipeline
 
 
-def _median_us(fn, calls=200):
-  fn()
-  t = []
-  for _ in range(calls):
-    s = time.perf_counter()
-    jax.block_until_ready(fn())
-    t.append(time.perf_counter() - s)
-  return 1e6 * float(np.median(t))
 
 
 def _codec_us(encode, decode, x_1xKx, y_1xKxC, z_1xRxC, avail_1xK):
   """Median times of the compiled encode (raw uint8 group -> parity queries) and decode
   of one group."""
   zavail = np.ones(z_1xRxC.shape[:2], bool)
-  return (_median_us(lambda: encode(x_1xKx)),
-          _median_us(lambda: decode(y_1xKxC, avail_1xK, z_1xRxC, zavail)))
+  return (codecs.median_us(lambda: encode(x_1xKx), 200),
+          codecs.median_us(lambda: decode(y_1xKxC, avail_1xK, z_1xRxC, zavail), 200))
 
 
 def berrut_row(base_workdir, k, s, systematic, batch=500, outputs='logits'):

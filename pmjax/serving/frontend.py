@@ -229,7 +229,9 @@ class Frontend:
       inst.queue.put(None)
     self._encoder_queue.put(None)
     deadline = time.perf_counter() + join_timeout_s
-    for t in [i._thread for i in self.instances if i._thread.is_alive()] + self._threads:
+    for inst in self.instances:
+      inst.join(timeout=max(0.0, deadline - time.perf_counter()))
+    for t in self._threads:
       t.join(timeout=max(0.0, deadline - time.perf_counter()))
 
   def __enter__(self):

@@ -48,14 +48,12 @@ class CompiledPredict:
 
 class Task:
   """One batch of work: a data batch (slot < k) or a parity batch of a group."""
-  __slots__ = ('group', 'slot', 'x', 'futures', 'cancelled', 'done', 'enqueued_at', 'copies',
-               'retried')
+  __slots__ = ('group', 'slot', 'x', 'futures', 'cancelled', 'done', 'copies', 'retried')
 
   def __init__(self, group, slot, x, futures):
     self.group, self.slot, self.x, self.futures = group, slot, x, futures
     self.cancelled = False
     self.done = False
-    self.enqueued_at = time.perf_counter()
     self.copies = 1
     self.retried = False   # re-queued once after an instance failed on it
 
@@ -82,7 +80,8 @@ class ModelInstance:
     self._thread.start()
 
   def join(self, timeout=None):
-    self._thread.join(timeout)
+    if self._thread.is_alive():
+      self._thread.join(timeout)
 
   def _loop(self):
     while True:
