@@ -257,3 +257,19 @@ def test_read_only_prepared_data_dir_is_usable(smoke_config, tmp_path, monkeypat
   os.makedirs(c.data.data_dir)
   with pytest.raises(builders.PreparedDataError, match='read-only.*writable'):
     pipeline.load_splits(c.data)
+
+
+def test_a_new_dataset_is_one_registered_spec(monkeypatch, mnist_dir, tmp_path):
+  """A dataset added by registering a spec alone: splits, builder and normalisation."""
+  monkeypatch.setattr(builders, 'SPECS', dict(builders.SPECS))
+  monkeypatch.setattr(builders, 'BUILDERS', dict(builders.BUILDERS))
+  mnist = builders.get_spec('mnist')
+  builders.register_dataset(mnist._replace(name='digits_copy', mean=(0.5,), std=(0.25,)))
+  import ml_collections
+  cfg = ml_collections.ConfigDict(dict(name='digits_copy', manual_dir=mnist_dir,
+                                       data_dir=str(tmp_path), download=False,
+                                       verify_md5=False, num_val=100))
+  s = pipeline.load_splits(cfg)
+  assert s.train_x.shape == (600, 28, 28, 1) and s.test_x.shape[0] == 200
+  x = np.full((1, 28, 28, 1), 255, np.uint8)
+  np.testing.assert_allclose(pipeline.normalize(x, 'digits_copy'), 2.0, rtol=1e-6)

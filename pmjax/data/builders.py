@@ -19,7 +19,8 @@ import pickle
 import shutil
 import tarfile
 import urllib.request
-from typing import Iterator, NamedTuple
+from functools import partial
+from typing import Callable, Iterator, NamedTuple
 
 import numpy as np
 import tensorflow_datasets as tfds
@@ -37,11 +38,16 @@ class RawFile(NamedTuple):
 
 
 class DatasetSpec(NamedTuple):
+  """Everything pmjax knows of a dataset; `register_dataset` makes it usable by name."""
   name: str
   image_shape: tuple
   num_classes: int
   files: dict     # role -> RawFile
   how_to_get: str
+  mean: tuple     # per-channel mean of the training images in [0, 1] (normalisation)
+  std: tuple
+  reader: Callable  # (spec, manual_dir, download, verify_md5) -> {'train': (x, y), 'test': ..}
+  system_dirs: tuple = ()  # where a system package puts the raw files (manual-dir fallback)
 
 
 _MNIST_URLS = ('https://storage.googleapis.com/cvdf-datasets/mnist/',
@@ -55,39 +61,6 @@ def _idx_files(urls, md5s):
            't10k-images-idx3-ubyte.gz', 't10k-labels-idx1-ubyte.gz')
   return {role: RawFile(n, tuple(u + n for u in urls), md5)
           for role, n, md5 in zip(roles, names, md5s)}
-
-
-SPECS = {
-    'mnist': DatasetSpec(
-        'mnist', (28, 28, 1), 10,
-        _idx_files(_MNIST_URLS, ('6bbc9ace898e44ae57da46a324031adb',
-                                 'a25bea736e30d166cdddb491f175f624',
-                                 '2646ac647ad5339dbf082846283269ea',
-                                 '27ae3e4e09519cfbb04c329615203637')),
-        'download the four MNIST idx .gz files, or use the offline copy in '
-        '../shared/data/mnist (config.data.manual_dir)'),
-    'fashion_mnist': DatasetSpec(
-        'fashion_mnist', (28, 28, 1), 10,
-        _idx_files(_FASHION_URLS, ('f4a8712d7a061bf5bd6d2ca38dc4d50a',
-                                   '9018921c3c673c538a1fc5bad174d6f9',
-                                   '8181f5470baa50b63fa0f6fddb340f0a',
-                                   '15d484375f8d13e6eb1aabb0c3f46965')),
-        'on Debian: `apt-get install -y dataset-fashion-mnist` (files land in '
-        '/usr/share/datasets/fashion-mnist), or download the four idx .gz files'),
-    'cifar10': DatasetSpec(
-        'cifar10', (32, 32, 3), 10,
-        {'archive': RawFile('cifar-10-python.tar.gz',
-                            ('https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz',),
-                            None, 'c58f30108f718f92721af3b95e74349a')},
-        'download cifar-10-python.tar.gz, or use the offline copy in '
-        '../shared/data/cifar10 (config.data.manual_dir)'),
-    'cifar100': DatasetSpec(
-        'cifar100', (32, 32, 3), 100,
-        {'archive': RawFile('cifar-100-python.tar.gz',
-                            ('https://www.cs.toronto.edu/~kriz/cifar-100-python.tar.gz',),
-                            None, 'eb9058c3a382ffc7106e4002c42a8d85')},
-        'download cifar-100-python.tar.gz (about 160 MB) into the manual directory'),
-}
 
 
 # --------------------------------------------------------------------------
@@ -198,15 +171,12 @@ def read_idx_dataset(spec, manual_dir, download=True, verify_md5=True):
   return out
 
 
-def read_cifar_dataset(spec, manual_dir, download=True, verify_md5=True):
-  """Returns {'train': (images NxHxWx3, labels N), 'test': (...)} from the python tarball."""
+def read_cifar_dataset(spec, manual_dir, download=True, verify_md5=True, *, members,
+                       label_key):
+  """Returns {'train': (images NxHxWx3, labels N), 'test': (...)} from the python tarball:
+  `members` names each split's pickles, `label_key` their labels."""
+  del verify_md5  # no canonical content md5 (the offline copy was rebuilt): checked by structure
   path = fetch_raw_file(spec, 'archive', manual_dir, download)
-  if spec.name == 'cifar10':
-    members = {'train': [f'data_batch_{i}' for i in range(1, 6)], 'test': ['test_batch']}
-    label_key = b'labels'
-  else:
-    members = {'train': ['train'], 'test': ['test']}
-    label_key = b'fine_labels'
   out = {}
   try:
     with tarfile.open(path, 'r:gz') as tar:
@@ -242,9 +212,62 @@ def read_cifar_dataset(spec, manual_dir, download=True, verify_md5=True):
 def read_raw(name, manual_dir, download=True, verify_md5=True):
   """{'train': (images, labels), 'test': (...)} from the raw files of `name`."""
   spec = get_spec(name)
-  if spec.name in ('mnist', 'fashion_mnist'):
-    return read_idx_dataset(spec, manual_dir, download, verify_md5)
-  return read_cifar_dataset(spec, manual_dir, download, verify_md5)
+  return spec.reader(spec, manual_dir, download, verify_md5)
+
+
+# --------------------------------------------------------------------------
+# The registry: a dataset is one spec.
+# --------------------------------------------------------------------------
+
+_BUILTIN = (
+    DatasetSpec(
+        'mnist', (28, 28, 1), 10,
+        _idx_files(_MNIST_URLS, ('6bbc9ace898e44ae57da46a324031adb',
+                                 'a25bea736e30d166cdddb491f175f624',
+                                 '2646ac647ad5339dbf082846283269ea',
+                                 '27ae3e4e09519cfbb04c329615203637')),
+        'download the four MNIST idx .gz files, or use the offline copy in '
+        '../shared/data/mnist (config.data.manual_dir)',
+        (0.1307,), (0.3081,), read_idx_dataset),
+    DatasetSpec(
+        'fashion_mnist', (28, 28, 1), 10,
+        _idx_files(_FASHION_URLS, ('f4a8712d7a061bf5bd6d2ca38dc4d50a',
+                                   '9018921c3c673c538a1fc5bad174d6f9',
+                                   '8181f5470baa50b63fa0f6fddb340f0a',
+                                   '15d484375f8d13e6eb1aabb0c3f46965')),
+        'on Debian: `apt-get install -y dataset-fashion-mnist` (files land in '
+        '/usr/share/datasets/fashion-mnist), or download the four idx .gz files',
+        (0.2860,), (0.3530,), read_idx_dataset, ('/usr/share/datasets/fashion-mnist',)),
+    DatasetSpec(
+        'cifar10', (32, 32, 3), 10,
+        {'archive': RawFile('cifar-10-python.tar.gz',
+                            ('https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz',),
+                            None, 'c58f30108f718f92721af3b95e74349a')},
+        'download cifar-10-python.tar.gz, or use the offline copy in '
+        '../shared/data/cifar10 (config.data.manual_dir)',
+        (0.49139968, 0.48215841, 0.44653091), (0.24703223, 0.24348513, 0.26158784),
+        partial(read_cifar_dataset, members={'train': [f'data_batch_{i}' for i in range(1, 6)],
+                                             'test': ['test_batch']}, label_key=b'labels')),
+    DatasetSpec(
+        'cifar100', (32, 32, 3), 100,
+        {'archive': RawFile('cifar-100-python.tar.gz',
+                            ('https://www.cs.toronto.edu/~kriz/cifar-100-python.tar.gz',),
+                            None, 'eb9058c3a382ffc7106e4002c42a8d85')},
+        'download cifar-100-python.tar.gz (about 160 MB) into the manual directory',
+        (0.50707516, 0.48654887, 0.44091784), (0.26733429, 0.25643846, 0.27615047),
+        partial(read_cifar_dataset, members={'train': ['train'], 'test': ['test']},
+                label_key=b'fine_labels')),
+)
+
+SPECS = {}
+BUILDERS = {}
+
+
+def register_dataset(spec: DatasetSpec) -> DatasetSpec:
+  """Makes `spec` usable by name: config.data.name, its tfds builder, models' shapes."""
+  SPECS[spec.name] = spec
+  BUILDERS[spec.name] = _make_builder_class(spec)
+  return spec
 
 
 def get_spec(name: str) -> DatasetSpec:
@@ -299,7 +322,8 @@ def _make_builder_class(spec):
                                               '__module__': __name__})
 
 
-BUILDERS = {name: _make_builder_class(spec) for name, spec in SPECS.items()}
+for _spec in _BUILTIN:
+  register_dataset(_spec)
 
 
 PROVENANCE_FILE = 'pmjax_provenance.json'

@@ -17,14 +17,6 @@ import numpy as np
 
 from pmjax.data import builders
 
-# Per-channel mean / std of each training set (standard published values).
-MEAN_STD = {
-    'mnist': ((0.1307,), (0.3081,)),
-    'fashion_mnist': ((0.2860,), (0.3530,)),
-    'cifar10': ((0.49139968, 0.48215841, 0.44653091), (0.24703223, 0.24348513, 0.26158784)),
-    'cifar100': ((0.50707516, 0.48654887, 0.44091784), (0.26733429, 0.25643846, 0.27615047)),
-}
-
 _REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
@@ -42,16 +34,15 @@ def default_manual_dir(name: str) -> str:
   """Where raw files are looked for when the config names no manual directory.
 
   In order: $PMJAX_MANUAL_DIR/<name>, ../shared/data/<name> beside the repo,
-  /usr/share/datasets/fashion-mnist (Debian's package), and finally
+  the spec's `system_dirs` (e.g. Debian's /usr/share/datasets/fashion-mnist), and finally
   ~/.cache/pmjax/downloads/<name>, where the canonical files are downloaded.
   """
   candidates = []
   if os.environ.get('PMJAX_MANUAL_DIR'):
     candidates.append(os.path.join(os.environ['PMJAX_MANUAL_DIR'], name))
   candidates.append(os.path.join(os.path.dirname(_REPO_ROOT), 'shared', 'data', name))
-  if name == 'fashion_mnist':
-    candidates.append('/usr/share/datasets/fashion-mnist')
   spec = builders.get_spec(name)
+  candidates.extend(spec.system_dirs)
   first_file = next(iter(spec.files.values())).name
   for c in candidates:
     if os.path.exists(os.path.join(c, first_file)):
@@ -131,7 +122,8 @@ def load_splits(data_cfg) -> Splits:
 
 def normalize(x_uint8, dataset: str):
   """uint8 images (..., H, W, C) -> float32, per-channel standardised."""
-  mean, std = MEAN_STD[dataset]
+  spec = builders.get_spec(dataset)
+  mean, std = spec.mean, spec.std
   return (x_uint8.astype(jnp.float32) / 255.0 - jnp.asarray(mean)) / jnp.asarray(std)
 
 
