@@ -28,12 +28,21 @@ is trained towards t_j = sum_i C[j,i] F(X_i), where C (r x k, see
 `coefficient_matrix`) has every square submatrix invertible; decoding solves
 the small (masked, batched, least-squares when over-determined) system for
 up to r missing outputs. With r = 1, C = ones: exactly ParM.
+
+Codes are registered (`register_code(CodeSpec(...))`): a spec names the
+builder, its typed parameters (and the flat config field that carries each),
+the largest r for a k, and what the code needs (a trained parity model or
+not). `make_code` builds any registered code; `CODE_SPECS` lists them. The
+`r` argument of `make_code` has one meaning for every code: how many missing
+outputs a group tolerates (Berrut's S stragglers); `Code.r` is how many coded
+queries the code adds (Berrut non-systematic: K + S, every worker runs one).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import functools
-from typing import Callable, NamedTuple
+from typing import Any, Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -43,64 +52,133 @@ import numpy as np
 class Code(NamedTuple):
   name: str
   k: int                 # data queries per group
-  r: int                 # parity queries per group
+  r: int                 # coded (parity) queries per group
   encode: Callable       # x_BxKx... -> p_BxRx...
   target: Callable       # y_BxKxC -> t_BxRxC
   decode: Callable       # (y_BxKxC, avail_BxK, z_BxRxC, zavail_BxR) -> yhat_BxKxC
+  systematic: bool = True    # F answers the data queries themselves (decode keeps them)
+  tolerates: int = 1         # missing outputs per group it rebuilds (make_code's r)
+  answered_by: str = 'parity_model'  # who answers the coded queries: 'parity_model' (r
+                                     # trained models), 'f' (F itself: training-free codes)
 
 
-CODES = ('sum', 'concat', 'linear', 'berrut')
-PARITY_INPUTS = ('concat', 'sum')
+@dataclasses.dataclass(frozen=True)
+class Param:
+  """A typed parameter of a code, and the flat config field that carries it."""
+  name: str
+  default: Any
+  choices: tuple = ()            # accepted values (empty: any value of the default's type)
+  config_field: str | None = None
+  legacy: Any = None             # what a config written before config_field existed meant
 
 
-def make_code(name: str, k: int, r: int = 1, image_shape=None,
-              parity_input: str = 'concat', systematic: bool = True,
-              coefficients: str = 'auto') -> Code:
-  """Builds the code `name` for groups of `k` queries and `r` parities.
+@dataclasses.dataclass(frozen=True)
+class CodeSpec:
+  """A registered code: how to build it and what the rest of pmjax needs to know."""
+  name: str
+  build: Callable | None         # build(k, r, image_shape, **params) -> Code; None: trained
+  params: tuple = ()             # Param, ...
+  max_r: Callable = lambda k: 1  # the largest r (missing outputs tolerated) for k
+  r_rule: str = 'r=1'            # max_r in words, for error messages
+  trained: bool = True           # needs training (a parity model, or a coder)
+  exact: bool = True             # decode(y, avail, target(y), ...) == y for any y
+  how_to_make: str = ''          # for build=None: how to get one
+  r_hint: str = ''               # said when r is too large
+  describe: Callable | None = None  # describe(r, **params) -> a label naming the variant
+
+
+CODE_SPECS: dict = {}
+PARITY_INPUTS = ('concat', 'sum')   # the linear code's parity query
+
+
+def register_code(spec: CodeSpec) -> CodeSpec:
+  """Makes `spec` buildable by name (`make_code`, `config.code`)."""
+  CODE_SPECS[spec.name] = spec
+  return spec
+
+
+def get_code_spec(name: str) -> CodeSpec:
+  if name not in CODE_SPECS:
+    buildable = [n for n, c in CODE_SPECS.items() if c.build is not None]
+    trained = [n for n, c in CODE_SPECS.items() if c.build is None]
+    raise ValueError(f'code name {name!r} is unknown; accepted values: {buildable}, and '
+                     + ', '.join(repr(n) for n in trained) +
+                     ' (trained: `python -m pmjax.train ... code=NAME`, then '
+                     'pmjax.workdir.load_code)')
+  return CODE_SPECS[name]
+
+
+def code_params(name: str, config) -> dict:
+  """The parameters of code `name` carried by a (flat) run config; a field the config
+  does not have takes the value such a config meant (`Param.legacy`)."""
+  out = {}
+  for p in get_code_spec(name).params:
+    if p.config_field:
+      value = config.get(p.config_field)
+      out[p.name] = (p.legacy if p.legacy is not None else p.default) if value is None else value
+  return out
+
+
+def describe_code(name: str, r: int, params: dict) -> str:
+  """A label naming the code and the parameters that tell its variants apart."""
+  spec = get_code_spec(name)
+  return spec.describe(r, **params) if spec.describe else name
+
+
+def _check_params(spec: CodeSpec, params: dict) -> dict:
+  known = {p.name: p for p in spec.params}
+  unknown = sorted(set(params) - set(known))
+  if unknown:
+    raise ValueError(f'code {spec.name!r} has no parameter {unknown[0]!r}; its parameters: '
+                     f'{sorted(known) or "none"}')
+  out = {}
+  for name, p in known.items():
+    value = params.get(name, p.default)
+    if p.choices and value not in p.choices:
+      raise ValueError(f'{name}={value!r} is unknown for code {spec.name!r}; accepted '
+                       f'values: {list(p.choices)}')
+    out[name] = value
+  return out
+
+
+def make_code(name: str, k: int, r: int = 1, image_shape=None, **params) -> Code:
+  """Builds the registered code `name` for groups of `k` queries tolerating `r`
+  missing outputs.
 
   `image_shape` (H, W, C) is optional; when given, inputs are checked against
-  it and `concat` checks at once that its grid divides the image.
-  `parity_input` ('concat' or 'sum') is the parity query of the `linear` code
-  and `coefficients` its matrix C ('auto', 'balanced', 'cauchy'; see
-  `coefficient_matrix`).
-  For `berrut`, r is the number of stragglers S tolerated and `systematic`
-  chooses the form (see `_berrut_code`).
+  it and `concat` checks at once that its grid divides the image. `params`
+  are the code's own (`CODE_SPECS[name].params`): `linear` takes
+  `parity_input` ('concat' or 'sum') and `coefficients` ('auto', 'balanced',
+  'cauchy'; see `coefficient_matrix`); `berrut` takes `systematic` (see
+  `_berrut_code`).
   """
-  if name == 'learned':
-    raise ValueError("code 'learned' is made of trained networks: train it with "
-                     "`python -m pmjax.train ... code=learned` and load it with "
-                     "pmjax.workdir.load_code(WORKDIR) (or pmjax.learned.make_learned_code)")
-  if name not in CODES:
-    raise ValueError(f'code name {name!r} is unknown; accepted values: {list(CODES)}, and '
-                     f"'learned' (trained: `python -m pmjax.train ... code=learned`, then "
-                     f'pmjax.workdir.load_code)')
+  spec = get_code_spec(name)
+  if spec.build is None:
+    raise ValueError(spec.how_to_make)
   if not isinstance(k, (int, np.integer)) or k < 2:
     raise ValueError(f'k={k!r} is invalid: k (queries per coding group) must be an '
                      f'integer >= 2')
   if not isinstance(r, (int, np.integer)) or r < 1:
-    raise ValueError(f'r={r!r} is invalid: r (parity queries per group) must be an '
-                     f'integer >= 1')
-  if r != 1 and name not in ('linear', 'berrut'):
-    raise ValueError(f'r={r} is not supported by code {name!r}; accepted values: r=1 '
-                     f"(ParM codes tolerate one missing answer per group; use 'linear' "
-                     f'for r >= 2)')
-  if name == 'linear' and r > k:
-    raise ValueError(f'r={r} is not supported by code linear with k={k}; accepted values: '
-                     f'1 <= r <= k')
-  k, r = int(k), int(r)
+    raise ValueError(f'r={r!r} is invalid: r (missing outputs tolerated per group) must be '
+                     f'an integer >= 1')
+  if r > spec.max_r(int(k)):
+    raise ValueError(f'r={r} is not supported by code {name!r} with k={k}; accepted values: '
+                     f'{spec.r_rule}' + (f' ({spec.r_hint})' if spec.r_hint else ''))
+  params = _check_params(spec, params)
   if image_shape is not None:
     image_shape = tuple(int(d) for d in image_shape)
-  if name == 'linear':
-    return _linear_code(k, r, image_shape, parity_input, coefficients)
-  if name == 'berrut':
-    return _berrut_code(k, r, image_shape, systematic)
+  return spec.build(int(k), int(r), image_shape, **params)
+
+
+def _parm_code(name, k, r, image_shape):
+  del r  # 1
   if name == 'sum':
     encode = _sum_encoder(k, image_shape)
   else:
     if image_shape is not None:
       concat_grid(k, image_shape)  # fail at construction, not at first call
     encode = _concat_encoder(k, image_shape)
-  return Code(name, k, r, encode, _sum_target(k), _subtraction_decoder(k))
+  return Code(name, k, 1, encode, _sum_target(k), _subtraction_decoder(k))
 
 
 # --------------------------------------------------------------------------
@@ -118,7 +196,7 @@ def _check_x(x, k, image_shape, min_rank=3):
                      f'{image_shape}, the shape the code was made for')
 
 
-def _check_decode_args(y_BxKxC, avail_BxK, z_BxRxC, zavail_BxR, k, r):
+def check_decode_args(y_BxKxC, avail_BxK, z_BxRxC, zavail_BxR, k, r):
   _check_x(y_BxKxC, k, None)
   b, _, c = y_BxKxC.shape
   if avail_BxK.shape != (b, k) or z_BxRxC.shape != (b, r, c) or zavail_BxR.shape != (b, r):
@@ -128,7 +206,7 @@ def _check_decode_args(y_BxKxC, avail_BxK, z_BxRxC, zavail_BxR, k, r):
         f'with B={b}, K={k}, R={r}, C={c}')
 
 
-def _raise_if_undecodable(decodable_B, masks, why):
+def raise_if_undecodable(decodable_B, masks, why):
   """With concrete masks, a group that cannot be decoded is an error (`why(g)` says
   why); under jit its rows come back NaN instead."""
   if _is_concrete(*masks) and not bool(np.all(decodable_B)):
@@ -237,12 +315,12 @@ def _is_concrete(*arrays):
 def _subtraction_decoder(k):
   def decode(y_BxKxC, avail_BxK, z_BxRxC, zavail_BxR):
     """Missing answer = F_P(P) - sum of the available ones; available rows unchanged."""
-    _check_decode_args(y_BxKxC, avail_BxK, z_BxRxC, zavail_BxR, k, 1)
+    check_decode_args(y_BxKxC, avail_BxK, z_BxRxC, zavail_BxR, k, 1)
     avail_BxK = avail_BxK.astype(bool)
     zavail_B = zavail_BxR[:, 0].astype(bool)
     n_missing_B = k - jnp.sum(avail_BxK, axis=1)
     decodable_B = (n_missing_B == 0) | ((n_missing_B == 1) & zavail_B)
-    _raise_if_undecodable(decodable_B, (avail_BxK, zavail_BxR), lambda g: (
+    raise_if_undecodable(decodable_B, (avail_BxK, zavail_BxR), lambda g: (
         f'{int(n_missing_B[g])} of k={k} outputs missing and parity available='
         f'{bool(zavail_B[g])}; this code (r=1) rebuilds at most one missing output, and '
         f'only when the parity output arrived'))
@@ -294,8 +372,7 @@ def coefficient_matrix(k: int, r: int, kind: str = 'auto') -> np.ndarray:
     raise ValueError(f'coefficients={kind!r} is unknown; accepted values: {list(COEFFICIENTS)}')
   if r == 1:
     return np.ones((1, k), np.float32)
-  if kind == 'auto':
-    kind = 'balanced' if r == 2 else 'cauchy'
+  kind = _resolve_coefficients(r, kind)
   if kind == 'balanced':
     if r != 2:
       raise ValueError(f"coefficients='balanced' is defined for r <= 2, not r={r}; use "
@@ -308,6 +385,11 @@ def coefficient_matrix(k: int, r: int, kind: str = 'auto') -> np.ndarray:
     c = 1.0 / (a[:, None] - np.arange(k)[None, :])
   c = c * (np.sqrt(k) / np.linalg.norm(c, axis=1, keepdims=True))
   return c.astype(np.float32)
+
+
+def _resolve_coefficients(r: int, kind: str) -> str:
+  """The matrix 'auto' stands for at r parities."""
+  return ('balanced' if r == 2 else 'cauchy') if kind == 'auto' else kind
 
 
 def _linear_code(k, r, image_shape, parity_input, coefficients):
@@ -330,12 +412,12 @@ def _linear_code(k, r, image_shape, parity_input, coefficients):
 
   def decode(y_BxKxC, avail_BxK, z_BxRxC, zavail_BxR):
     """Solves C[avail parities, missing] u = z - C[:, avail] y for the missing rows."""
-    _check_decode_args(y_BxKxC, avail_BxK, z_BxRxC, zavail_BxR, k, r)
+    check_decode_args(y_BxKxC, avail_BxK, z_BxRxC, zavail_BxR, k, r)
     avail = avail_BxK.astype(bool)
     zavail = zavail_BxR.astype(bool)
     n_missing_B = k - jnp.sum(avail, axis=1)
     decodable_B = n_missing_B <= jnp.sum(zavail, axis=1)
-    _raise_if_undecodable(decodable_B, (avail_BxK, zavail_BxR), lambda g: (
+    raise_if_undecodable(decodable_B, (avail_BxK, zavail_BxR), lambda g: (
         f'{int(n_missing_B[g])} of k={k} outputs missing but only '
         f'{int(np.sum(np.asarray(zavail)[g]))} of r={r} parity outputs available; the '
         f'linear code rebuilds m missing outputs from >= m parities'))
@@ -355,7 +437,7 @@ def _linear_code(k, r, image_shape, parity_input, coefficients):
     u = jnp.where(decodable_B[:, None, None], u, jnp.nan)
     return jnp.where(avail[..., None], y_BxKxC, u)
 
-  return Code('linear', k, r, encode, target, decode)
+  return Code('linear', k, r, encode, target, decode, tolerates=r)
 
 
 def solve_small(a_BxKxK, b_BxKxC):
@@ -459,7 +541,7 @@ def _berrut_code(k, s, image_shape, systematic):
     order = np.argsort(-nodes, kind='stable')          # descending, as Berrut needs
 
   def decode(y_BxKxC, avail_BxK, z_BxRxC, zavail_BxR):
-    _check_decode_args(y_BxKxC, avail_BxK, z_BxRxC, zavail_BxR, k, r)
+    check_decode_args(y_BxKxC, avail_BxK, z_BxRxC, zavail_BxR, k, r)
     avail, zavail = avail_BxK.astype(bool), zavail_BxR.astype(bool)
     if systematic:
       n_avail_B = jnp.sum(avail, 1) + jnp.sum(zavail, 1)
@@ -471,7 +553,7 @@ def _berrut_code(k, s, image_shape, systematic):
       values, mask = z_BxRxC, zavail
       w = berrut_weights(beta, zavail, alpha)
     decodable_B = n_avail_B >= k
-    _raise_if_undecodable(decodable_B, (avail_BxK, zavail_BxR), lambda g: (
+    raise_if_undecodable(decodable_B, (avail_BxK, zavail_BxR), lambda g: (
         f'{int(n_avail_B[g])} outputs available, the Berrut code (K={k}, S={s}) needs '
         f'any {k} of its {k + s}'))
     yhat = jnp.einsum('btm,bmc->btc', jnp.where(mask[:, None, :], w, 0.0),
@@ -479,4 +561,37 @@ def _berrut_code(k, s, image_shape, systematic):
     yhat = jnp.where(decodable_B[:, None, None], yhat, jnp.nan)
     return jnp.where(avail[..., None], y_BxKxC, yhat)
 
-  return Code('berrut', k, r, encode, target, decode)
+  return Code('berrut', k, r, encode, target, decode, systematic=systematic, tolerates=s,
+              answered_by='f')
+
+
+# --------------------------------------------------------------------------
+# The registry.
+# --------------------------------------------------------------------------
+
+_PARM_HINT = ("ParM codes tolerate one missing answer per group; use 'linear' for r >= 2")
+for _name in ('sum', 'concat'):
+  register_code(CodeSpec(_name, functools.partial(_parm_code, _name), r_hint=_PARM_HINT))
+register_code(CodeSpec(
+    'linear', lambda k, r, shape, parity_input, coefficients: _linear_code(
+        k, r, shape, parity_input, coefficients),
+    params=(Param('parity_input', 'concat', ('concat', 'sum'), 'parity_input', 'concat'),
+            Param('coefficients', 'auto', ('auto', 'balanced', 'cauchy'),
+                  'linear_coefficients', 'cauchy')),
+    max_r=lambda k: k, r_rule='1 <= r <= k',
+    describe=lambda r, parity_input, coefficients: (
+        f"linear ({_resolve_coefficients(r, coefficients)}, {parity_input} query)")))
+register_code(CodeSpec(
+    'berrut', lambda k, r, shape, systematic: _berrut_code(k, r, shape, systematic),
+    params=(Param('systematic', True, (True, False)),), max_r=lambda k: 1 << 30, r_rule='r >= 1',
+    trained=False,
+    exact=False))
+register_code(CodeSpec(
+    'learned', None, trained=True, max_r=lambda k: k, r_rule='1 <= r <= k',
+    params=(Param('loss', 'mse', ('mse', 'kl', 'ce'), 'learned_loss', 'mse'),
+            Param('encoder', 'mlp', ('mlp', 'conv'), 'learned_encoder', 'mlp'),
+            Param('train_parity', False, (True, False), 'learned_train_parity', False)),
+    describe=lambda r, loss, encoder, train_parity: f'learned ({encoder} encoder, {loss} loss)',
+    how_to_make="code 'learned' is made of trained networks: train it with "
+                "`python -m pmjax.train ... code=learned` and load it with "
+                "pmjax.workdir.load_code(WORKDIR) (or pmjax.learned.make_learned_code)"))

@@ -131,13 +131,21 @@ def make_learned_code(coder: LearnedCoder, variables) -> codes.Code:
                      'trained through F (see pmjax.learned)')
 
   def decode(y_BxKxC, avail_BxK, z_BxRxC, zavail_BxR):
-    avail = avail_BxK.astype(bool)
+    codes.check_decode_args(y_BxKxC, avail_BxK, z_BxRxC, zavail_BxR, k, r)
+    avail, zavail = avail_BxK.astype(bool), zavail_BxR.astype(bool)
+    # As for linear codes: m missing outputs need m parity outputs.
+    n_missing_B, n_parity_B = jnp.sum(~avail, 1), jnp.sum(zavail, 1)
+    decodable_B = n_missing_B <= n_parity_B
+    codes.raise_if_undecodable(decodable_B, (avail_BxK, zavail_BxR), lambda g: (
+        f'{int(n_missing_B[g])} of k={k} outputs missing but only {int(n_parity_B[g])} of '
+        f'r={r} parity outputs available'))
     y_in = jnp.where(avail[..., None], y_BxKxC, 0.0)
-    z_in = jnp.where(zavail_BxR.astype(bool)[..., None], z_BxRxC, 0.0)
+    z_in = jnp.where(zavail[..., None], z_BxRxC, 0.0)
     yhat = coder.apply(variables, y_in, z_in, method='decode_logits')
+    yhat = jnp.where(decodable_B[:, None, None], yhat, jnp.nan)
     return jnp.where(avail[..., None], y_BxKxC, yhat)
 
-  return codes.Code('learned', k, r, encode, target, decode)
+  return codes.Code('learned', k, r, encode, target, decode, tolerates=r)
 
 
 def learned_batch(data, idx_BxK, keys_BxK, dataset):

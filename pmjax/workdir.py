@@ -23,11 +23,10 @@ from pmjax.data import builders
 # Fields that cannot change what a run computes: they may differ when it is resumed.
 NEUTRAL_FIELDS = ('progress_bar', 'stop_after_epochs', 'eval_batch_size', 'data.manual_dir',
                   'data.data_dir', 'data.download')
-# Fields one code reads, with the value a config written before the field existed meant.
-CODE_FIELDS = {
-    'linear': {'parity_input': 'concat', 'linear_coefficients': 'cauchy'},
-    'learned': {'learned_loss': 'mse', 'learned_encoder': 'mlp', 'learned_train_parity': False},
-}
+# Fields one code reads, with the value a config written before the field existed meant
+# (from the code registry: each code's `Param.config_field` and `Param.legacy`).
+CODE_FIELDS = {name: {p.config_field: p.legacy for p in spec.params if p.config_field}
+               for name, spec in codes.CODE_SPECS.items()}
 # What a base run does not read (F's parity models come later, from another workdir).
 _NOT_READ_BY_BASE = ('parity.', 'code', 'k', 'r', 'parity_model', 'base_workdir')
 
@@ -190,14 +189,11 @@ def model_names(config) -> tuple:
 
 def make_code(config) -> codes.Code:
   """The code of a parity run's config (code='learned' needs its trained networks:
-  `load_code`).
-
-  A config written before `linear_coefficients` existed used the Cauchy matrix.
-  """
+  `load_code`), with the parameters its config carries (`codes.code_params`: a config
+  written before a field existed gets the value it meant, e.g. Cauchy coefficients)."""
   spec = builders.get_spec(config.data.name)
   return codes.make_code(config.code, config.k, config.get('r', 1), image_shape=spec.image_shape,
-                         parity_input=config.get('parity_input', 'concat'),
-                         coefficients=config.get('linear_coefficients', 'cauchy'))
+                         **codes.code_params(config.code, config))
 
 
 def load_code(workdir: str, which: str = 'best') -> codes.Code:

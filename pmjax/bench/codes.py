@@ -103,16 +103,9 @@ def berrut_row(base_workdir, k, s, systematic, batch=500, outputs='logits'):
 
 
 def _code_label(config) -> str:
-  """The code's name with the choices that tell its variants apart."""
-  if config.code == 'linear':
-    coefficients = config.get('linear_coefficients', 'cauchy')
-    if coefficients == 'auto':
-      coefficients = 'balanced' if config.r == 2 else 'cauchy'
-    return f"linear ({coefficients}, {config.get('parity_input', 'concat')} query)"
-  if config.code == 'learned':
-    return (f"learned ({config.get('learned_encoder', 'mlp')} encoder, "
-            f"{config.get('learned_loss', 'mse')} loss)")
-  return config.code
+  """The code's name with the parameters that tell its variants apart."""
+  return codes.describe_code(config.code, config.get('r', 1),
+                             codes.code_params(config.code, config))
 
 
 def parity_row(workdir):
