@@ -85,6 +85,7 @@ class CodeSpec:
   how_to_make: str = ''          # for build=None: how to get one
   r_hint: str = ''               # said when r is too large
   describe: Callable | None = None  # describe(r, **params) -> a label naming the variant
+  task: str = 'parity'           # the training task of pmjax.tasks that trains it
 
 
 CODE_SPECS: dict = {}
@@ -587,7 +588,7 @@ register_code(CodeSpec(
     trained=False,
     exact=False))
 register_code(CodeSpec(
-    'learned', None, trained=True, max_r=lambda k: k, r_rule='1 <= r <= k',
+    'learned', None, trained=True, max_r=lambda k: k, r_rule='1 <= r <= k', task='learned',
     params=(Param('loss', 'mse', ('mse', 'kl', 'ce'), 'learned_loss', 'mse'),
             Param('encoder', 'mlp', ('mlp', 'conv'), 'learned_encoder', 'mlp'),
             Param('train_parity', False, (True, False), 'learned_train_parity', False)),

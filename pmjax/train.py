@@ -39,9 +39,9 @@ import optax
 from jax.sharding import Mesh, PartitionSpec as P
 from tqdm import tqdm
 
-from pmjax import checkpoint, config_utils, inference, learned, metrics, workdir as wd
+from pmjax import checkpoint, config_utils, metrics, tasks, workdir as wd
 from pmjax.data import builders, pipeline
-from pmjax.mesh import local_copy, make_mesh, replicate  # noqa: F401  (train.make_mesh)
+from pmjax.mesh import local_copy, make_mesh, replicate
 
 
 class TrainState(train_state.TrainState):
@@ -78,13 +78,6 @@ def make_optimizer(optim_cfg, total_steps: int) -> optax.GradientTransformation:
   raise ValueError(f"config optim.name={name!r} is unknown; accepted: 'adam', 'adamw', 'sgd'")
 
 
-def init_variables(model, seed: int, input_shape) -> dict:
-  """Variables of `model` for inputs of shape (batch, *input_shape)."""
-  variables = jax.jit(partial(model.init, train=False))(
-      jax.random.key(seed), jnp.zeros((1, *input_shape), jnp.float32))
-  return {'params': variables['params'], 'batch_stats': variables.get('batch_stats', {})}
-
-
 def create_state(model, tx, variables) -> TrainState:
   return TrainState.create(apply_fn=model.apply, params=variables['params'], tx=tx,
                            batch_stats=variables['batch_stats'])
@@ -113,50 +106,8 @@ def initialize_distributed():
 
 
 # ---------------------------------------------------------------------------
-# Losses, batches and the train step (pure, module level).
+# The train step and a jitted chunk of steps (pure, module level).
 # ---------------------------------------------------------------------------
-
-def _apply_train(apply_fn, params, batch_stats, x):
-  """Applies a model in train mode; returns (outputs, new batch stats)."""
-  if batch_stats:
-    out, updates = apply_fn({'params': params, 'batch_stats': batch_stats}, x, train=True,
-                            mutable=['batch_stats'])
-    return out, updates['batch_stats']
-  return apply_fn({'params': params}, x, train=True), batch_stats
-
-
-def base_loss(apply_fn, params, batch_stats, batch):
-  """Cross-entropy of F on a batch {'x', 'label'}."""
-  logits, new_bs = _apply_train(apply_fn, params, batch_stats, batch['x'])
-  loss = optax.softmax_cross_entropy_with_integer_labels(logits, batch['label']).mean()
-  return loss, new_bs
-
-
-def parity_loss(apply_fn, params, batch_stats, batch):
-  """MSE between F_P(parity queries) and the code's target {'p', 't'}."""
-  p = batch['p']
-  out, new_bs = _apply_train(apply_fn, params, batch_stats, inference.parity_model_input(p))
-  loss = jnp.mean((out.reshape(*p.shape[:2], -1) - batch['t']) ** 2)
-  return loss, new_bs
-
-
-def base_batch(data, idx_Bx1, keys_Bx1, dataset, augment):
-  idx = idx_Bx1[:, 0]
-  x = pipeline.preprocess(keys_Bx1[:, 0], data['train_x'][idx], dataset, augment)
-  return {'x': x, 'label': data['train_y'][idx]}
-
-
-def parity_batch(data, idx_BxK, keys_BxK, dataset, augment, code, base_apply):
-  b, k = idx_BxK.shape
-  x_raw = data['train_x'][idx_BxK.reshape(-1)]
-  x = pipeline.preprocess(keys_BxK.reshape(-1), x_raw, dataset, augment)
-  if 'targets' in data:  # F's outputs precomputed once (no augmentation)
-    y_BxKxC = data['targets'][idx_BxK]
-  else:
-    y_BxKxC = base_apply(data['base_vars'], x, train=False).reshape(b, k, -1)
-  x_BxKx = x.reshape(b, k, *x.shape[1:])
-  return {'p': code.encode(x_BxKx), 't': code.target(lax.stop_gradient(y_BxKxC))}
-
 
 def train_step(state: TrainState, batch: dict, loss_fn: Callable):
   """One SGD step on this device's batch; gradients averaged over the 'data' axis."""
@@ -219,57 +170,6 @@ def make_train_chunk(mesh: Mesh, loss_fn, batch_fn, global_batch: int, group_siz
 @partial(jax.jit, static_argnums=(1, 2))
 def epoch_permutation(key, n: int, used: int):
   return jax.random.permutation(key, n)[:used].astype(jnp.int32)
-
-
-# ---------------------------------------------------------------------------
-# Evaluation during training.
-# ---------------------------------------------------------------------------
-
-class BaseEvaluator:
-  """Accuracy of F on val and test; best = highest val accuracy."""
-  best_key = 'val_A_a'
-
-  def __init__(self, model, dataset, splits, batch_size):
-    self.predict = inference.make_predict(model, dataset)
-    self.splits = {'val': (splits.val_x, splits.val_y), 'test': (splits.test_x, splits.test_y)}
-    self.batch_size = batch_size
-
-  def __call__(self, variables) -> dict:
-    out = {}
-    for name, (x, y) in self.splits.items():
-      logits = inference.batched(self.predict, variables, x, self.batch_size)
-      for key, v in metrics.accuracy_metrics(logits, y).items():
-        out[f'{name}_{key}'] = v
-    return out
-
-
-class ParityEvaluator:
-  """A_d and reconstruction accuracy over fixed val/test groups, every position erased.
-
-  `parity_outputs(variables, x_GxK) -> (code, z_GxRxC)` runs the trained part:
-  `inference.make_parity_outputs` (a parity model) or `learned.make_parity_outputs`
-  (a learned encoder in front of the frozen F).
-  """
-  best_key = 'val_recon_top1'
-
-  def __init__(self, parity_outputs, k, splits, base_logits):
-    self.parity_outputs = parity_outputs
-    self.groups = {}
-    for name in ('val', 'test'):
-      x, y = getattr(splits, f'{name}_x'), getattr(splits, f'{name}_y')
-      x_GxK, y_GxK = inference.fixed_groups(x, y, k)
-      logits = base_logits[name][:x_GxK.shape[0] * k].reshape(*y_GxK.shape, -1)
-      self.groups[name] = (x_GxK, y_GxK, logits)
-
-  def __call__(self, variables) -> dict:
-    out = {}
-    for name, (x_GxK, y_GxK, logits_GxKxC) in self.groups.items():
-      code, z = self.parity_outputs(variables, x_GxK)
-      m = metrics.degraded_metrics(code, jnp.asarray(logits_GxKxC), jnp.asarray(z),
-                                   jnp.asarray(y_GxK))
-      for key in ('A_d_top1', 'A_d_top5', 'recon_top1'):
-        out[f'{name}_{key}'] = m[key]
-    return out
 
 
 # ---------------------------------------------------------------------------
@@ -403,84 +303,31 @@ def _train_stage(config, workdir: str, allow_config_change: bool) -> dict:
     _, base_model, base_vars = load_base_model(config.base_workdir, dataset, config.model)
   wd.write_config(workdir, config, write=jax.process_index() == 0,
                   allow_change=allow_config_change)
-  spec = builders.get_spec(dataset)
+  # ----- Data and the task: what is trained, on what, with which loss. -----
   splits = pipeline.load_splits(config.data)
-  mesh = make_mesh()
-  stage_cfg = _stage_cfg(config)
-  batch_size = resolve_batch_size(config)
-  augment = bool(config.data.get('augment', False))
   eval_bs = config.get('eval_batch_size', 1000)
-
-  data = {'train_x': splits.train_x, 'train_y': splits.train_y}
-  if config.stage == 'base':
-    model = wd.build_model(config.model, dataset)
-    group_size = 1
-    loss_fn = base_loss
-    batch_fn = partial(base_batch, dataset=dataset, augment=augment)
-    evaluator = BaseEvaluator(model, dataset, splits, eval_bs)
-  else:
-    group_size = config.k
-    base_predict = inference.make_predict(base_model, dataset)
-    base_logits = {n: inference.batched(base_predict, base_vars, getattr(splits, f'{n}_x'),
-                                        eval_bs) for n in ('val', 'test')}
-    if augment or config.code == 'learned':
-      data['base_vars'] = base_vars
-    if not augment:
-      data['targets'] = inference.batched(base_predict, base_vars, splits.train_x, eval_bs)
-    if config.code == 'learned':  # encoder + decoder trained through the frozen F
-      if augment:
-        raise ValueError("code 'learned' does not support augmentation yet "
-                         "(--config.data.augment=False)")
-      if config.get('parity_model') not in ('', None, config.model):
-        raise ValueError(
-            f"code 'learned' runs F's own architecture on the parity queries (frozen, or a "
-            f"trained copy with --config.learned_train_parity=True), not parity_model="
-            f"{config.parity_model!r}; leave parity_model empty")
-      model = learned.make_coder(config.k, config.r, spec.num_classes, spec.image_shape,
-                                 config.get('learned_encoder', 'mlp'))
-      train_parity = bool(config.get('learned_train_parity', False))
-      loss_fn = partial(learned.learned_loss, f_apply=base_model.apply,
-                        loss=config.get('learned_loss', 'mse'), train_parity=train_parity)
-      batch_fn = partial(learned.learned_batch, dataset=dataset)
-      evaluator = ParityEvaluator(learned.make_parity_outputs(
-          model, base_model, base_vars, dataset, eval_bs, train_parity), config.k, splits,
-                                  base_logits)
-    else:
-      code = wd.make_code(config)
-      model = wd.build_model(wd.model_names(config)[1], dataset, code.r, code.k)
-      loss_fn = parity_loss
-      batch_fn = partial(parity_batch, dataset=dataset, augment=augment, code=code,
-                         base_apply=base_model.apply)
-      evaluator = ParityEvaluator(inference.make_parity_outputs(model, code, dataset, eval_bs),
-                                  config.k, splits, base_logits)
-
+  task = tasks.make_task(config, splits, eval_bs,
+                         base=(base_model, base_vars) if config.stage == 'parity' else None)
+  mesh = make_mesh()
+  batch_size = resolve_batch_size(config)
   n_train = splits.train_x.shape[0]
-  steps_per_epoch = (n_train // group_size) // batch_size
+  steps_per_epoch = (n_train // task.group_size) // batch_size
   if steps_per_epoch == 0:
     raise ValueError(f'{n_train} training examples make no full batch of {batch_size} '
-                     f'groups of {group_size}; lower the batch size')
+                     f'groups of {task.group_size}; lower the batch size')
+
+  # ----- State, data on every device, the jitted chunk of steps. -----
+  stage_cfg = _stage_cfg(config)
   num_epochs = stage_cfg.num_epochs
   tx = make_optimizer(stage_cfg.optim, steps_per_epoch * num_epochs)
-  input_shape = spec.image_shape
-  if config.stage == 'parity' and config.r > 1:
-    input_shape = (config.r, *input_shape)   # the r stacked parity models
-  if config.code == 'learned' and config.stage == 'parity':
-    variables = learned.init_variables(model, config.seed, base_vars,
-                                       config.get('learned_train_parity', False))
-  else:
-    variables = init_variables(model, config.seed, input_shape)
-  state = replicate(create_state(model, tx, variables), mesh)
-  data = replicate(data, mesh)
-  model_name = config.model if config.stage == 'base' else wd.model_names(config)[1]
-  if config.stage == 'parity' and config.code == 'learned':
-    # The coder's own layers decide (F runs frozen in the loss), and a trained copy of F's.
-    model_name = 'conv' if config.get('learned_encoder', 'mlp') == 'conv' else 'mlp'
-    if config.get('learned_train_parity', False) and config.model != 'mlp':
-      model_name = config.model
-  unroll, steps_per_call = scan_unroll(config, model_name)
-  run_chunk = make_train_chunk(mesh, loss_fn, batch_fn, batch_size, group_size, unroll)
+  state = replicate(create_state(task.model, tx, task.init_variables(config.seed)), mesh)
+  data = replicate({'train_x': splits.train_x, 'train_y': splits.train_y, **task.data}, mesh)
+  unroll, steps_per_call = scan_unroll(config, task.unroll_model)
+  run_chunk = make_train_chunk(mesh, task.loss_fn, task.batch_fn, batch_size,
+                               task.group_size, unroll)
+  evaluator, group_size = task.evaluator, task.group_size
 
-  # Resume.
+  # ----- Resume from the latest good checkpoint. -----
   ckpts = checkpoint.Checkpoints(workdir)
   start_epoch, best, best_epoch = 0, -math.inf, 0
   restored = ckpts.restore('latest', _ckpt_tree(state, 0, best, 0))
@@ -495,6 +342,7 @@ def _train_stage(config, workdir: str, allow_config_change: bool) -> dict:
   writer = metrics.MetricWriter(workdir, resume_epoch=start_epoch,
                                 enabled=jax.process_index() == 0)
 
+  # ----- Epochs: train, evaluate, save best -> metrics row -> latest. -----
   data_key = jax.random.key(config.seed + 1)
   used = steps_per_epoch * batch_size * group_size
   chunk = min(steps_per_call, steps_per_epoch)

@@ -200,13 +200,13 @@ def test_real_loop_killed_instance_loses_nothing():
   """Real compiled models (mlp, random weights), coded mode, base0 dies mid-run."""
   import jax
   from functools import partial
-  from pmjax import inference, train
+  from pmjax import inference, tasks
   from pmjax.models import get_model
   from pmjax.serving import loadgen
   from pmjax.serving.instance import CompiledPredict
   model = get_model('mlp', 10)
-  f_vars = train.init_variables(model, 0, (28, 28, 1))
-  p_vars = train.init_variables(model, 1, (28, 28, 1))
+  f_vars = tasks.init_variables(model, 0, (28, 28, 1))
+  p_vars = tasks.init_variables(model, 1, (28, 28, 1))
   code = make_code('concat', 2, image_shape=(28, 28, 1))
   base = [CompiledPredict(inference.make_predict(model, 'mnist'), f_vars) for _ in range(2)]
   parity = [CompiledPredict(inference.make_apply(model), p_vars)]

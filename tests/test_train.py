@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from functools import partial
 
-from pmjax import checkpoint, codes, evaluate, metrics, train, workdir as wd
+from pmjax import checkpoint, codes, evaluate, metrics, tasks, train, workdir as wd
 from pmjax.models import get_model
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -35,11 +35,11 @@ def _one_chunk(devices, n_steps=2, optim=None):
   model = get_model('mlp', 10)
   mesh = train.make_mesh(devices)
   tx = train.make_optimizer(optim or _adam(), 10)
-  state = train.replicate(train.create_state(model, tx, train.init_variables(
+  state = train.replicate(train.create_state(model, tx, tasks.init_variables(
       model, 0, (28, 28, 1))), mesh)
-  batch_fn = partial(train.parity_batch, dataset='mnist', augment=False, code=code,
+  batch_fn = partial(tasks.parity_batch, dataset='mnist', augment=False, code=code,
                      base_apply=None)
-  run = train.make_train_chunk(mesh, train.parity_loss, batch_fn, 16, 2)
+  run = train.make_train_chunk(mesh, tasks.parity_loss, batch_fn, 16, 2)
   perm = jnp.asarray(rng.permutation(256), jnp.int32)
   state, m = run(state, train.replicate(data, mesh), perm, jnp.int32(0),
                  jax.random.key(0), n_steps=n_steps)
@@ -72,7 +72,7 @@ def test_one_vs_two_devices_adam_within_rounding():
 
 def test_batch_must_divide_devices():
   with pytest.raises(ValueError, match='does not divide by the 2 devices'):
-    train.make_train_chunk(train.make_mesh(), train.parity_loss, None, 15, 2)
+    train.make_train_chunk(train.make_mesh(), tasks.parity_loss, None, 15, 2)
 
 
 @pytest.fixture(scope='module')

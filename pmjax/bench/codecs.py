@@ -20,7 +20,7 @@ from absl import app, flags
 import jax
 import numpy as np
 
-from pmjax import codes, inference, train
+from pmjax import codes, inference, tasks
 from pmjax.models import get_model
 from pmjax.serving.instance import CompiledPredict
 
@@ -44,7 +44,7 @@ def measure(model_name, code_name='concat', k=2, batch_size=1, calls=500):
   decode = jax.jit(code.decode)
   model = get_model(model_name, 10)
   predict = CompiledPredict(inference.make_predict(model, 'mnist'),
-                            train.init_variables(model, 0, shape))
+                            tasks.init_variables(model, 0, shape))
   x_group = np.zeros((batch_size, k, *shape), np.uint8)
   x_batch = np.zeros((batch_size, *shape), np.uint8)
   y = np.zeros((batch_size, k, 10), np.float32)

@@ -26,7 +26,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from pmjax import codes, inference, train
+from pmjax import codes, inference, tasks, train
 from pmjax.data import pipeline
 from pmjax.models import get_model
 
@@ -57,7 +57,7 @@ def run(code_name='sum', k=2, batch=64, epochs=5, model_name='mlp', chunk=100,
                              train_y=splits.train_y[:train_limit])
   code = codes.make_code(code_name, k, image_shape=(28, 28, 1))
   base, parity = get_model(model_name, 10), get_model(model_name, 10)
-  base_vars = train.init_variables(base, 1, (28, 28, 1))
+  base_vars = tasks.init_variables(base, 1, (28, 28, 1))
   predict = inference.make_predict(base, 'mnist')
   base_logits = {n: inference.batched(predict, base_vars, getattr(splits, f'{n}_x'), 1000)
                  for n in ('val', 'test')}
@@ -69,11 +69,11 @@ def run(code_name='sum', k=2, batch=64, epochs=5, model_name='mlp', chunk=100,
                                                schedule='constant'))
   state = train.replicate(train.create_state(
       parity, train.make_optimizer(optim, steps * epochs),
-      train.init_variables(parity, 0, (28, 28, 1))), mesh)
-  batch_fn = partial(train.parity_batch, dataset='mnist', augment=False,
+      tasks.init_variables(parity, 0, (28, 28, 1))), mesh)
+  batch_fn = partial(tasks.parity_batch, dataset='mnist', augment=False,
                                      code=code, base_apply=base.apply)
-  run_chunk = train.make_train_chunk(mesh, train.parity_loss, batch_fn, batch, k)
-  evaluator = train.ParityEvaluator(inference.make_parity_outputs(parity, code, 'mnist', 1000),
+  run_chunk = train.make_train_chunk(mesh, tasks.parity_loss, batch_fn, batch, k)
+  evaluator = tasks.ParityEvaluator(inference.make_parity_outputs(parity, code, 'mnist', 1000),
                                     k, splits, base_logits)
   key = jax.random.key(0)
   n = splits.train_x.shape[0]

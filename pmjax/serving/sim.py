@@ -206,14 +206,14 @@ def summarize(result) -> dict:
 def measure_service_samples(model_name: str, n: int = 300, dataset: str = 'mnist',
                             batch_size: int = 1) -> np.ndarray:
   """Service times (s) of a real compiled instance of `model_name` on this machine."""
-  from pmjax import inference, train  # pylint: disable=g-import-not-at-top
+  from pmjax import inference, tasks  # pylint: disable=g-import-not-at-top
   from pmjax.data import builders  # pylint: disable=g-import-not-at-top
   from pmjax.models import get_model  # pylint: disable=g-import-not-at-top
   from pmjax.serving.instance import CompiledPredict  # pylint: disable=g-import-not-at-top
   spec = builders.get_spec(dataset)
   model = get_model(model_name, spec.num_classes)
   predict = CompiledPredict(inference.make_predict(model, dataset),
-                            train.init_variables(model, 0, spec.image_shape))
+                            tasks.init_variables(model, 0, spec.image_shape))
   x = np.zeros((batch_size, *spec.image_shape), np.uint8)
   for _ in range(5):
     predict(x)

@@ -1,0 +1,254 @@
+"""Training tasks: what is trained, on what, with which loss and evaluator.
+
+A task gives the training loop (`pmjax.train`) everything that differs between
+kinds of training, so the loop has no branch on the stage or the code:
+
+  task.model               the Flax module being trained
+  task.group_size          examples per training item (1 for F, k for a code)
+  task.data                arrays put on every device besides train_x / train_y
+  task.init_variables(seed)
+  task.loss_fn(apply_fn, params, batch_stats, batch) -> (loss, new batch stats)
+  task.batch_fn(data, idx_BxG, keys_BxG) -> batch     (pure, inside the jitted step)
+  task.evaluator(variables) -> {metric: value}, with evaluator.best_key
+  task.unroll_model        the model name that decides the CPU scan unroll
+
+Tasks are registered by name (`TASKS`): `base` (F, cross-entropy), `parity`
+(hand-designed codes: F_P trained with MSE towards code.target(F(X))) and
+`learned` (an encoder and decoder trained through the frozen F). A code's
+`CodeSpec.task` names the task that trains it; `task_name(config)` picks.
+"""
+
+from __future__ import annotations
+
+from functools import partial
+
+import jax
+from jax import lax
+import jax.numpy as jnp
+import optax
+
+from pmjax import codes, inference, learned, metrics, workdir as wd
+from pmjax.data import builders, pipeline
+
+
+def init_variables(model, seed: int, input_shape) -> dict:
+  """Variables of `model` for inputs of shape (batch, *input_shape)."""
+  variables = jax.jit(partial(model.init, train=False))(
+      jax.random.key(seed), jnp.zeros((1, *input_shape), jnp.float32))
+  return {'params': variables['params'], 'batch_stats': variables.get('batch_stats', {})}
+
+
+
+# ---------------------------------------------------------------------------
+# Losses and batches (pure, module level).
+# ---------------------------------------------------------------------------
+
+def _apply_train(apply_fn, params, batch_stats, x):
+  """Applies a model in train mode; returns (outputs, new batch stats)."""
+  if batch_stats:
+    out, updates = apply_fn({'params': params, 'batch_stats': batch_stats}, x, train=True,
+                            mutable=['batch_stats'])
+    return out, updates['batch_stats']
+  return apply_fn({'params': params}, x, train=True), batch_stats
+
+
+def base_loss(apply_fn, params, batch_stats, batch):
+  """Cross-entropy of F on a batch {'x', 'label'}."""
+  logits, new_bs = _apply_train(apply_fn, params, batch_stats, batch['x'])
+  loss = optax.softmax_cross_entropy_with_integer_labels(logits, batch['label']).mean()
+  return loss, new_bs
+
+
+def parity_loss(apply_fn, params, batch_stats, batch):
+  """MSE between F_P(parity queries) and the code's target {'p', 't'}."""
+  p = batch['p']
+  out, new_bs = _apply_train(apply_fn, params, batch_stats, inference.parity_model_input(p))
+  loss = jnp.mean((out.reshape(*p.shape[:2], -1) - batch['t']) ** 2)
+  return loss, new_bs
+
+
+def base_batch(data, idx_Bx1, keys_Bx1, dataset, augment):
+  idx = idx_Bx1[:, 0]
+  x = pipeline.preprocess(keys_Bx1[:, 0], data['train_x'][idx], dataset, augment)
+  return {'x': x, 'label': data['train_y'][idx]}
+
+
+def parity_batch(data, idx_BxK, keys_BxK, dataset, augment, code, base_apply):
+  b, k = idx_BxK.shape
+  x_raw = data['train_x'][idx_BxK.reshape(-1)]
+  x = pipeline.preprocess(keys_BxK.reshape(-1), x_raw, dataset, augment)
+  if 'targets' in data:  # F's outputs precomputed once (no augmentation)
+    y_BxKxC = data['targets'][idx_BxK]
+  else:
+    y_BxKxC = base_apply(data['base_vars'], x, train=False).reshape(b, k, -1)
+  x_BxKx = x.reshape(b, k, *x.shape[1:])
+  return {'p': code.encode(x_BxKx), 't': code.target(lax.stop_gradient(y_BxKxC))}
+
+
+
+# ---------------------------------------------------------------------------
+# Evaluators.
+# ---------------------------------------------------------------------------
+
+class BaseEvaluator:
+  """Accuracy of F on val and test; best = highest val accuracy."""
+  best_key = 'val_A_a'
+
+  def __init__(self, model, dataset, splits, batch_size):
+    self.predict = inference.make_predict(model, dataset)
+    self.splits = {'val': (splits.val_x, splits.val_y), 'test': (splits.test_x, splits.test_y)}
+    self.batch_size = batch_size
+
+  def __call__(self, variables) -> dict:
+    out = {}
+    for name, (x, y) in self.splits.items():
+      logits = inference.batched(self.predict, variables, x, self.batch_size)
+      for key, v in metrics.accuracy_metrics(logits, y).items():
+        out[f'{name}_{key}'] = v
+    return out
+
+
+class ParityEvaluator:
+  """A_d and reconstruction accuracy over fixed val/test groups, every position erased.
+
+  `parity_outputs(variables, x_GxK) -> (code, z_GxRxC)` runs the trained part:
+  `inference.make_parity_outputs` (a parity model) or `learned.make_parity_outputs`
+  (a learned encoder in front of the frozen F).
+  """
+  best_key = 'val_recon_top1'
+
+  def __init__(self, parity_outputs, k, splits, base_logits):
+    self.parity_outputs = parity_outputs
+    self.groups = {}
+    for name in ('val', 'test'):
+      x, y = getattr(splits, f'{name}_x'), getattr(splits, f'{name}_y')
+      x_GxK, y_GxK = inference.fixed_groups(x, y, k)
+      logits = base_logits[name][:x_GxK.shape[0] * k].reshape(*y_GxK.shape, -1)
+      self.groups[name] = (x_GxK, y_GxK, logits)
+
+  def __call__(self, variables) -> dict:
+    out = {}
+    for name, (x_GxK, y_GxK, logits_GxKxC) in self.groups.items():
+      code, z = self.parity_outputs(variables, x_GxK)
+      m = metrics.degraded_metrics(code, jnp.asarray(logits_GxKxC), jnp.asarray(z),
+                                   jnp.asarray(y_GxK))
+      for key in ('A_d_top1', 'A_d_top5', 'recon_top1'):
+        out[f'{name}_{key}'] = m[key]
+    return out
+
+
+
+# ---------------------------------------------------------------------------
+# The tasks.
+# ---------------------------------------------------------------------------
+
+class BaseTask:
+  """F trained with cross-entropy on single examples; best by validation accuracy."""
+
+  def __init__(self, config, splits, eval_batch_size: int, base=None):
+    del base
+    dataset = config.data.name
+    self.spec = builders.get_spec(dataset)
+    self.model = wd.build_model(config.model, dataset)
+    self.group_size = 1
+    self.data = {}
+    self.loss_fn = base_loss
+    self.batch_fn = partial(base_batch, dataset=dataset,
+                            augment=bool(config.data.get('augment', False)))
+    self.evaluator = BaseEvaluator(self.model, dataset, splits, eval_batch_size)
+    self.unroll_model = config.model
+
+  def init_variables(self, seed: int) -> dict:
+    return init_variables(self.model, seed, self.spec.image_shape)
+
+
+class _CodeTask:
+  """What the tasks that train a code share: the frozen F, its outputs on every split
+  (targets precomputed once when there is no augmentation), groups of k."""
+
+  def __init__(self, config, splits, eval_batch_size: int, base):
+    self.config, self.dataset = config, config.data.name
+    self.spec = builders.get_spec(self.dataset)
+    self.base_model, self.base_vars = base
+    self.augment = bool(config.data.get('augment', False))
+    self.group_size = config.k
+    predict = inference.make_predict(self.base_model, self.dataset)
+    self.base_logits = {n: inference.batched(predict, self.base_vars,
+                                             getattr(splits, f'{n}_x'), eval_batch_size)
+                        for n in ('val', 'test')}
+    self.data = {}
+    if not self.augment:
+      self.data['targets'] = inference.batched(predict, self.base_vars, splits.train_x,
+                                               eval_batch_size)
+
+
+class ParityTask(_CodeTask):
+  """Hand-designed codes: r parity models F_P trained with MSE towards code.target(F(X))
+  over random groups; best by validation reconstruction accuracy."""
+
+  def __init__(self, config, splits, eval_batch_size: int, base):
+    super().__init__(config, splits, eval_batch_size, base)
+    if self.augment:
+      self.data['base_vars'] = self.base_vars   # F runs inside the step on augmented X
+    self.code = wd.make_code(config)
+    parity_name = wd.model_names(config)[1]
+    self.model = wd.build_model(parity_name, self.dataset, self.code.r, self.code.k)
+    self.loss_fn = parity_loss
+    self.batch_fn = partial(parity_batch, dataset=self.dataset, augment=self.augment,
+                            code=self.code, base_apply=self.base_model.apply)
+    self.evaluator = ParityEvaluator(inference.make_parity_outputs(
+        self.model, self.code, self.dataset, eval_batch_size), config.k, splits,
+                                     self.base_logits)
+    self.unroll_model = parity_name
+
+  def init_variables(self, seed: int) -> dict:
+    r = self.code.r   # r > 1: the r stacked parity models take p_GxRx...
+    shape = self.spec.image_shape if r == 1 else (r, *self.spec.image_shape)
+    return init_variables(self.model, seed, shape)
+
+
+class LearnedTask(_CodeTask):
+  """A learned code: an encoder and a decoder trained through the frozen F (or a
+  trained copy of F) at one erased position per group."""
+
+  def __init__(self, config, splits, eval_batch_size: int, base):
+    super().__init__(config, splits, eval_batch_size, base)
+    if self.augment:
+      raise ValueError("code 'learned' does not support augmentation yet "
+                       "(--config.data.augment=False)")
+    if config.get('parity_model') not in ('', None, config.model):
+      raise ValueError(
+          f"code 'learned' runs F's own architecture on the parity queries (frozen, or a "
+          f"trained copy with --config.learned_train_parity=True), not parity_model="
+          f"{config.parity_model!r}; leave parity_model empty")
+    self.data['base_vars'] = self.base_vars
+    params = codes.code_params('learned', config)
+    self.train_parity = bool(params['train_parity'])
+    self.model = learned.make_coder(config.k, config.r, self.spec.num_classes,
+                                    self.spec.image_shape, params['encoder'])
+    self.loss_fn = partial(learned.learned_loss, f_apply=self.base_model.apply,
+                           loss=params['loss'], train_parity=self.train_parity)
+    self.batch_fn = partial(learned.learned_batch, dataset=self.dataset)
+    self.evaluator = ParityEvaluator(learned.make_parity_outputs(
+        self.model, self.base_model, self.base_vars, self.dataset, eval_batch_size,
+        self.train_parity), config.k, splits, self.base_logits)
+    # The coder's own layers decide (F runs frozen in the loss), and a trained copy of F's.
+    self.unroll_model = 'conv' if params['encoder'] == 'conv' else 'mlp'
+    if self.train_parity and config.model != 'mlp':
+      self.unroll_model = config.model
+
+  def init_variables(self, seed: int) -> dict:
+    return learned.init_variables(self.model, seed, self.base_vars, self.train_parity)
+
+
+TASKS = {'base': BaseTask, 'parity': ParityTask, 'learned': LearnedTask}
+
+
+def task_name(config) -> str:
+  """'base' for stage=base; otherwise the task that trains the config's code."""
+  return 'base' if config.stage == 'base' else codes.get_code_spec(config.code).task
+
+
+def make_task(config, splits, eval_batch_size: int, base=None):
+  """The task of a base or parity config; `base` = (F, its variables) for a code."""
+  return TASKS[task_name(config)](config, splits, eval_batch_size, base)
