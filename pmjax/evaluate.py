@@ -22,8 +22,8 @@ from absl import app, flags, logging
 import jax
 import jax.numpy as jnp
 
-from pmjax import inference, learned, metrics, workdir as wd
-from pmjax.data import builders, pipeline
+from pmjax import inference, metrics, workdir as wd
+from pmjax.data import pipeline
 
 
 def evaluate_workdir(workdir: str, split: str = 'test', batch_size: int = 1000,
@@ -36,44 +36,32 @@ def evaluate_workdir(workdir: str, split: str = 'test', batch_size: int = 1000,
                                write, verbose=False)
     return _finish(workdir, results, write, verbose)
 
+  run = wd.load_run(workdir, 'best')
   splits = pipeline.load_splits(config.data)
   x, y = getattr(splits, f'{split}_x'), getattr(splits, f'{split}_y')
+  logits = inference.batched(inference.make_predict(run.base_model, config.data.name),
+                             run.base_vars, x, batch_size)
   base_dir = workdir if config.stage == 'base' else config.base_workdir
-  base_cfg, base_model, base_vars, base_epoch = wd.load_variables(base_dir, 'best')
-  logits = inference.batched(inference.make_predict(base_model, config.data.name),
-                             base_vars, x, batch_size)
   results = {'workdir': os.path.abspath(workdir), 'split': split,
-             'dataset': config.data.name, 'model': base_cfg.model,
+             'dataset': config.data.name, 'model': config.model,
              'stage': config.stage, 'num_examples': int(x.shape[0])}
   results['A_a'] = metrics.accuracy_metrics(logits, y)['A_a']
-  if config.stage == 'base':
-    results.update(epochs=_epochs_trained(workdir, base_epoch), best_epoch=base_epoch)
+  if run.code is None:
+    results.update(epochs=_epochs_trained(workdir, run.epoch), best_epoch=run.epoch)
     return _finish(workdir, results, write, verbose)
 
-  _, parity_model, parity_vars, epoch = wd.load_variables(workdir, 'best')
-  spec = builders.get_spec(config.data.name)
   x_GxK, y_GxK = inference.fixed_groups(x, y, config.k)
-  train_parity = bool(config.get('learned_train_parity', False))
-  if config.code == 'learned':   # F (or a trained copy) runs on the learned parity queries
-    coder = learned.make_coder(config.k, config.r, spec.num_classes, spec.image_shape,
-                               config.get('learned_encoder', 'mlp'))
-    parity_outputs = learned.make_parity_outputs(coder, base_model, base_vars,
-                                                 config.data.name, batch_size, train_parity)
-    parity_vars = {'params': parity_vars['params']}
-  else:
-    code = wd.make_code(config)
-    parity_outputs = inference.make_parity_outputs(parity_model, code, config.data.name,
-                                                   batch_size)
-  code, z = parity_outputs(parity_vars, x_GxK)
+  code, z = run.parity_outputs(batch_size)(x_GxK)
   logits_GxKxC = logits[:x_GxK.shape[0] * code.k].reshape(*y_GxK.shape, -1)
   degraded = metrics.degraded_metrics(code, jnp.asarray(logits_GxKxC), jnp.asarray(z),
                                       jnp.asarray(y_GxK))
-  learned_name = ('learned encoder/decoder + ' +
-                  (f'trained copy of F ({config.model})' if train_parity else 'frozen F'))
-  results.update({'parity_model': (learned_name if code.name == 'learned'
-                                   else wd.model_names(config)[1]), 'code': code.name,
-                  'k': code.k, 'r': code.r, 'epochs': _epochs_trained(workdir, epoch),
-                  'best_epoch': epoch, 'base_workdir': os.path.abspath(base_dir),
+  parity_name = wd.model_names(config)[1]
+  if run.learned:
+    parity_name = ('learned encoder/decoder + ' + (f'trained copy of F ({config.model})'
+                                                   if run.train_parity else 'frozen F'))
+  results.update({'parity_model': parity_name, 'code': code.name,
+                  'k': code.k, 'r': code.r, 'epochs': _epochs_trained(workdir, run.epoch),
+                  'best_epoch': run.epoch, 'base_workdir': os.path.abspath(base_dir),
                   'num_groups': int(x_GxK.shape[0]), **degraded})
   results['A_o'] = metrics.overall_accuracy(results['A_a'], results['A_d_top1'])
   if code.r > 1:

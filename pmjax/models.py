@@ -11,6 +11,7 @@ from functools import partial
 from typing import Sequence
 
 import flax.linen as nn
+import jax
 import jax.numpy as jnp
 
 
@@ -135,6 +136,13 @@ class Stacked(nn.Module):
                       split_rngs={'params': True}, in_axes=1, out_axes=1,
                       axis_size=self.r)
     return vmapped(self.base, x_BxRx)
+
+  @staticmethod
+  def copy_variables(variables: dict, j: int) -> dict:
+    """The variables of copy j (what the parity instance of slot j runs with `base`)."""
+    return jax.tree.map(lambda a: a[j], {
+        'params': variables['params']['base'],
+        'batch_stats': (variables.get('batch_stats') or {}).get('base', {})})
 
 
 class TileSum(nn.Module):

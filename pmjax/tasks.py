@@ -224,8 +224,7 @@ class LearnedTask(_CodeTask):
     self.data['base_vars'] = self.base_vars
     params = codes.code_params('learned', config)
     self.train_parity = bool(params['train_parity'])
-    self.model = learned.make_coder(config.k, config.r, self.spec.num_classes,
-                                    self.spec.image_shape, params['encoder'])
+    self.model = wd.make_coder(config)
     self.loss_fn = partial(learned.learned_loss, f_apply=self.base_model.apply,
                            loss=params['loss'], train_parity=self.train_parity)
     self.batch_fn = partial(learned.learned_batch, dataset=self.dataset)

@@ -8,16 +8,18 @@
 
 from __future__ import annotations
 
+import dataclasses
 import fcntl
 import json
 import os
 import socket
 import time
+from typing import Any
 
 import jax
 import ml_collections
 
-from pmjax import checkpoint, codes, config_utils, learned, models
+from pmjax import checkpoint, codes, config_utils, inference, learned, models
 from pmjax.data import builders
 
 # Fields that cannot change what a run computes: they may differ when it is resumed.
@@ -196,22 +198,101 @@ def make_code(config) -> codes.Code:
                          **codes.code_params(config.code, config))
 
 
+def make_coder(config) -> learned.LearnedCoder:
+  """The (untrained) encoder/decoder of a code='learned' config."""
+  spec = builders.get_spec(config.data.name)
+  return learned.make_coder(config.k, config.r, spec.num_classes, spec.image_shape,
+                            codes.code_params('learned', config)['encoder'])
+
+
 def load_code(workdir: str, which: str = 'best') -> codes.Code:
   """The code of a parity workdir, ready to encode and decode: `make_code` for the
-  hand-designed codes; for code='learned', its trained encoder and decoder."""
+  hand-designed codes; for a trained code (code='learned'), its trained encoder and
+  decoder."""
   config = read_config(workdir)
   if config.stage != 'parity':
     raise ValueError(f'{os.path.abspath(workdir)} is a {config.stage!r} run; a code belongs to '
                      f'a parity run (stage=parity)')
-  if config.code != 'learned':
+  if codes.get_code_spec(config.code).build is not None:
     return make_code(config)
-  spec = builders.get_spec(config.data.name)
-  coder = learned.make_coder(config.k, config.r, spec.num_classes, spec.image_shape,
-                             config.get('learned_encoder', 'mlp'))
-  _, _, variables, _ = load_variables(workdir, which)
-  coder_vars, _ = learned.split_variables(variables['params'], {},
-                                          config.get('learned_train_parity', False))
-  return learned.make_learned_code(coder, coder_vars)
+  return load_run(workdir, which).code
+
+
+@dataclasses.dataclass
+class Run:
+  """What a workdir holds, loaded once: its config, F, and for a parity run its code and
+  trained parity networks. The one way train's benches, evaluate and serving read a run.
+
+  For a learned code, `parity_model` is the coder and `parity_vars` its trained
+  variables (with a trained copy of F under 'parity' when it has one).
+  """
+  workdir: str
+  config: ml_collections.ConfigDict
+  epoch: int                    # of the loaded checkpoint
+  base_model: Any
+  base_vars: dict
+  code: codes.Code | None = None
+  parity_model: Any = None
+  parity_vars: dict | None = None
+
+  @property
+  def dataset(self) -> str:
+    return self.config.data.name
+
+  @property
+  def learned(self) -> bool:
+    return self.code is not None and codes.get_code_spec(self.config.code).task == 'learned'
+
+  @property
+  def train_parity(self) -> bool:
+    return bool(codes.code_params('learned', self.config)['train_parity']) if self.learned \
+        else False
+
+  def parity_outputs(self, batch_size: int):
+    """x_uint8_GxKx... -> (code, z_GxRxC): this run's coded queries answered by its
+    trained networks (a parity model, or F / its trained copy on learned queries)."""
+    if self.learned:
+      fn = learned.make_parity_outputs(self.parity_model, self.base_model, self.base_vars,
+                                       self.dataset, batch_size, self.train_parity)
+      trained = {'params': self.parity_vars['params']}
+      return lambda x_GxK: fn(trained, x_GxK)
+    fn = inference.make_parity_outputs(self.parity_model, self.code, self.dataset, batch_size)
+    return lambda x_GxK: fn(self.parity_vars, x_GxK)
+
+  def parity_predicts(self) -> tuple:
+    """(apply_fn, [variables of slot j for j < code.r]): what answers each coded query in
+    serving (one network per slot)."""
+    if self.learned:  # F, or its trained copy, answers every learned parity query
+      f_vars = self.base_vars
+      if self.train_parity:
+        f_vars = {**self.base_vars, 'params': self.parity_vars['params']['parity']}
+      return inference.make_apply(self.base_model), [f_vars] * self.code.r
+    if self.code.r == 1:
+      return inference.make_apply(self.parity_model), [self.parity_vars]
+    return (inference.make_apply(self.parity_model.base),
+            [models.Stacked.copy_variables(self.parity_vars, j) for j in range(self.code.r)])
+
+
+def load_run(workdir: str, which: str = 'best') -> Run:
+  """The `which` checkpoint of a base or parity workdir (F from base_workdir's best)."""
+  config = read_config(workdir)
+  if config.stage == 'all':
+    raise ValueError(f'{os.path.abspath(workdir)} holds a stage=all run: load its '
+                     f'{os.path.join(workdir, "base")} or {os.path.join(workdir, "parity")}')
+  _, own_vars, epoch = _restore_variables(workdir, which)
+  if config.stage == 'base':
+    return Run(workdir, config, epoch, build_model(config.model, config.data.name), own_vars)
+  _, base_vars, _ = _restore_variables(config.base_workdir, 'best')
+  base_model = build_model(config.model, config.data.name)
+  if codes.get_code_spec(config.code).task == 'learned':
+    coder = make_coder(config)
+    coder_vars, _ = learned.split_variables(
+        own_vars['params'], {}, codes.code_params('learned', config)['train_parity'])
+    return Run(workdir, config, epoch, base_model, base_vars,
+               learned.make_learned_code(coder, coder_vars), coder, own_vars)
+  code = make_code(config)
+  parity_model = build_model(model_names(config)[1], config.data.name, code.r, code.k)
+  return Run(workdir, config, epoch, base_model, base_vars, code, parity_model, own_vars)
 
 
 def build_model(name: str, dataset: str, r: int = 1, k: int | None = None):
@@ -223,14 +304,17 @@ def build_model(name: str, dataset: str, r: int = 1, k: int | None = None):
 def load_variables(workdir: str, which: str = 'best') -> tuple:
   """(config, model, variables, epoch) of the `which` checkpoint of a base or parity run.
 
-  For a parity run the model and variables are F_P's.
+  For a parity run the model and variables are F_P's (a learned code's: its coder's).
   """
+  run = load_run(workdir, which)
+  if run.code is None:
+    return run.config, run.base_model, run.base_vars, run.epoch
+  return run.config, run.parity_model, run.parity_vars, run.epoch
+
+
+def _restore_variables(workdir: str, which: str) -> tuple:
+  """(config, variables, epoch) of a workdir's `which` checkpoint."""
   config = read_config(workdir)
-  base_name, parity_name = model_names(config)
-  if config.stage == 'parity':
-    model = build_model(parity_name, config.data.name, config.get('r', 1), config.k)
-  else:
-    model = build_model(base_name, config.data.name)
   ckpts = checkpoint.Checkpoints(workdir, create=False)
   try:
     tree = ckpts.restore(which, None)
@@ -242,4 +326,4 @@ def load_variables(workdir: str, which: str = 'best') -> tuple:
         f'(python -m pmjax.train --workdir={workdir} ...)')
   variables = {'params': tree['params'], 'batch_stats': tree.get('batch_stats') or {}}
   variables = jax.tree.map(jax.numpy.asarray, variables)
-  return config, model, variables, int(tree['epoch'])
+  return config, variables, int(tree['epoch'])

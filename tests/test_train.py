@@ -331,11 +331,10 @@ def test_learned_code_with_trained_parity_model(smoke_config, base_dir, tmp_path
   from pmjax.serving import bench as serving_bench, loadgen
   from pmjax.serving.faults import FaultSpec
   parts = serving_bench.make_parts(w)
-  (_, _), (_, parity_vars) = parts[1], parts[2]
-  np.testing.assert_array_equal(parity_vars[0]['params']['Dense_0']['kernel'], p_kernel)
+  np.testing.assert_array_equal(parts.parity_vars[0]['params']['Dense_0']['kernel'], p_kernel)
   fe = serving_bench.build_frontend('coded', 2, parts, {'base0': FaultSpec(fail_at_s=0.2)})
   fe.start()
-  splits = parts[-1]
+  splits = parts.splits
   records = loadgen.run_poisson(fe, splits.test_x, splits.test_y, 200, 120, seed=0,
                                 timeout_s=10)
   fe.close()

@@ -16,10 +16,12 @@ batch-1 serving it only adds a thread hand-off (~20 us) to every call.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import zlib
 from functools import partial
+from typing import Any, Callable
 
 from absl import app, flags
 import jax
@@ -33,48 +35,46 @@ from pmjax.serving.frontend import Frontend
 from pmjax.serving.instance import CompiledPredict
 
 
-def make_parts(parity_workdir: str):
-  """Loads F and F_P; returns (config, base (fn, vars), parity (fn, [vars per parity slot]),
-  code, encode, decode, splits)."""
+@dataclasses.dataclass
+class Parts:
+  """What a serving run needs from a parity workdir, loaded once."""
+  config: Any
+  base_fn: Callable          # F's predict (raw uint8 queries -> outputs)
+  base_vars: dict
+  parity_fn: Callable        # what answers a coded query
+  parity_vars: list          # its variables for each coded-query slot j < code.r
+  code: Any
+  encode: Callable           # jitted, raw queries -> coded queries
+  decode: Callable           # jitted
+  splits: Any
+
+
+def make_parts(parity_workdir: str) -> Parts:
+  """F, the parity networks and the code of a parity workdir (`workdir.load_run`)."""
   config = wd.read_config(parity_workdir)
   if config.stage != 'parity':
     raise ValueError(f'{parity_workdir} is a {config.stage!r} workdir; pass the workdir of a '
                      f'parity run (its config.base_workdir names F)')
-  _, base_model, base_vars, _ = wd.load_variables(config.base_workdir)
-  _, parity_model, parity_vars, _ = wd.load_variables(parity_workdir)
-  dataset = config.data.name
-  code = wd.load_code(parity_workdir)
-  splits = pipeline.load_splits(config.data)
-  base_fn = inference.make_predict(base_model, dataset)
-  if code.name == 'learned':  # F (or its trained copy) answers every learned parity query
-    parity_fn = inference.make_apply(base_model)
-    f_vars = base_vars
-    if config.get('learned_train_parity', False):
-      f_vars = {**base_vars, 'params': parity_vars['params']['parity']}
-    parity_vars = [f_vars] * code.r
-  elif code.r == 1:
-    parity_fn, parity_vars = inference.make_apply(parity_model), [parity_vars]
-  else:  # r stacked parity models: instance for slot j runs copy j
-    parity_fn = inference.make_apply(parity_model.base)
-    parity_vars = [jax.tree.map(lambda a, j=j: a[j], {
-        'params': parity_vars['params']['base'],
-        'batch_stats': (parity_vars.get('batch_stats') or {}).get('base', {})})
-                   for j in range(code.r)]
-  encode = jax.jit(partial(inference.encode_raw, code, dataset))
-  decode = jax.jit(code.decode)
-  return config, (base_fn, base_vars), (parity_fn, parity_vars), code, encode, decode, splits
+  run = wd.load_run(parity_workdir)
+  parity_fn, parity_vars = run.parity_predicts()
+  return Parts(config, inference.make_predict(run.base_model, run.dataset), run.base_vars,
+               parity_fn, parity_vars, run.code,
+               jax.jit(partial(inference.encode_raw, run.code, run.dataset)),
+               jax.jit(run.code.decode), pipeline.load_splits(config.data))
 
 
 def build_frontend(mode, m, parts, faults, batch_size=1, hedge_delay_s=0.0, max_queue=4096,
                    parity_wait_s=0.0, flush_timeout_s=0.05, deadline_s=None):
-  config, (base_fn, base_vars), (parity_fn, parity_vars), code, encode, decode, splits = parts
+  code = parts.code
   n_base, n_parity = policy.instance_counts(mode, m, code.k, code.r)
   devices = jax.devices()
-  base = [CompiledPredict(base_fn, base_vars, devices[i % len(devices)]) for i in range(n_base)]
-  parity = [CompiledPredict(parity_fn, parity_vars[i % code.r],
+  base = [CompiledPredict(parts.base_fn, parts.base_vars, devices[i % len(devices)])
+          for i in range(n_base)]
+  parity = [CompiledPredict(parts.parity_fn, parts.parity_vars[i % code.r],
                             devices[(n_base + i) % len(devices)]) for i in range(n_parity)]
-  return Frontend(mode, base, parity, k=code.k, r=code.r, encode=encode, decode=decode,
-                  query_shape=splits.test_x.shape[1:], query_dtype=splits.test_x.dtype,
+  return Frontend(mode, base, parity, k=code.k, r=code.r, encode=parts.encode,
+                  decode=parts.decode, query_shape=parts.splits.test_x.shape[1:],
+                  query_dtype=parts.splits.test_x.dtype,
                   batch_size=batch_size, hedge_delay_s=hedge_delay_s, max_queue=max_queue,
                   faults=faults, parity_wait_s=parity_wait_s if mode == 'coded' else 0.0,
                   flush_timeout_s=flush_timeout_s, deadline_s=deadline_s)
@@ -93,8 +93,8 @@ def fault_specs(f, m, k) -> dict:
 
 
 def run_mode(mode, parts, f) -> dict:
-  splits = parts[-1]
-  fe = build_frontend(mode, f.m, parts, fault_specs(f, f.m, parts[3].k), f.batch_size,
+  splits = parts.splits
+  fe = build_frontend(mode, f.m, parts, fault_specs(f, f.m, parts.code.k), f.batch_size,
                       f.hedge_delay_ms / 1e3, parity_wait_s=f.parity_wait_ms / 1e3,
                       flush_timeout_s=f.flush_ms / 1e3,
                       deadline_s=f.deadline_ms / 1e3 if f.deadline_ms > 0 else None)
@@ -166,7 +166,7 @@ def main(argv):
   # Raw samples (the simulator's --service_from reads them) stay out of the summary.
   with open(os.path.join(f.out, 'samples.json'), 'w') as fh:
     json.dump({m: {k: s[k] for k in RAW_SAMPLES} for m, s in results.items()}, fh)
-  config = parts[0]
+  config = parts.config
   plot_cdf(results, os.path.join(f.out, 'latency_cdf.png'),
            f'{config.model} {config.code} k={config.k}, {f.rate:g} q/s, '
            f'slow={f.slow_instances or "-"} p={f.slow_prob} {f.slow_ms:g} ms'
