@@ -472,3 +472,12 @@ def test_submit_copies_the_callers_buffer():
   buf[:] = 9                         # the caller reuses its buffer
   np.testing.assert_allclose(f.result(timeout=2).output, fake_f()(query(7)[None])[0])
   fe.close()
+
+
+def test_hedge_budget_is_the_extra_capacity_of_equal_resources():
+  assert policy.hedge_capacity(3, 2) == 1 and policy.hedge_capacity(18, 2) == 6
+  assert policy.hedge_capacity(6, 4, 2) == 2
+  budget = policy.HedgeBudget(1)
+  assert budget.acquire() and not budget.acquire()
+  budget.release()
+  assert budget.acquire() and budget.in_flight == 1

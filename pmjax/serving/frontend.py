@@ -129,8 +129,8 @@ class Frontend:
     self.batch_size, self.hedge_delay_s, self.max_queue = batch_size, hedge_delay_s, max_queue
     self.parity_wait_s = parity_wait_s
     self.flush_timeout_s, self.deadline_s = flush_timeout_s, deadline_s
-    self.extra_capacity = len(base_predicts) - len(base_predicts) * k // (k + r) \
-        if mode == 'hedge' else 0
+    self._hedges = policy.HedgeBudget(
+        policy.hedge_capacity(len(base_predicts), k, r) if mode == 'hedge' else 0)
     self.base_queue = queue.Queue(max_queue)
     # One parity queue per parity slot: with r > 1 each slot has its own parity model.
     self.parity_queues = [queue.Queue(max_queue) for _ in range(r)]
@@ -150,7 +150,6 @@ class Frontend:
     # Timers (hedges, parity waits): (deadline, seq, fn); fn runs with the lock held and
     # returns the futures to settle after it is released.
     self._timers, self._timer_cv, self._timer_seq = [], threading.Condition(self._lock), 0
-    self._hedges_in_flight = 0
     self._outstanding = set()
     self._closed = False
     self._threads = []
@@ -412,7 +411,7 @@ class Frontend:
           return  # a hedged copy answered first
         task.done = True
         if task.copies > 1:
-          self._hedges_in_flight -= 1
+          self._hedges.release()
       for q, f in enumerate(task.futures):
         _settle(f, Response(out[q], False, instance_name))
       return
@@ -484,7 +483,7 @@ class Frontend:
       return []
     if task.copies > 1:          # a hedged copy is still on its way
       task.copies -= 1
-      self._hedges_in_flight -= 1
+      self._hedges.release()
       return []
     if not task.retried and self._live(instance.queue):
       task.retried = True
@@ -518,14 +517,14 @@ class Frontend:
 
   def _hedge(self, task):
     """Re-sends `task` to the shared queue if extra capacity allows (lock held)."""
-    if task.done or not policy.may_hedge(self._hedges_in_flight, self.extra_capacity):
+    if task.done or not self._hedges.acquire():
       return
     try:
       self.base_queue.put_nowait(task)
     except queue.Full:
+      self._hedges.release()
       return
     task.copies += 1
-    self._hedges_in_flight += 1
     self.hedges_sent += 1
 
   # ------------------------------------------------------------------ timers

@@ -69,6 +69,15 @@ def run_poisson(frontend, xs_NxD, labels_N, rate_qps: float, num_queries: int,
   return out
 
 
+def latency_summary(latencies_ms) -> dict:
+  """Median, mean and tail percentiles (ms) of the answered queries' latencies (the
+  real loop's and the simulator's summaries both use it)."""
+  lat = np.asarray(latencies_ms, float)
+  pct = (lambda q: float(np.percentile(lat, q))) if lat.size else (lambda q: None)
+  return {'median_ms': pct(50), 'mean_ms': float(lat.mean()) if lat.size else None,
+          'p99_ms': pct(99), 'p99.5_ms': pct(99.5), 'p99.9_ms': pct(99.9)}
+
+
 def summarize(records: list) -> dict:
   """count, lost, errors, latency percentiles (ms), fraction reconstructed, accuracy."""
   lat = np.array([r['latency_ms'] for r in records if r['latency_ms'] is not None])
@@ -77,12 +86,10 @@ def summarize(records: list) -> dict:
   for r in records:
     if r['error']:
       errors[r['error']] = errors.get(r['error'], 0) + 1
-  pct = (lambda q: float(np.percentile(lat, q))) if lat.size else (lambda q: None)
   return {
       'count': len(records), 'answered': int(lat.size),
       'lost': errors.get('lost', 0) + errors.get('ShutdownError', 0), 'errors': errors,
-      'median_ms': pct(50), 'mean_ms': float(lat.mean()) if lat.size else None,
-      'p99_ms': pct(99), 'p99.5_ms': pct(99.5), 'p99.9_ms': pct(99.9),
+      **latency_summary(lat),
       'frac_reconstructed': len(recon) / max(1, lat.size),
       'accuracy': sum(r['correct'] for r in records) / max(1, lat.size),
       'accuracy_reconstructed': (sum(r['correct'] for r in recon) / len(recon)) if recon else None,

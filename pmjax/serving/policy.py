@@ -118,6 +118,25 @@ def define_flags():
                      'parity before decoding (0 = decode at k of k+r outputs).')
 
 
-def may_hedge(hedges_in_flight: int, extra_capacity: int) -> bool:
-  """Hedge a late query only while the extra instances' capacity allows."""
-  return hedges_in_flight < extra_capacity
+def hedge_capacity(n_base: int, k: int, r: int = 1) -> int:
+  """How many hedged copies may be in flight: the instances that equal resources add
+  beyond what the data queries need (n_base = m + m*r/k -> m*r/k)."""
+  return n_base - n_base * k // (k + r)
+
+
+class HedgeBudget:
+  """Hedged copies in flight, bounded by the extra instances' capacity."""
+
+  def __init__(self, capacity: int):
+    self.capacity, self.in_flight = capacity, 0
+
+  def acquire(self) -> bool:
+    """Takes a slot for one more hedged copy if the capacity allows."""
+    if self.in_flight >= self.capacity:
+      return False
+    self.in_flight += 1
+    return True
+
+  def release(self):
+    """A hedged copy is no longer in flight (answered first, or lost)."""
+    self.in_flight -= 1

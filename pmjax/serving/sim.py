@@ -4,7 +4,7 @@
         --rates=150,210,270,330,390 --out=DIR
 
 Each mode runs the same policies as the real loop (`policy.CodedGroup` for
-first-answer-wins / decode at k of k+r / cancellation, `policy.may_hedge`,
+first-answer-wins / decode at k of k+r / cancellation, `policy.HedgeBudget`,
 `faults.FaultInjector` for per-batch slowdowns) over simulated instances that
 pull from shared FIFO queues. Service times are drawn from samples measured
 on real compiled instances of `--model` on this machine (batch 1, random
@@ -32,7 +32,7 @@ import time
 from absl import app, flags, logging
 import numpy as np
 
-from pmjax.serving import policy
+from pmjax.serving import loadgen, policy
 from pmjax.serving.faults import FaultInjector, FaultSpec
 
 
@@ -101,8 +101,7 @@ def simulate(mode, m, k, rate, num_queries, base_samples_s, parity_samples_s=Non
   arrivals = np.cumsum(rng.exponential(1.0 / rate, num_queries))
   latency = np.full(num_queries, np.nan)
   reconstructed = np.zeros(num_queries, bool)
-  extra = n_base - m if mode == 'hedge' else 0
-  hedges = [0]
+  hedges = policy.HedgeBudget(policy.hedge_capacity(n_base, k, r) if mode == 'hedge' else 0)
 
   def answer(q, t, recon):
     if np.isnan(latency[q]):
@@ -166,9 +165,8 @@ def simulate(mode, m, k, rate, num_queries, base_samples_s, parity_samples_s=Non
       carry_out(payload[0].expire(), payload, now)
     elif kind == 'hedge':
       task = payload
-      if not task.done and policy.may_hedge(hedges[0], extra):
+      if not task.done and hedges.acquire():
         task.copies += 1
-        hedges[0] += 1
         queues['base'].append(task)
         dispatch('base', now)
     elif kind == 'done':
@@ -185,7 +183,7 @@ def simulate(mode, m, k, rate, num_queries, base_samples_s, parity_samples_s=Non
       elif not task.done:
         task.done = True
         if task.copies > 1:
-          hedges[0] -= 1
+          hedges.release()
         for q in task.queries:
           answer(q, now, False)
       dispatch(inst.kind, now)
@@ -195,11 +193,9 @@ def simulate(mode, m, k, rate, num_queries, base_samples_s, parity_samples_s=Non
 
 def summarize(result) -> dict:
   lat = result['latency_s']
-  ok = lat[~np.isnan(lat)] * 1e3
-  pct = lambda p: float(np.percentile(ok, p))
-  return {'count': int(lat.size), 'lost': int(np.isnan(lat).sum()), 'median_ms': pct(50),
-          'mean_ms': float(ok.mean()), 'p99_ms': pct(99), 'p99.5_ms': pct(99.5),
-          'p99.9_ms': pct(99.9), 'gap_p99.9_median_ms': pct(99.9) - pct(50),
+  s = loadgen.latency_summary(lat[~np.isnan(lat)] * 1e3)
+  return {'count': int(lat.size), 'lost': int(np.isnan(lat).sum()), **s,
+          'gap_p99.9_median_ms': s['p99.9_ms'] - s['median_ms'],
           'frac_reconstructed': float(result['reconstructed'].mean())}
 
 
