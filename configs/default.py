@@ -57,7 +57,7 @@ def get_config(arg=None, dataset='mnist', model='mlp', base_epochs=30, base_batc
       name='adam', lr=1e-3, weight_decay=1e-5, schedule='constant', warmup_steps=0,
       momentum=0.9, nesterov=False))
 
-  c.log_every_steps = 100    # steps per jitted call; the progress bar moves per call
+  c.steps_per_call = 100    # steps per jitted call; the progress bar moves per call
   c.scan_unroll = 0          # 0 = auto (CPU + conv model: unrolled, <= 8 steps per call)
   c.eval_every_epochs = 1
   c.eval_batch_size = 1000
@@ -72,6 +72,6 @@ def get_config(arg=None, dataset='mnist', model='mlp', base_epochs=30, base_batc
     c.parity.num_epochs = a.epochs or 2
     c.base.batch_size = 32
     c.parity.batch_size = 16
-    c.log_every_steps = 4
+    c.steps_per_call = 4
     c.eval_batch_size = 128
   return c

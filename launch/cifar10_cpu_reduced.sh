@@ -7,7 +7,7 @@
 set -euo pipefail
 root=${1:-workdirs/cifar10_cpu_reduced}
 subset=(--config.data.train_limit=2000 --config.data.test_limit=1000 --config.data.num_val=1000
-        --config.progress_bar=False --config.log_every_steps=8)
+        --config.progress_bar=False --config.steps_per_call=8)
 python -m pmjax.train --config=configs/cifar10.py:stage=base,base_epochs=2 \
   --workdir="$root/base" "${subset[@]}" --config.base.batch_size=128
 python -m pmjax.train --config=configs/cifar10.py:stage=parity,k=2,code=concat,epochs=2 \

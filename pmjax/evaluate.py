@@ -22,7 +22,7 @@ from absl import app, flags, logging
 import jax
 import jax.numpy as jnp
 
-from pmjax import inference, metrics, workdir as wd
+from pmjax import inference, metrics, runs
 from pmjax.data import pipeline
 
 
@@ -30,13 +30,13 @@ def evaluate_workdir(workdir: str, split: str = 'test', batch_size: int = 1000,
                      write: bool = True, verbose: bool = True) -> dict:
   if split not in ('val', 'test'):
     raise ValueError(f"split={split!r} is unknown; accepted: 'val', 'test'")
-  config = wd.read_config(workdir)
+  config = runs.read_config(workdir)
   if config.stage == 'all':
     results = evaluate_workdir(os.path.join(workdir, 'parity'), split, batch_size,
                                write, verbose=False)
     return _finish(workdir, results, write, verbose)
 
-  run = wd.load_run(workdir, 'best')
+  run = runs.load_run(workdir, 'best')
   splits = pipeline.load_splits(config.data)
   x, y = getattr(splits, f'{split}_x'), getattr(splits, f'{split}_y')
   logits = inference.batched(inference.make_predict(run.base_model, config.data.name),
@@ -55,7 +55,7 @@ def evaluate_workdir(workdir: str, split: str = 'test', batch_size: int = 1000,
   logits_GxKxC = logits[:x_GxK.shape[0] * code.k].reshape(*y_GxK.shape, -1)
   degraded = metrics.degraded_metrics(code, jnp.asarray(logits_GxKxC), jnp.asarray(z),
                                       jnp.asarray(y_GxK))
-  parity_name = wd.model_names(config)[1]
+  parity_name = runs.model_names(config)[1]
   if run.learned:
     parity_name = ('learned encoder/decoder + ' + (f'trained copy of F ({config.model})'
                                                    if run.train_parity else 'frozen F'))

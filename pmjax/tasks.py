@@ -27,7 +27,7 @@ from jax import lax
 import jax.numpy as jnp
 import optax
 
-from pmjax import codes, inference, learned, metrics, workdir as wd
+from pmjax import codes, inference, learned, metrics, runs
 from pmjax.data import builders, pipeline
 
 
@@ -149,7 +149,7 @@ class BaseTask:
     del base
     dataset = config.data.name
     self.spec = builders.get_spec(dataset)
-    self.model = wd.build_model(config.model, dataset)
+    self.model = runs.build_model(config.model, dataset)
     self.group_size = 1
     self.data = {}
     self.loss_fn = base_loss
@@ -190,9 +190,9 @@ class ParityTask(_CodeTask):
     super().__init__(config, splits, eval_batch_size, base)
     if self.augment:
       self.data['base_vars'] = self.base_vars   # F runs inside the step on augmented X
-    self.code = wd.make_code(config)
-    parity_name = wd.model_names(config)[1]
-    self.model = wd.build_model(parity_name, self.dataset, self.code.r, self.code.k)
+    self.code = runs.make_code(config)
+    parity_name = runs.model_names(config)[1]
+    self.model = runs.build_model(parity_name, self.dataset, self.code.r, self.code.k)
     self.loss_fn = parity_loss
     self.batch_fn = partial(parity_batch, dataset=self.dataset, augment=self.augment,
                             code=self.code, base_apply=self.base_model.apply)
@@ -224,7 +224,7 @@ class LearnedTask(_CodeTask):
     self.data['base_vars'] = self.base_vars
     params = codes.code_params('learned', config)
     self.train_parity = bool(params['train_parity'])
-    self.model = wd.make_coder(config)
+    self.model = runs.make_coder(config)
     self.loss_fn = partial(learned.learned_loss, f_apply=self.base_model.apply,
                            loss=params['loss'], train_parity=self.train_parity)
     self.batch_fn = partial(learned.learned_batch, dataset=self.dataset)

@@ -13,7 +13,7 @@ with the same data order.
 
 How a step runs: the whole dataset sits on every device; an epoch is a random
 permutation cut into global batches; a jitted `shard_map` over the ('data',)
-mesh scans `config.log_every_steps` steps per call, each device gathering,
+mesh scans `config.steps_per_call` steps per call, each device gathering,
 augmenting, normalising and encoding its slice of the batch, and gradients
 are averaged with `lax.pmean`. No host work happens inside an epoch.
 """
@@ -39,7 +39,7 @@ import optax
 from jax.sharding import Mesh, PartitionSpec as P
 from tqdm import tqdm
 
-from pmjax import checkpoint, config_utils, metrics, tasks, workdir as wd
+from pmjax import checkpoint, config_utils, metrics, runs, tasks
 from pmjax.data import builders, pipeline
 from pmjax.mesh import local_copy, make_mesh, replicate
 
@@ -185,7 +185,7 @@ def scan_unroll(config, model_name: str) -> tuple:
   take at most 8 steps per call (compile time grows with the unrolled length).
   `config.scan_unroll` > 0 forces an unroll factor; 0 chooses as above.
   """
-  steps = max(1, int(config.get('log_every_steps', 100)))
+  steps = max(1, int(config.get('steps_per_call', 100)))
   forced = int(config.get('scan_unroll', 0))
   if forced:
     return forced, steps
@@ -228,7 +228,7 @@ def validate_config(config):
       problems.append(f'k={config.k!r} must be an integer >= 2')
     if not (isinstance(config.get('r', 1), int) and config.get('r', 1) >= 1):
       problems.append(f'r={config.r!r} must be an integer >= 1')
-  for field in ('log_every_steps', 'eval_every_epochs', 'eval_batch_size'):
+  for field in ('steps_per_call', 'eval_every_epochs', 'eval_batch_size'):
     if not (isinstance(config.get(field, 1), int) and config.get(field, 1) >= 1):
       problems.append(f'{field}={config.get(field)!r} must be an integer >= 1')
   for field in ('train_limit', 'test_limit'):
@@ -248,13 +248,13 @@ def train_and_evaluate(config, workdir: str, allow_config_change: bool = False) 
 
   `allow_config_change` continues a workdir whose config differs in fields
   that change the result (recorded in W/config_history.jsonl); without it,
-  such a workdir is refused (see `pmjax.workdir.write_config`).
+  such a workdir is refused (see `pmjax.runs.write_config`).
   """
   validate_config(config)
   if config.stage == 'all':
     base_dir, parity_dir = os.path.join(workdir, 'base'), os.path.join(workdir, 'parity')
-    with wd.WorkdirLock(workdir, enabled=jax.process_index() == 0):
-      wd.write_config(workdir, config, write=jax.process_index() == 0,
+    with runs.WorkdirLock(workdir, enabled=jax.process_index() == 0):
+      runs.write_config(workdir, config, write=jax.process_index() == 0,
                       allow_change=allow_config_change)
       with config.unlocked():
         base_cfg = config.copy_and_resolve_references()
@@ -270,14 +270,14 @@ def train_and_evaluate(config, workdir: str, allow_config_change: bool = False) 
 
 def load_base_model(base_workdir: str, dataset: str, model_name: str) -> tuple:
   """(config, model, variables) of the trained F a parity run is built on."""
-  base_cfg = wd.read_config(base_workdir)
+  base_cfg = runs.read_config(base_workdir)
   if base_cfg.stage != 'base':
     hint = (f' (its base model is in {os.path.join(base_workdir, "base")})'
             if base_cfg.stage == 'all' else '')
     raise config_utils.ConfigError(
         f'base_workdir {base_workdir} holds a {base_cfg.stage!r} run, not a trained base '
         f'model{hint}. Set --config.base_workdir to the workdir of a stage=base run.')
-  base_cfg, base_model, base_vars, _ = wd.load_variables(base_workdir, 'best')
+  base_cfg, base_model, base_vars, _ = runs.load_variables(base_workdir, 'best')
   if base_cfg.data.name != dataset or base_cfg.model != model_name:
     raise config_utils.ConfigError(
         f'base_workdir {base_workdir} holds {base_cfg.model} on '
@@ -286,7 +286,7 @@ def load_base_model(base_workdir: str, dataset: str, model_name: str) -> tuple:
 
 
 def train_stage(config, workdir: str, allow_config_change: bool = False) -> dict:
-  with wd.WorkdirLock(workdir, enabled=jax.process_index() == 0):
+  with runs.WorkdirLock(workdir, enabled=jax.process_index() == 0):
     return _train_stage(config, workdir, allow_config_change)
 
 
@@ -301,7 +301,7 @@ def _train_stage(config, workdir: str, allow_config_change: bool) -> dict:
           'config.base_workdir is empty: a parity run needs the workdir of a trained base '
           'model (--config.base_workdir=W_BASE)')
     _, base_model, base_vars = load_base_model(config.base_workdir, dataset, config.model)
-  wd.write_config(workdir, config, write=jax.process_index() == 0,
+  runs.write_config(workdir, config, write=jax.process_index() == 0,
                   allow_change=allow_config_change)
   # ----- Data and the task: what is trained, on what, with which loss. -----
   splits = pipeline.load_splits(config.data)
@@ -423,7 +423,7 @@ def main(argv):
 # Errors whose message says what is wrong and the fix: the command line prints that one
 # line (no traceback) and exits with status 1.
 USER_ERRORS = (checkpoint.CheckpointError, builders.RawFileError, builders.PreparedDataError,
-               config_utils.ConfigError, wd.WorkdirBusyError, FloatingPointError)
+               config_utils.ConfigError, runs.WorkdirBusyError, FloatingPointError)
 
 
 @contextlib.contextmanager

@@ -10,7 +10,7 @@ import sys
 import numpy as np
 import pytest
 
-from pmjax import checkpoint, config_utils, evaluate, metrics, train, workdir as wd
+from pmjax import checkpoint, config_utils, evaluate, metrics, runs, train
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TIMING = ('train_time_s', 'groups_per_s')
@@ -244,11 +244,11 @@ def test_changed_config_is_refused_or_recorded(base_config, tmp_path, capsys):
                        ('base.num_epochs', 5)):  # cosine schedule: epochs change the run
     c = base_config()
     _set(c, field, value)
-    with pytest.raises(wd.ConfigMismatchError, match=f'{field}=.*this config: {value}'):
+    with pytest.raises(runs.ConfigMismatchError, match=f'{field}=.*this config: {value}'):
       train.train_and_evaluate(c, w)
   c = base_config()
   c.seed, c.base.optim.lr = 1, 0.01
-  with pytest.raises(wd.ConfigMismatchError, match=r'base.optim.lr=.*, seed=0'):
+  with pytest.raises(runs.ConfigMismatchError, match=r'base.optim.lr=.*, seed=0'):
     train.train_and_evaluate(c, w)
   # Fields that cannot change the result may differ; the change is said and recorded.
   c = base_config()
@@ -262,7 +262,7 @@ def test_changed_config_is_refused_or_recorded(base_config, tmp_path, capsys):
   history = [json.loads(l) for l in open(os.path.join(w, 'config_history.jsonl'))]
   assert history[-1]['changed']['base.optim.lr'] == [1e-4, 0.002]
   assert history[-1]['result_changing'] == ['base.optim.lr']
-  assert wd.read_config(w).base.optim.lr == 0.002
+  assert runs.read_config(w).base.optim.lr == 0.002
 
 
 def test_more_epochs_at_a_constant_rate_is_the_same_run(smoke_config, tmp_path):
@@ -270,17 +270,17 @@ def test_more_epochs_at_a_constant_rate_is_the_same_run(smoke_config, tmp_path):
   old.base.optim.schedule = 'constant'
   new = old.copy_and_resolve_references()
   new.base.num_epochs = 10
-  changing, neutral = wd.config_differences(old, new)
+  changing, neutral = runs.config_differences(old, new)
   assert not changing and 'base.num_epochs' in neutral
   # Fields a stage does not read never block it: a base run ignores the parity recipe.
   new.parity.optim.lr, new.k = 0.5, 3
-  assert wd.config_differences(old, new)[0] == {}
+  assert runs.config_differences(old, new)[0] == {}
 
 
 def test_two_trainings_on_one_workdir(base_config, tmp_path):
   w = str(tmp_path / 'w')
-  with wd.WorkdirLock(w):
-    with pytest.raises(wd.WorkdirBusyError, match=f'pid {os.getpid()}.*another --workdir'):
+  with runs.WorkdirLock(w):
+    with pytest.raises(runs.WorkdirBusyError, match=f'pid {os.getpid()}.*another --workdir'):
       train.train_and_evaluate(base_config(), w)
 
 
@@ -355,3 +355,16 @@ def test_checkpoint_from_before_checksums_is_read_with_a_note(tmp_path, capsys):
   assert 'best_epoch' not in tree and 'checksum' not in tree
   np.testing.assert_array_equal(tree['params']['w'], old['params']['w'])
   assert 'written before checkpoints carried a checksum' in capsys.readouterr().out
+
+
+def test_config_written_by_an_earlier_version_is_migrated(base_config, tmp_path):
+  """A config.json with a field's old name (log_every_steps) is the same run."""
+  c = base_config()
+  old = json.loads(config_utils.to_json(c))
+  old['log_every_steps'] = old.pop('steps_per_call')
+  (tmp_path / 'config.json').write_text(json.dumps(old))
+  assert runs.read_config(str(tmp_path)).steps_per_call == c.steps_per_call
+  runs.write_config(str(tmp_path), c)   # no mismatch
+  c.steps_per_call += 1
+  with pytest.raises(runs.ConfigMismatchError, match='steps_per_call'):
+    runs.write_config(str(tmp_path), c)

@@ -7,7 +7,7 @@ import sys
 import jax
 import numpy as np
 
-from pmjax import workdir as wd
+from pmjax import runs
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -34,8 +34,8 @@ def test_two_processes_match_one(tmp_path, mnist_dir, tfds_dir):
                       cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
   assert r2.returncode == 0, r2.stderr[-3000:]
   assert 'peer ranks' in r2.stdout + r2.stderr  # gloo connected: really two processes
-  p1 = wd.load_variables(one, 'latest')[2]['params']
-  p2 = wd.load_variables(two, 'latest')[2]['params']
+  p1 = runs.load_variables(one, 'latest')[2]['params']
+  p2 = runs.load_variables(two, 'latest')[2]['params']
   for a, b in zip(jax.tree.leaves(p1), jax.tree.leaves(p2)):
     np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-6)
   # One process wrote the metrics: one row per epoch.

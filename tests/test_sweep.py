@@ -17,7 +17,7 @@ def test_sweep_runs_skips_and_summarises(tmp_path, mnist_dir, tfds_dir):
          '--config.data.verify_md5=False', '--config.data.num_val=100',
          '--config.data.train_limit=256', '--config.data.test_limit=100',
          '--config.base.batch_size=32', '--config.parity.batch_size=16',
-         '--config.log_every_steps=4', '--config.eval_batch_size=100']
+         '--config.steps_per_call=4', '--config.eval_batch_size=100']
   out = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300)
   assert out.returncode == 0, out.stderr[-3000:]
   assert 'run: ' in out.stdout

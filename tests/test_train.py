@@ -11,14 +11,14 @@ import numpy as np
 import pytest
 from functools import partial
 
-from pmjax import checkpoint, codes, evaluate, metrics, tasks, train, workdir as wd
+from pmjax import checkpoint, codes, evaluate, metrics, runs, tasks, train
 from pmjax.models import get_model
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def _params(workdir, which='latest'):
-  return wd.load_variables(workdir, which)[2]['params']
+  return runs.load_variables(workdir, which)[2]['params']
 
 
 def _assert_trees_close(a, b, **tol):
@@ -177,7 +177,7 @@ def test_bad_inputs(smoke_config, base_dir, tmp_path):
     smoke_config('kk=3')
   with pytest.raises(FileNotFoundError, match='not a pmjax workdir'):
     evaluate.evaluate_workdir(str(tmp_path / 'c'), verbose=False)
-  wd.write_config(str(tmp_path / 'd'), smoke_config('stage=base'))
+  runs.write_config(str(tmp_path / 'd'), smoke_config('stage=base'))
   with pytest.raises(checkpoint.CheckpointError, match='no checkpoints'):
     evaluate.evaluate_workdir(str(tmp_path / 'd'), verbose=False)
   with pytest.raises(ValueError, match="optim.name='nadam'"):
@@ -220,7 +220,7 @@ def test_cifar_smoke_bn_and_augmentation(tmp_path):
   w = str(tmp_path / 'w')
   res = train.train_and_evaluate(c, w)
   assert res['A_d_by_position'] and 0.0 <= res['A_d_top1'] <= 1.0
-  _, _, variables, _ = wd.load_variables(os.path.join(w, 'parity'))
+  _, _, variables, _ = runs.load_variables(os.path.join(w, 'parity'))
   assert jax.tree.leaves(variables['batch_stats'])  # running statistics were saved
   rows = metrics.read_metrics(os.path.join(w, 'parity'))
   assert all(np.isfinite(r['train_loss']) for r in rows)
@@ -232,7 +232,7 @@ def test_linear_r2_trains_stacked_models_and_evaluates_every_pattern(smoke_confi
   c.base_workdir = base_dir
   w = str(tmp_path / 'lin')
   train.train_and_evaluate(c, w)
-  _, model, variables, _ = wd.load_variables(w)
+  _, model, variables, _ = runs.load_variables(w)
   kernel = variables['params']['base']['Dense_0']['kernel']
   assert kernel.shape[0] == 2 and not np.allclose(kernel[0], kernel[1])  # 2 distinct models
   res = evaluate.evaluate_workdir(w, verbose=False)
@@ -311,15 +311,15 @@ def test_learned_code_with_trained_parity_model(smoke_config, base_dir, tmp_path
   c.learned_train_parity = True
   w = str(tmp_path / 'learned_tp')
   train.train_and_evaluate(c, w)
-  _, _, base_vars, _ = wd.load_variables(base_dir)
-  _, _, trained, _ = wd.load_variables(w)
+  _, _, base_vars, _ = runs.load_variables(base_dir)
+  _, _, trained, _ = runs.load_variables(w)
   assert set(trained['params']) == {'coder', 'parity'}
   f_kernel = base_vars['params']['Dense_0']['kernel']
   p_kernel = trained['params']['parity']['Dense_0']['kernel']
   assert p_kernel.shape == f_kernel.shape and not np.allclose(p_kernel, f_kernel)
   res = evaluate.evaluate_workdir(w, verbose=False)
   assert 'trained copy of F' in res['parity_model'] and 0.0 <= res['A_d_top1'] <= 1.0
-  code = wd.load_code(w)           # the trained encoder/decoder, as a Code
+  code = runs.load_code(w)           # the trained encoder/decoder, as a Code
   assert code.name == 'learned' and code.encode(jnp.zeros((2, 2, 28, 28, 1))).shape[:2] == (2, 1)
   from pmjax.bench import codes as bench_codes
   row = bench_codes.parity_row(w)
@@ -355,13 +355,13 @@ def test_linear_coefficients_are_part_of_a_runs_identity(tmp_path):
   c = mnist.get_config('stage=parity,code=linear,k=4,r=2')
   old = c.copy_and_resolve_references()
   del old['linear_coefficients']
-  wd.write_config(str(tmp_path), old)
+  runs.write_config(str(tmp_path), old)
   from pmjax.codes import coefficient_matrix
   y = jnp.asarray(np.random.default_rng(0).normal(size=(2, 4, 10)), jnp.float32)
   cauchy = jnp.einsum('ri,bic->brc', coefficient_matrix(4, 2, 'cauchy'), y)
-  np.testing.assert_allclose(wd.make_code(wd.read_config(str(tmp_path))).target(y), cauchy,
+  np.testing.assert_allclose(runs.make_code(runs.read_config(str(tmp_path))).target(y), cauchy,
                              rtol=1e-5)
   with pytest.raises(ValueError, match="linear_coefficients='cauchy'"):
-    wd.write_config(str(tmp_path), c)
+    runs.write_config(str(tmp_path), c)
   c.linear_coefficients = 'cauchy'
-  wd.write_config(str(tmp_path), c)
+  runs.write_config(str(tmp_path), c)

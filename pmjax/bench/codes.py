@@ -29,7 +29,7 @@ from absl import app, flags
 import jax
 import numpy as np
 
-from pmjax import codes, inference, metrics, workdir as wd
+from pmjax import codes, inference, metrics, runs
 from pmjax.bench import codecs
 from pmjax.data import builders, pipeline
 
@@ -48,7 +48,7 @@ def berrut_row(base_workdir, k, s, systematic, batch=500, outputs='logits'):
   """Berrut on F's `outputs` ('logits', or 'softmax' probabilities: interpolated instead)."""
   if outputs not in ('logits', 'softmax'):
     raise ValueError(f"outputs={outputs!r} is unknown; accepted: ['logits', 'softmax']")
-  config, model, variables, _ = wd.load_variables(base_workdir)
+  config, model, variables, _ = runs.load_variables(base_workdir)
   dataset = config.data.name
   spec = builders.get_spec(dataset)
   splits = pipeline.load_splits(config.data)
@@ -117,7 +117,7 @@ def parity_row(workdir):
                             f'--workdir={workdir}` first')
   with open(path) as f:
     res = json.load(f)
-  code = wd.load_code(workdir)
+  code = runs.load_code(workdir)
   spec = builders.get_spec(res['dataset'])
   avail = np.ones((1, code.k), bool)
   avail[0, 0] = False
@@ -129,7 +129,7 @@ def parity_row(workdir):
   by_missing = {1: res['A_d_top1']}
   for m, v in res.get('A_d_by_missing', {}).items():
     by_missing[int(m)] = v['A_d_top1']
-  return {'code': _code_label(wd.read_config(workdir)), 'dataset': res['dataset'],
+  return {'code': _code_label(runs.read_config(workdir)), 'dataset': res['dataset'],
           'model': res['model'],
           'k': res['k'], 'r': res['r'], 'stragglers': res['r'], 'A_a': res['A_a'],
           'acc_none_missing': res['A_a'], 'A_d_by_missing': by_missing,

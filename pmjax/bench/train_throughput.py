@@ -3,7 +3,7 @@
     python -m pmjax.bench.train_throughput [--code=sum --k=2 --batch=64 --epochs=5]
 
 Runs the very `make_train_chunk` that `pmjax.train` runs (on-device data,
-frozen-F targets precomputed, `log_every_steps` steps per jitted call, the loss
+frozen-F targets precomputed, `steps_per_call` steps per jitted call, the loss
 read back after each call as the training loop does) on MNIST (the shared
 offline copy, or random images of the same shape when it is absent) and
 reports, after one warm-up epoch that includes compilation:

@@ -57,7 +57,7 @@ __all__ = ['CODE_SPECS', 'COEFFICIENTS', 'Code', 'CodeSpec', 'PARITY_INPUTS', 'P
            'resize_matrix', 'solve_small']
 
 # A code made of trained networks (pmjax.learned): registered for its parameters and its
-# training task; `pmjax.workdir.load_code` builds it from a trained run.
+# training task; `pmjax.runs.load_code` builds it from a trained run.
 register_code(CodeSpec(
     'learned', None, trained=True, max_r=lambda k: k, r_rule='1 <= r <= k', task='learned',
     params=(Param('loss', 'mse', ('mse', 'kl', 'ce'), 'learned_loss', 'mse'),
@@ -66,4 +66,4 @@ register_code(CodeSpec(
     describe=lambda r, loss, encoder, train_parity: f'learned ({encoder} encoder, {loss} loss)',
     how_to_make="code 'learned' is made of trained networks: train it with "
                 "`python -m pmjax.train ... code=learned` and load it with "
-                "pmjax.workdir.load_code(WORKDIR) (or pmjax.learned.make_learned_code)"))
+                "pmjax.runs.load_code(WORKDIR) (or pmjax.learned.make_learned_code)"))

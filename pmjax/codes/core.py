@@ -69,7 +69,7 @@ def get_code_spec(name: str) -> CodeSpec:
     raise ValueError(f'code name {name!r} is unknown; accepted values: {buildable}, and '
                      + ', '.join(repr(n) for n in trained) +
                      ' (trained: `python -m pmjax.train ... code=NAME`, then '
-                     'pmjax.workdir.load_code)')
+                     'pmjax.runs.load_code)')
   return CODE_SPECS[name]
 
 

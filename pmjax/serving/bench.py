@@ -27,7 +27,7 @@ from absl import app, flags
 import jax
 import numpy as np
 
-from pmjax import inference, plotting, workdir as wd
+from pmjax import inference, plotting, runs
 from pmjax.data import pipeline
 from pmjax.serving import loadgen, policy
 from pmjax.serving.faults import FaultSpec, start_contention
@@ -51,11 +51,11 @@ class Parts:
 
 def make_parts(parity_workdir: str) -> Parts:
   """F, the parity networks and the code of a parity workdir (`workdir.load_run`)."""
-  config = wd.read_config(parity_workdir)
+  config = runs.read_config(parity_workdir)
   if config.stage != 'parity':
     raise ValueError(f'{parity_workdir} is a {config.stage!r} workdir; pass the workdir of a '
                      f'parity run (its config.base_workdir names F)')
-  run = wd.load_run(parity_workdir)
+  run = runs.load_run(parity_workdir)
   parity_fn, parity_vars = run.parity_predicts()
   return Parts(config, inference.make_predict(run.base_model, run.dataset), run.base_vars,
                parity_fn, parity_vars, run.code,

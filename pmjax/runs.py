@@ -1,9 +1,14 @@
-"""A run's working directory: its config.json, its checkpoints, its models.
+"""Runs: a workdir's config (its identity), its lock, and what it holds (`load_run`).
 
-    W/config.json        the config the run was started with
-    W/metrics.jsonl      one row per epoch (and W/tb/ TensorBoard events)
-    W/checkpoints/       latest/ and best/ (see pmjax.checkpoint)
-    W/results.json       written by pmjax.evaluate
+    W/config.json          the config the run was started with (see `write_config`)
+    W/config_history.jsonl changes made with --allow_config_change
+    W/metrics.jsonl        one row per epoch (and W/tb/ TensorBoard events)
+    W/checkpoints/         latest/ and best/ (see pmjax.checkpoint)
+    W/results.json         written by pmjax.evaluate
+
+`load_run(W)` is the one factory from a workdir to its F, code and trained parity
+networks, for evaluation, the benches and serving. `read_config` migrates configs
+written by earlier versions (`migrate_config`).
 """
 
 from __future__ import annotations
@@ -93,6 +98,20 @@ def config_differences(old: ml_collections.ConfigDict, new: ml_collections.Confi
   return changing, neutral
 
 
+# Config fields renamed since workdirs were first written: old name -> new name.
+RENAMED_FIELDS = {'log_every_steps': 'steps_per_call'}
+
+
+def migrate_config(config: dict) -> dict:
+  """A config.json as written by an earlier pmjax -> today's field names (the values,
+  and so the run's identity, are unchanged)."""
+  config = dict(config)
+  for old, new in RENAMED_FIELDS.items():
+    if old in config and new not in config:
+      config[new] = config.pop(old)
+  return config
+
+
 def read_config(workdir: str) -> ml_collections.ConfigDict:
   path = os.path.join(workdir, 'config.json')
   if not os.path.exists(path):
@@ -100,7 +119,7 @@ def read_config(workdir: str) -> ml_collections.ConfigDict:
         f'{os.path.abspath(workdir)} is not a pmjax workdir: {path} is missing. Pass the '
         f'--workdir of a run started with `python -m pmjax.train`.')
   with open(path) as f:
-    return config_utils.from_json(f.read())
+    return ml_collections.ConfigDict(migrate_config(json.load(f)))
 
 
 def write_config(workdir: str, config: ml_collections.ConfigDict, write: bool = True,
