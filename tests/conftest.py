@@ -67,19 +67,18 @@ def tfds_dir(tmp_path_factory):
   return str(tmp_path_factory.mktemp('tfds'))
 
 
+def synthetic_config(arg, mnist_dir, tfds_dir, train_limit=512, test_limit=200):
+  """configs/mnist.py:smoke,ARG on the synthetic files, quiet."""
+  from configs import mnist
+  c = mnist.get_config(','.join(filter(None, ['smoke', arg])))
+  c.data.update(dict(manual_dir=mnist_dir, data_dir=tfds_dir, download=False,
+                     verify_md5=False, num_val=100, train_limit=train_limit,
+                     test_limit=test_limit))
+  c.progress_bar = False
+  return c
+
+
 @pytest.fixture
 def smoke_config(mnist_dir, tfds_dir):
   """configs/mnist.py:smoke on the synthetic files, quiet."""
-  from configs import mnist
-  def make(arg=''):
-    c = mnist.get_config(','.join(filter(None, ['smoke', arg])))
-    c.data.manual_dir = mnist_dir
-    c.data.data_dir = tfds_dir
-    c.data.download = False
-    c.data.verify_md5 = False
-    c.data.num_val = 100
-    c.data.train_limit = 512
-    c.data.test_limit = 200
-    c.progress_bar = False
-    return c
-  return make
+  return lambda arg='': synthetic_config(arg, mnist_dir, tfds_dir)

@@ -24,11 +24,8 @@ REFERENCE = os.path.join(os.path.dirname(REPO), 'shared', 'reference', 'parm_pyt
 @pytest.fixture(scope='module')
 def tiny_run(tmp_path_factory, mnist_dir, tfds_dir):
   """W/base and W/parity (sum, k=2) of a stage=all smoke run, evaluated."""
-  from configs import mnist
-  c = mnist.get_config('smoke,code=sum')
-  c.data.update(dict(manual_dir=mnist_dir, data_dir=tfds_dir, download=False,
-                     verify_md5=False, num_val=100, train_limit=256, test_limit=100))
-  c.progress_bar = False
+  from tests.conftest import synthetic_config
+  c = synthetic_config('code=sum', mnist_dir, tfds_dir, train_limit=256, test_limit=100)
   w = str(tmp_path_factory.mktemp('tiny'))
   train.train_and_evaluate(c, w)
   return w

@@ -77,11 +77,8 @@ def test_batch_must_divide_devices():
 
 @pytest.fixture(scope='module')
 def base_dir(tmp_path_factory, mnist_dir, tfds_dir):
-  from configs import mnist
-  c = mnist.get_config('smoke,stage=base,base_epochs=3')
-  c.data.update(dict(manual_dir=mnist_dir, data_dir=tfds_dir, download=False,
-                     verify_md5=False, num_val=100, train_limit=512, test_limit=200))
-  c.progress_bar = False
+  from tests.conftest import synthetic_config
+  c = synthetic_config('stage=base,base_epochs=3', mnist_dir, tfds_dir)
   w = str(tmp_path_factory.mktemp('base'))
   last = train.train_and_evaluate(c, w)
   assert last['epoch'] == 3
