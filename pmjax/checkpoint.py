@@ -185,10 +185,12 @@ class Checkpoints:
         tree = self._restore_step(which, step, abstract_tree)
       except CheckpointError as e:
         failures.append((step, str(e)))
-        print(f'pmjax: {e}', flush=True)
         continue
-      if failures and jax.process_index() == 0:
-        self._quarantine(which, [s for s, _ in failures])
+      if failures:
+        for _, why in failures:
+          print(f'pmjax: {why}', flush=True)
+        if jax.process_index() == 0:
+          self._quarantine(which, [s for s, _ in failures])
         print(f'pmjax: using the {which} checkpoint of epoch {step} instead; the epochs '
               f'after it are re-run', flush=True)
       return tree
