@@ -2,7 +2,15 @@
 
 A_d: over every test group and every erased position, the accuracy of the
 decoded answer against the true label; "reconstruction accuracy" compares it
-with F's own argmax instead. A_o(f_u) = (1 - f_u) A_a + f_u A_d.
+with F's own answer instead. A_o(f_u) = (1 - f_u) A_a + f_u A_d.
+
+What "correct" means is a `Score`: `correct(outputs, labels)` gives one boolean
+per example for each of its criteria (classification: the label is the top-1,
+and among the top-5, outputs), the first one primary (A_a, A_o, the best
+checkpoint); `agree(outputs, reference)` says whether a reconstruction gives F's
+answer. A task that is not classification (a box scored by IoU >= 0.5, say)
+brings its own Score (`pmjax.tasks`: `task.score`); the metric functions below
+take any.
 """
 
 from __future__ import annotations
@@ -38,28 +46,47 @@ def decoded_per_erasure(code, y_GxKxC, z_GxRxC):
   return jnp.stack([erase(j) for j in range(k)], axis=1)
 
 
-@jax.jit
-def _degraded(decoded_GxKxC, y_GxKxC, labels_GxK):
+class TopK:
+  """Classification: correct when the label is the top-1 output (and among the top-5);
+  a reconstruction agrees with F when its argmax is F's."""
+  keys = ('top1', 'top5')
+
+  def correct(self, outputs_NxC, labels_N) -> dict:
+    return {'top1': topk_correct(outputs_NxC, labels_N, 1),
+            'top5': topk_correct(outputs_NxC, labels_N, 5)}
+
+  def agree(self, outputs_NxC, reference_NxC):
+    return jnp.argmax(outputs_NxC, -1) == jnp.argmax(reference_NxC, -1)
+
+
+CLASSIFICATION = TopK()
+
+
+@partial(jax.jit, static_argnums=3)
+def _degraded(decoded_GxKxC, y_GxKxC, labels_GxK, score):
   c = decoded_GxKxC.shape[-1]
   flat = decoded_GxKxC.reshape(-1, c)
-  labels = labels_GxK.reshape(-1)
-  top1 = topk_correct(flat, labels, 1).reshape(labels_GxK.shape)
-  top5 = topk_correct(flat, labels, 5)
-  recon = jnp.argmax(flat, -1) == jnp.argmax(y_GxKxC.reshape(-1, c), -1)
-  return top1.mean(), top5.mean(), recon.mean(), top1.mean(axis=0)
+  correct = score.correct(flat, labels_GxK.reshape(-1))
+  primary = correct[score.keys[0]].reshape(labels_GxK.shape)
+  agree = score.agree(flat, y_GxKxC.reshape(-1, c))
+  return ({k: v.mean() for k, v in correct.items()}, agree.mean(), primary.mean(axis=0))
 
 
-def degraded_metrics(code, y_GxKxC, z_GxRxC, labels_GxK) -> dict:
-  """A_d top-1/top-5, reconstruction top-1 and A_d by erased position."""
+def degraded_metrics(code, y_GxKxC, z_GxRxC, labels_GxK, score=CLASSIFICATION) -> dict:
+  """A_d for each of the score's criteria (A_d_top1, A_d_top5), reconstruction
+  (recon_top1: agreement with F) and A_d by erased position (primary criterion)."""
   decoded = decoded_per_erasure(code, y_GxKxC, z_GxRxC)
-  top1, top5, recon, by_pos = jax.device_get(_degraded(decoded, y_GxKxC, labels_GxK))
-  return {'A_d_top1': float(top1), 'A_d_top5': float(top5), 'recon_top1': float(recon),
+  means, agree, by_pos = jax.device_get(_degraded(decoded, y_GxKxC, labels_GxK, score))
+  return {**{f'A_d_{k}': float(means[k]) for k in score.keys},
+          f'recon_{score.keys[0]}': float(agree),
           'A_d_by_position': [float(v) for v in by_pos]}
 
 
-def accuracy_metrics(logits_NxC, labels_N) -> dict:
-  return {'A_a': float(topk_correct(logits_NxC, labels_N, 1).mean()),
-          'A_a_top5': float(topk_correct(logits_NxC, labels_N, 5).mean())}
+def accuracy_metrics(logits_NxC, labels_N, score=CLASSIFICATION) -> dict:
+  """A_a (the primary criterion) and A_a_<key> for the others (A_a_top5)."""
+  correct = score.correct(logits_NxC, labels_N)
+  return {('A_a' if i == 0 else f'A_a_{k}'): float(correct[k].mean())
+          for i, k in enumerate(score.keys)}
 
 
 def overall_accuracy(a_a: float, a_d: float, f_us=F_U) -> dict:
@@ -126,7 +153,7 @@ def read_metrics(workdir: str) -> list:
   return rows
 
 
-def degraded_by_missing(code, y_GxKxC, z_GxRxC, labels_GxK) -> dict:
+def degraded_by_missing(code, y_GxKxC, z_GxRxC, labels_GxK, score=CLASSIFICATION) -> dict:
   """For m = 1..r missing outputs: accuracy of the decoded answers over every test
   group and every pattern of m erased outputs among the k + r (data or parity)
   that erases at least one data output, with a breakdown by how many data
@@ -155,13 +182,15 @@ def degraded_by_missing(code, y_GxKxC, z_GxRxC, labels_GxK) -> dict:
       yhat = np.asarray(decode(y_GxKxC, avail, z_GxRxC, zavail))[:, data]
       patterns += 1
       undecodable += int(not np.all(np.isfinite(yhat)))
-      hits = int(np.sum(np.argmax(yhat, -1) == labels[:, data]))
+      hits = int(np.sum(np.asarray(score.correct(
+          jnp.asarray(yhat.reshape(-1, yhat.shape[-1])),
+          jnp.asarray(labels[:, data].reshape(-1)))[score.keys[0]])))
       correct += hits
       total += yhat.shape[0] * len(data)
       kind = f'{len(data)} data missing, {int(zavail[0].sum())} of {r} parities in'
       c, t = by_kind.get(kind, (0, 0))
       by_kind[kind] = (c + hits, t + yhat.shape[0] * len(data))
-    out[str(m)] = {'A_d_top1': correct / total, 'patterns': patterns,
+    out[str(m)] = {f'A_d_{score.keys[0]}': correct / total, 'patterns': patterns,
                    'undecodable_patterns': undecodable,
                    'by_kind': {kind: c / t for kind, (c, t) in sorted(by_kind.items())}}
   return out

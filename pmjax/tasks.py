@@ -10,6 +10,7 @@ kinds of training, so the loop has no branch on the stage or the code:
   task.loss_fn(apply_fn, params, batch_stats, batch) -> (loss, new batch stats)
   task.batch_fn(data, idx_BxG, keys_BxG) -> batch     (pure, inside the jitted step)
   task.evaluator(variables) -> {metric: value}, with evaluator.best_key
+  task.score               what "correct" means (metrics.Score; classification here)
   task.unroll_model        the model name that decides the CPU scan unroll
 
 Tasks are registered by name (`TASKS`): `base` (F, cross-entropy), `parity`
@@ -91,19 +92,19 @@ def parity_batch(data, idx_BxK, keys_BxK, dataset, augment, code, base_apply):
 # ---------------------------------------------------------------------------
 
 class BaseEvaluator:
-  """Accuracy of F on val and test; best = highest val accuracy."""
+  """Accuracy of F on val and test (`score`'s criteria); best = highest val A_a."""
   best_key = 'val_A_a'
 
-  def __init__(self, model, dataset, splits, batch_size):
+  def __init__(self, model, dataset, splits, batch_size, score=metrics.CLASSIFICATION):
     self.predict = inference.make_predict(model, dataset)
     self.splits = {'val': (splits.val_x, splits.val_y), 'test': (splits.test_x, splits.test_y)}
-    self.batch_size = batch_size
+    self.batch_size, self.score = batch_size, score
 
   def __call__(self, variables) -> dict:
     out = {}
     for name, (x, y) in self.splits.items():
       logits = inference.batched(self.predict, variables, x, self.batch_size)
-      for key, v in metrics.accuracy_metrics(logits, y).items():
+      for key, v in metrics.accuracy_metrics(logits, y, self.score).items():
         out[f'{name}_{key}'] = v
     return out
 
@@ -115,10 +116,9 @@ class ParityEvaluator:
   `inference.make_parity_outputs` (a parity model) or `learned.make_parity_outputs`
   (a learned encoder in front of the frozen F).
   """
-  best_key = 'val_recon_top1'
-
-  def __init__(self, parity_outputs, k, splits, base_logits):
-    self.parity_outputs = parity_outputs
+  def __init__(self, parity_outputs, k, splits, base_logits, score=metrics.CLASSIFICATION):
+    self.parity_outputs, self.score = parity_outputs, score
+    self.best_key = f'val_recon_{score.keys[0]}'
     self.groups = {}
     for name in ('val', 'test'):
       x, y = getattr(splits, f'{name}_x'), getattr(splits, f'{name}_y')
@@ -131,9 +131,10 @@ class ParityEvaluator:
     for name, (x_GxK, y_GxK, logits_GxKxC) in self.groups.items():
       code, z = self.parity_outputs(variables, x_GxK)
       m = metrics.degraded_metrics(code, jnp.asarray(logits_GxKxC), jnp.asarray(z),
-                                   jnp.asarray(y_GxK))
-      for key in ('A_d_top1', 'A_d_top5', 'recon_top1'):
-        out[f'{name}_{key}'] = m[key]
+                                   jnp.asarray(y_GxK), self.score)
+      for key, v in m.items():
+        if key != 'A_d_by_position':
+          out[f'{name}_{key}'] = v
     return out
 
 
@@ -155,7 +156,8 @@ class BaseTask:
     self.loss_fn = base_loss
     self.batch_fn = partial(base_batch, dataset=dataset,
                             augment=bool(config.data.get('augment', False)))
-    self.evaluator = BaseEvaluator(self.model, dataset, splits, eval_batch_size)
+    self.score = metrics.CLASSIFICATION
+    self.evaluator = BaseEvaluator(self.model, dataset, splits, eval_batch_size, self.score)
     self.unroll_model = config.model
 
   def init_variables(self, seed: int) -> dict:
@@ -172,6 +174,7 @@ class _CodeTask:
     self.base_model, self.base_vars = base
     self.augment = bool(config.data.get('augment', False))
     self.group_size = config.k
+    self.score = metrics.CLASSIFICATION
     predict = inference.make_predict(self.base_model, self.dataset)
     self.base_logits = {n: inference.batched(predict, self.base_vars,
                                              getattr(splits, f'{n}_x'), eval_batch_size)
@@ -198,7 +201,7 @@ class ParityTask(_CodeTask):
                             code=self.code, base_apply=self.base_model.apply)
     self.evaluator = ParityEvaluator(inference.make_parity_outputs(
         self.model, self.code, self.dataset, eval_batch_size), config.k, splits,
-                                     self.base_logits)
+                                     self.base_logits, self.score)
     self.unroll_model = parity_name
 
   def init_variables(self, seed: int) -> dict:
@@ -230,7 +233,7 @@ class LearnedTask(_CodeTask):
     self.batch_fn = partial(learned.learned_batch, dataset=self.dataset)
     self.evaluator = ParityEvaluator(learned.make_parity_outputs(
         self.model, self.base_model, self.base_vars, self.dataset, eval_batch_size,
-        self.train_parity), config.k, splits, self.base_logits)
+        self.train_parity), config.k, splits, self.base_logits, self.score)
     # The coder's own layers decide (F runs frozen in the loss), and a trained copy of F's.
     self.unroll_model = 'conv' if params['encoder'] == 'conv' else 'mlp'
     if self.train_parity and config.model != 'mlp':

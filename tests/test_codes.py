@@ -318,3 +318,32 @@ def test_unknown_code_lists_learned_too():
   with pytest.raises(ValueError, match=r"accepted values: \['sum', 'concat', 'linear', "
                      r"'berrut'\], and 'learned'"):
     make_code('foo', 2)
+
+
+def test_metrics_take_a_tasks_own_score():
+  """A regression-style score (correct within 0.5 of the target) goes through A_a, A_d,
+  reconstruction and A_d by missing with no branch for it."""
+  from pmjax import metrics
+
+  class Close:
+    keys = ('close',)
+
+    def correct(self, outputs_NxC, labels_N):
+      return {'close': jnp.abs(outputs_NxC[:, 0] - labels_N) < 0.5}
+
+    def agree(self, outputs_NxC, reference_NxC):
+      return jnp.abs(outputs_NxC[:, 0] - reference_NxC[:, 0]) < 0.5
+
+  rng = np.random.default_rng(0)
+  y = jnp.asarray(rng.normal(size=(8, 2, 1)) * 3, jnp.float32)
+  labels = y[..., 0] + jnp.asarray(rng.choice([0.0, 1.0], size=(8, 2)), jnp.float32)
+  code = make_code('sum', 2)
+  z = code.target(y)
+  m = metrics.degraded_metrics(code, y, z, labels, Close())
+  expected = float(np.mean(np.asarray(labels) == np.asarray(y[..., 0])))
+  assert m['A_d_close'] == pytest.approx(expected) and m['recon_close'] == 1.0
+  assert metrics.accuracy_metrics(y.reshape(-1, 1), labels.reshape(-1), Close()) == {
+      'A_a': pytest.approx(expected)}
+  linear = make_code('linear', 2, 2)
+  by = metrics.degraded_by_missing(linear, y, linear.target(y), labels, Close())
+  assert by['1']['A_d_close'] == pytest.approx(expected)
