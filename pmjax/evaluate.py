@@ -125,8 +125,8 @@ def main(argv):
     return
   if flags.FLAGS.workdir is None:
     raise app.UsageError('--workdir (one run) or --sweep (a tree of runs) is required')
-  from pmjax import train  # pylint: disable=g-import-not-at-top
-  with train.user_errors(ResultsNotWrittenError):
+  from pmjax import cli  # pylint: disable=g-import-not-at-top
+  with cli.user_errors(ResultsNotWrittenError):
     evaluate_workdir(flags.FLAGS.workdir, flags.FLAGS.split, flags.FLAGS.batch_size)
 
 

@@ -28,11 +28,15 @@ re-queued once to another live instance, otherwise failed with
 outputs are in). When no base instance is alive, `submit` refuses new queries
 with `NoInstanceError`. A silent fail-stop (injected fault) loses the batch in
 flight, as a crashed machine would: `deadline_s` bounds the wait for it.
+
+One class (about 550 lines): batching, grouping, failures and shutdown all read and
+change the same group and task state under one lock, so they stay together;
+policy decisions live in `policy.py`, delayed callbacks in `timers.py`, the
+instances in `instance.py`.
 """
 
 from __future__ import annotations
 
-import heapq
 import queue
 import threading
 import time
@@ -44,6 +48,7 @@ import numpy as np
 from pmjax.serving import policy
 from pmjax.serving.faults import FaultSpec
 from pmjax.serving.instance import ModelInstance, Task
+from pmjax.serving.timers import Timers
 
 
 class OverloadError(RuntimeError):
@@ -149,7 +154,7 @@ class Frontend:
     self._encoder_queue = queue.Queue()
     # Timers (hedges, parity waits): (deadline, seq, fn); fn runs with the lock held and
     # returns the futures to settle after it is released.
-    self._timers, self._timer_cv, self._timer_seq = [], threading.Condition(self._lock), 0
+    self._timers = Timers(self._lock, self._settle_all, lambda: self._closed)
     self._outstanding = set()
     self._closed = False
     self._threads = []
@@ -188,7 +193,7 @@ class Frontend:
     self.t0 = time.perf_counter()
     for inst in self.instances:
       inst.start(self.t0)
-    for target in (self._encoder_loop, self._timer_loop):
+    for target in (self._encoder_loop, self._timers.run):
       t = threading.Thread(target=target, daemon=True, name=target.__name__)
       t.start()
       self._threads.append(t)
@@ -213,7 +218,7 @@ class Frontend:
       time.sleep(0.005)
     with self._lock:
       left = list(self._outstanding)
-      self._timer_cv.notify_all()
+      self._timers.wake()
     for f in left:
       _settle(f, error=ShutdownError('server shut down before this query was answered'))
     for q in [self.base_queue, *self.parity_queues]:
@@ -527,30 +532,9 @@ class Frontend:
     task.copies += 1
     self.hedges_sent += 1
 
-  # ------------------------------------------------------------------ timers
-
   def _add_timer(self, delay_s, fn):
     """Runs fn() (lock held) after delay_s; fn returns futures to settle (lock held)."""
-    self._timer_seq += 1
-    heapq.heappush(self._timers, (time.perf_counter() + delay_s, self._timer_seq, fn))
-    self._timer_cv.notify()
-
-  def _timer_loop(self):
-    while True:
-      with self._lock:
-        while not self._closed:
-          if not self._timers:
-            self._timer_cv.wait(0.05)
-            continue
-          deadline = self._timers[0][0]
-          now = time.perf_counter()
-          if deadline <= now:
-            break
-          self._timer_cv.wait(deadline - now)
-        if self._closed:
-          return
-        settle = heapq.heappop(self._timers)[2]()
-      self._settle_all(settle)
+    self._timers.add(delay_s, fn)
 
   # ------------------------------------------------------------------ stats
 
