@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
-# K=8, one extra worker, on the same lenet5 F per dataset (the goal row's, launch/goal_k8.sh):
+# K=8, one extra worker, on the same lenet5 F per dataset (the goal row's, launch/k8_tilesum.sh):
 # ParM `sum` with a copy of F as parity model (the setting ApproxIFER measured ParM in),
 # then one table with Berrut (both forms), `concat` + TileSum, `concat` + copy of F.
 # The copy-of-F parity models train for EPOCHS (rerunning with more epochs resumes them,
-# goal_k8.sh's 30-epoch concat copy included).
+# k8_tilesum.sh's 30-epoch concat copy included).
 # Usage: launch/codes_k8.sh [GOAL_ROOT] [OUT] [EPOCHS]
 set -euo pipefail
 root=${1:-workdirs/goal_k8}
@@ -20,6 +20,6 @@ for ds in mnist fashion_mnist; do
   done
   parity+=("$root/$ds/sum_lenet5_copy" "$root/$ds/lenet5_copy" "$root/$ds/tilesum_mlp")
 done
-python -m pmjax.bench.codes --base_workdirs="$root/mnist/base,$root/fashion_mnist/base" --k=8 --s=1 \
+python -m pmjax.bench.code_table --base_workdirs="$root/mnist/base,$root/fashion_mnist/base" --k=8 --s=1 \
   --berrut_outputs=logits,softmax \
   --parity_workdirs="$(IFS=,; echo "${parity[*]}")" --out="$out"

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Codes on the CPU grid's base-mlp F of one dataset (launch/sweep.py made F and the
 # sum/concat runs): linear k=4 r=2 (balanced and Cauchy C), learned k=2 (frozen F and a
-# trained copy), then one bench.codes table with Berrut k=4, S=2 beside them.
+# trained copy), then one bench.code_table table with Berrut k=4, S=2 beside them.
 # Usage: launch/codes_mlp.sh DATASET [GRID_ROOT] [OUT]
 set -euo pipefail
 ds=${1:?dataset, e.g. fashion_mnist}
@@ -19,4 +19,4 @@ train "$g/learned_k2" code=learned,k=2,epochs=20
 train "$g/learned_k2_trained_parity" code=learned,k=2,epochs=20 --config.learned_train_parity=True
 rows=$g/linear_k4_r2_cauchy,$g/linear_k4_r2_balanced,$g/concat_k4,$g/sum_k4,$g/concat_k2,$g/sum_k2
 rows=$rows,$g/learned_k2,$g/learned_k2_trained_parity
-python -m pmjax.bench.codes --base_workdirs="$g/base" --k=4 --s=2 --parity_workdirs="$rows" --out="$out"
+python -m pmjax.bench.code_table --base_workdirs="$g/base" --k=4 --s=2 --parity_workdirs="$rows" --out="$out"

@@ -13,5 +13,5 @@ for rate in 200 400; do
 done
 python -m pmjax.serving.bench "${common[@]}" --rate=200 --fail_instance=base0 --fail_at_s=8 \
   --out="$out/failstop_200"
-python -m pmjax.bench.codecs --models=mlp,resnet8 --code=concat --calls=3000
-python -m pmjax.bench.codecs --models=mlp,resnet8 --code=sum --calls=3000
+python -m pmjax.bench.codec_cost --models=mlp,resnet8 --code=concat --calls=3000
+python -m pmjax.bench.codec_cost --models=mlp,resnet8 --code=sum --calls=3000

@@ -41,8 +41,8 @@ def test_every_other_entry_point_runs(tiny_run, tmp_path):
   commands = {
       'bench.train_throughput': [py, '-m', 'pmjax.bench.train_throughput', '--epochs=1',
                                  '--train_limit=1024'],
-      'bench.codecs': [py, '-m', 'pmjax.bench.codecs', '--models=mlp', '--calls=5'],
-      'bench.codes': [py, '-m', 'pmjax.bench.codes', f'--base_workdirs={base}', '--k=2',
+      'bench.codec_cost': [py, '-m', 'pmjax.bench.codec_cost', '--models=mlp', '--calls=5'],
+      'bench.code_table': [py, '-m', 'pmjax.bench.code_table', f'--base_workdirs={base}', '--k=2',
                       '--s=1', f'--parity_workdirs={parity}', f'--out={tmp_path / "codes"}'],
       'serving.bench': [py, '-m', 'pmjax.serving.bench', f'--workdir={parity}',
                         '--mode=coded,equal', '--queries=60', '--warmup=10', '--rate=200',

@@ -244,14 +244,14 @@ def test_linear_r2_trains_stacked_models_and_evaluates_every_pattern(smoke_confi
   mix = (8 * kinds['1 data missing, 1 of 2 parities in'] +
          12 * kinds['2 data missing, 2 of 2 parities in']) / 20
   assert by_missing['2']['A_d_top1'] == pytest.approx(mix)
-  from pmjax.bench import codes as bench_codes
+  from pmjax.bench import code_table as bench_codes
   row = bench_codes.parity_row(w)
   assert row['A_d_by_missing'][2] == by_missing['2']['A_d_top1']
   assert row['encode_us_per_group'] > 0 and row['decode_us_per_group'] > 0
 
 
 def test_codes_bench_berrut_rows(base_dir):
-  from pmjax.bench import codes as bench_codes
+  from pmjax.bench import code_table as bench_codes
   for systematic in (False, True):
     row = bench_codes.berrut_row(base_dir, 4, 1, systematic, batch=50)
     assert row['r'] == (5 if not systematic else 1) and row['groups'] == 50
@@ -318,7 +318,7 @@ def test_learned_code_with_trained_parity_model(smoke_config, base_dir, tmp_path
   assert 'trained copy of F' in res['parity_model'] and 0.0 <= res['A_d_top1'] <= 1.0
   code = runs.load_code(w)           # the trained encoder/decoder, as a Code
   assert code.name == 'learned' and code.encode(jnp.zeros((2, 2, 28, 28, 1))).shape[:2] == (2, 1)
-  from pmjax.bench import codes as bench_codes
+  from pmjax.bench import code_table as bench_codes
   row = bench_codes.parity_row(w)
   assert row['code'] == 'learned (mlp encoder, mse loss)' and row['decode_us_per_group'] > 0
   with pytest.raises(ValueError, match='load_code'):

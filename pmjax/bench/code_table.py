@@ -1,6 +1,6 @@
 """One table over codes: accuracy with nothing and with 1..S missing, A_o, cost.
 
-    python -m pmjax.bench.codes --base_workdir=W_F --k=8 --s=1 \
+    python -m pmjax.bench.code_table --base_workdir=W_F --k=8 --s=1 \
         [--parity_workdirs=W1,W2,...] [--out=DIR]
 
 Training-free `berrut` codes (non-systematic as published, and systematic)
@@ -30,7 +30,7 @@ import jax
 import numpy as np
 
 from pmjax import codes, inference, metrics, runs
-from pmjax.bench import codecs
+from pmjax.bench import codec_cost
 from pmjax.data import builders, pipeline
 
 
@@ -40,8 +40,8 @@ def _codec_us(encode, decode, x_1xKx, y_1xKxC, z_1xRxC, avail_1xK):
   """Median times of the compiled encode (raw uint8 group -> parity queries) and decode
   of one group."""
   zavail = np.ones(z_1xRxC.shape[:2], bool)
-  return (codecs.median_us(lambda: encode(x_1xKx), 200),
-          codecs.median_us(lambda: decode(y_1xKxC, avail_1xK, z_1xRxC, zavail), 200))
+  return (codec_cost.median_us(lambda: encode(x_1xKx), 200),
+          codec_cost.median_us(lambda: decode(y_1xKxC, avail_1xK, z_1xRxC, zavail), 200))
 
 
 def berrut_row(base_workdir, k, s, systematic, batch=500, outputs='logits'):

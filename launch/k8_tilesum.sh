@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # K=8 with one extra worker: ParM `concat` (2x4 tiling) with a TileSum parity model
 # (one shared mlp on every tile, outputs summed) vs a plain copy of F's architecture,
-# on MNIST and Fashion-MNIST with lenet5 F. Usage: launch/goal_k8.sh [ROOT]
+# on MNIST and Fashion-MNIST with lenet5 F. Usage: launch/k8_tilesum.sh [ROOT]
 set -euo pipefail
 root=${1:-workdirs/goal_k8}
 for ds in mnist fashion_mnist; do

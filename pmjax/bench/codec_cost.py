@@ -1,6 +1,6 @@
 """Encode + decode time per coding group against one batch's inference, isolated.
 
-    python -m pmjax.bench.codecs --models=mlp,resnet8 --code=concat --k=2 --batch_size=1
+    python -m pmjax.bench.codec_cost --models=mlp,resnet8 --code=concat --k=2 --batch_size=1
 
 Times, on this machine, the serving loop's own compiled pieces one after the
 other: `jit(encode_raw)` on a group of k raw batches, `jit(code.decode)` with
