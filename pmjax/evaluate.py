@@ -22,7 +22,7 @@ from absl import app, flags, logging
 import jax
 import jax.numpy as jnp
 
-from pmjax import inference, metrics, runs
+from pmjax import inference, metrics, runs, tasks
 from pmjax.data import pipeline
 
 
@@ -45,7 +45,8 @@ def evaluate_workdir(workdir: str, split: str = 'test', batch_size: int = 1000,
   results = {'workdir': os.path.abspath(workdir), 'split': split,
              'dataset': config.data.name, 'model': config.model,
              'stage': config.stage, 'num_examples': int(x.shape[0])}
-  results['A_a'] = metrics.accuracy_metrics(logits, y)['A_a']
+  score = tasks.task_score(config)
+  results['A_a'] = metrics.accuracy_metrics(logits, y, score)['A_a']
   if run.code is None:
     results.update(epochs=_epochs_trained(workdir, run.epoch), best_epoch=run.epoch)
     return _finish(workdir, results, write, verbose)
@@ -54,7 +55,7 @@ def evaluate_workdir(workdir: str, split: str = 'test', batch_size: int = 1000,
   code, z = run.parity_outputs(batch_size)(x_GxK)
   logits_GxKxC = logits[:x_GxK.shape[0] * code.k].reshape(*y_GxK.shape, -1)
   degraded = metrics.degraded_metrics(code, jnp.asarray(logits_GxKxC), jnp.asarray(z),
-                                      jnp.asarray(y_GxK))
+                                      jnp.asarray(y_GxK), score)
   parity_name = runs.model_names(config)[1]
   if run.learned:
     parity_name = ('learned encoder/decoder + ' + (f'trained copy of F ({config.model})'
@@ -63,10 +64,11 @@ def evaluate_workdir(workdir: str, split: str = 'test', batch_size: int = 1000,
                   'k': code.k, 'r': code.r, 'epochs': _epochs_trained(workdir, run.epoch),
                   'best_epoch': run.epoch, 'base_workdir': os.path.abspath(base_dir),
                   'num_groups': int(x_GxK.shape[0]), **degraded})
-  results['A_o'] = metrics.overall_accuracy(results['A_a'], results['A_d_top1'])
+  results['A_o'] = metrics.overall_accuracy(results['A_a'],
+                                            results[f'A_d_{score.keys[0]}'])
   if code.r > 1:
     results['A_d_by_missing'] = metrics.degraded_by_missing(
-        code, jnp.asarray(logits_GxKxC), jnp.asarray(z), jnp.asarray(y_GxK))
+        code, jnp.asarray(logits_GxKxC), jnp.asarray(z), jnp.asarray(y_GxK), score)
   return _finish(workdir, results, write, verbose)
 
 
@@ -105,11 +107,13 @@ def format_table(results: dict) -> str:
     rows.append(('code', f"{results['code']} (k={results['k']}, r={results['r']})"))
   rows.append(('epochs', f"{results['epochs']} (best: {results['best_epoch']})"))
   rows.append(('A_a', f"{results['A_a']:.4f}"))
-  if 'A_d_top1' in results:
-    rows += [('A_d top-1', f"{results['A_d_top1']:.4f}"),
-             ('A_d top-5', f"{results['A_d_top5']:.4f}"),
-             ('recon top-1', f"{results['recon_top1']:.4f}"),
-             ('A_d by position', ' '.join(f'{v:.4f}' for v in results['A_d_by_position']))]
+  if 'A_d_by_position' in results:   # a parity run: every criterion of its score
+    def label(key):  # 'A_d_top1' -> 'A_d top-1'
+      head, _, criterion = key.rpartition('_')
+      return f"{head} {criterion.replace('top', 'top-')}"
+    rows += [(label(key), f'{v:.4f}') for key, v in results.items()
+             if key.startswith(('A_d_', 'recon_')) and isinstance(v, float)]
+    rows.append(('A_d by position', ' '.join(f'{v:.4f}' for v in results['A_d_by_position'])))
     rows += [(f'A_o(f_u={f})', f'{v:.4f}') for f, v in results['A_o'].items()]
   width = max(len(r[0]) for r in rows)
   return '\n'.join(f'{name:<{width}}  {value}' for name, value in rows)

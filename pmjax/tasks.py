@@ -145,6 +145,7 @@ class ParityEvaluator:
 
 class BaseTask:
   """F trained with cross-entropy on single examples; best by validation accuracy."""
+  score = metrics.CLASSIFICATION
 
   def __init__(self, config, splits, eval_batch_size: int, base=None):
     del base
@@ -156,7 +157,6 @@ class BaseTask:
     self.loss_fn = base_loss
     self.batch_fn = partial(base_batch, dataset=dataset,
                             augment=bool(config.data.get('augment', False)))
-    self.score = metrics.CLASSIFICATION
     self.evaluator = BaseEvaluator(self.model, dataset, splits, eval_batch_size, self.score)
     self.unroll_model = config.model
 
@@ -167,6 +167,7 @@ class BaseTask:
 class _CodeTask:
   """What the tasks that train a code share: the frozen F, its outputs on every split
   (targets precomputed once when there is no augmentation), groups of k."""
+  score = metrics.CLASSIFICATION
 
   def __init__(self, config, splits, eval_batch_size: int, base):
     self.config, self.dataset = config, config.data.name
@@ -174,7 +175,6 @@ class _CodeTask:
     self.base_model, self.base_vars = base
     self.augment = bool(config.data.get('augment', False))
     self.group_size = config.k
-    self.score = metrics.CLASSIFICATION
     predict = inference.make_predict(self.base_model, self.dataset)
     self.base_logits = {n: inference.batched(predict, self.base_vars,
                                              getattr(splits, f'{n}_x'), eval_batch_size)
@@ -249,6 +249,11 @@ TASKS = {'base': BaseTask, 'parity': ParityTask, 'learned': LearnedTask}
 def task_name(config) -> str:
   """'base' for stage=base; otherwise the task that trains the config's code."""
   return 'base' if config.stage == 'base' else codes.get_code_spec(config.code).task
+
+
+def task_score(config) -> metrics.TopK:
+  """What "correct" means for a run of this config (its task's score)."""
+  return TASKS[task_name(config)].score
 
 
 def make_task(config, splits, eval_batch_size: int, base=None):
