@@ -240,7 +240,7 @@ def load_code(workdir: str, which: str = 'best') -> codes.Code:
 @dataclasses.dataclass
 class Run:
   """What a workdir holds, loaded once: its config, F, and for a parity run its code and
-  trained parity networks. The one way train's benches, evaluate and serving read a run.
+  trained parity networks: the one way evaluate, the benches and serving read a run.
 
   For a learned code, `parity_model` is the coder and `parity_vars` its trained
   variables (with a trained copy of F under 'parity' when it has one).
