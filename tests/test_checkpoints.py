@@ -101,20 +101,23 @@ def _set(config, dotted, value):
   config[name] = value
 
 
-@pytest.fixture
-def base_config(smoke_config):
-  def make():
-    c = smoke_config('stage=base,base_epochs=3')
-    c.data.train_limit = 256
-    c.base.optim.lr = 1e-4  # slow enough that each epoch is a new best
-    return c
-  return make
+def _base_config(mnist_dir, tfds_dir):
+  from tests.conftest import synthetic_config
+  c = synthetic_config('stage=base,base_epochs=3', mnist_dir, tfds_dir, train_limit=256)
+  c.base.optim.lr = 1e-4  # slow enough that each epoch is a new best
+  return c
 
 
 @pytest.fixture
-def uninterrupted(base_config, tmp_path_factory):
+def base_config(mnist_dir, tfds_dir):
+  return lambda: _base_config(mnist_dir, tfds_dir)
+
+
+@pytest.fixture(scope='module')
+def uninterrupted(mnist_dir, tfds_dir, tmp_path_factory):
+  """The uninterrupted run the others are compared with (read only)."""
   w = str(tmp_path_factory.mktemp('full'))
-  train.train_and_evaluate(base_config(), w)
+  train.train_and_evaluate(_base_config(mnist_dir, tfds_dir), w)
   return w
 
 
