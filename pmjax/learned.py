@@ -133,12 +133,7 @@ def make_learned_code(coder: LearnedCoder, variables) -> codes.Code:
   def decode(y_BxKxC, avail_BxK, z_BxRxC, zavail_BxR):
     codes.check_decode_args(y_BxKxC, avail_BxK, z_BxRxC, zavail_BxR, k, r)
     avail, zavail = avail_BxK.astype(bool), zavail_BxR.astype(bool)
-    # As for linear codes: m missing outputs need m parity outputs.
-    n_missing_B, n_parity_B = jnp.sum(~avail, 1), jnp.sum(zavail, 1)
-    decodable_B = n_missing_B <= n_parity_B
-    codes.raise_if_undecodable(decodable_B, (avail_BxK, zavail_BxR), lambda g: (
-        f'{int(n_missing_B[g])} of k={k} outputs missing but only {int(n_parity_B[g])} of '
-        f'r={r} parity outputs available'))
+    decodable_B = codes.one_parity_per_missing(avail_BxK, zavail_BxR, 'learned')
     y_in = jnp.where(avail[..., None], y_BxKxC, 0.0)
     z_in = jnp.where(zavail[..., None], z_BxRxC, 0.0)
     yhat = coder.apply(variables, y_in, z_in, method='decode_logits')

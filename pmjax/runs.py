@@ -1,7 +1,7 @@
 """Runs: a workdir's config (its identity), its lock, and what it holds (`load_run`).
 
     W/config.json          the config the run was started with (see `write_config`)
-    W/config_history.jsonl changes made with --allow_config_change
+    W/config_history.jsonl config changes accepted on resume (see `write_config`)
     W/metrics.jsonl        one row per epoch (and W/tb/ TensorBoard events)
     W/checkpoints/         latest/ and best/ (see pmjax.checkpoint)
     W/results.json         written by pmjax.evaluate
@@ -234,7 +234,7 @@ def load_code(workdir: str, which: str = 'best') -> codes.Code:
                      f'a parity run (stage=parity)')
   if codes.get_code_spec(config.code).build is not None:
     return make_code(config)
-  return load_run(workdir, which).code
+  return _parity_networks(config, _restore_variables(workdir, which)[1])[0]
 
 
 @dataclasses.dataclass
@@ -299,19 +299,24 @@ def load_run(workdir: str, which: str = 'best') -> Run:
     raise ValueError(f'{os.path.abspath(workdir)} holds a stage=all run: load its '
                      f'{os.path.join(workdir, "base")} or {os.path.join(workdir, "parity")}')
   _, own_vars, epoch = _restore_variables(workdir, which)
-  if config.stage == 'base':
-    return Run(workdir, config, epoch, build_model(config.model, config.data.name), own_vars)
-  _, base_vars, _ = _restore_variables(config.base_workdir, 'best')
   base_model = build_model(config.model, config.data.name)
+  if config.stage == 'base':
+    return Run(workdir, config, epoch, base_model, own_vars)
+  _, base_vars, _ = _restore_variables(config.base_workdir, 'best')
+  code, parity_model = _parity_networks(config, own_vars)
+  return Run(workdir, config, epoch, base_model, base_vars, code, parity_model, own_vars)
+
+
+def _parity_networks(config, trained_vars) -> tuple:
+  """(code, trained network) of a parity run: its parity model(s), or for a learned
+  code the coder (and the Code made of its trained encoder and decoder)."""
   if codes.get_code_spec(config.code).task == 'learned':
     coder = make_coder(config)
     coder_vars, _ = learned.split_variables(
-        own_vars['params'], {}, codes.code_params('learned', config)['train_parity'])
-    return Run(workdir, config, epoch, base_model, base_vars,
-               learned.make_learned_code(coder, coder_vars), coder, own_vars)
+        trained_vars['params'], {}, codes.code_params('learned', config)['train_parity'])
+    return learned.make_learned_code(coder, coder_vars), coder
   code = make_code(config)
-  parity_model = build_model(model_names(config)[1], config.data.name, code.r, code.k)
-  return Run(workdir, config, epoch, base_model, base_vars, code, parity_model, own_vars)
+  return code, build_model(model_names(config)[1], config.data.name, code.r, code.k)
 
 
 def build_model(name: str, dataset: str, r: int = 1, k: int | None = None):
@@ -323,12 +328,13 @@ def build_model(name: str, dataset: str, r: int = 1, k: int | None = None):
 def load_variables(workdir: str, which: str = 'best') -> tuple:
   """(config, model, variables, epoch) of the `which` checkpoint of a base or parity run.
 
-  For a parity run the model and variables are F_P's (a learned code's: its coder's).
+  For a parity run the model and variables are F_P's (a learned code's: its coder's);
+  F's checkpoint is not read.
   """
-  run = load_run(workdir, which)
-  if run.code is None:
-    return run.config, run.base_model, run.base_vars, run.epoch
-  return run.config, run.parity_model, run.parity_vars, run.epoch
+  config, variables, epoch = _restore_variables(workdir, which)
+  if config.stage == 'base':
+    return config, build_model(config.model, config.data.name), variables, epoch
+  return config, _parity_networks(config, variables)[1], variables, epoch
 
 
 def _restore_variables(workdir: str, which: str) -> tuple:

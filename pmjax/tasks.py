@@ -28,7 +28,7 @@ from jax import lax
 import jax.numpy as jnp
 import optax
 
-from pmjax import codes, inference, learned, metrics, runs
+from pmjax import codes, config_utils, inference, learned, metrics, runs
 from pmjax.data import builders, pipeline
 
 
@@ -170,7 +170,7 @@ class _CodeTask:
   score = metrics.CLASSIFICATION
 
   def __init__(self, config, splits, eval_batch_size: int, base):
-    self.config, self.dataset = config, config.data.name
+    self.dataset = config.data.name
     self.spec = builders.get_spec(self.dataset)
     self.base_model, self.base_vars = base
     self.augment = bool(config.data.get('augment', False))
@@ -215,15 +215,16 @@ class LearnedTask(_CodeTask):
   trained copy of F) at one erased position per group."""
 
   def __init__(self, config, splits, eval_batch_size: int, base):
-    super().__init__(config, splits, eval_batch_size, base)
-    if self.augment:
-      raise ValueError("code 'learned' does not support augmentation yet "
-                       "(--config.data.augment=False)")
+    # Refused before F's outputs are computed for every split.
+    if config.data.get('augment', False):
+      raise config_utils.ConfigError("code 'learned' does not support augmentation yet "
+                                     "(--config.data.augment=False)")
     if config.get('parity_model') not in ('', None, config.model):
-      raise ValueError(
+      raise config_utils.ConfigError(
           f"code 'learned' runs F's own architecture on the parity queries (frozen, or a "
           f"trained copy with --config.learned_train_parity=True), not parity_model="
           f"{config.parity_model!r}; leave parity_model empty")
+    super().__init__(config, splits, eval_batch_size, base)
     self.data['base_vars'] = self.base_vars
     params = codes.code_params('learned', config)
     self.train_parity = bool(params['train_parity'])

@@ -8,7 +8,7 @@ are evaluated here on the same trained F (its best checkpoint): every test
 group of k consecutive test images, F run on the coded queries, every pattern
 of missing outputs. Trained runs (`sum`, `concat`, `linear`, `learned`) are
 read from their workdirs' results.json (`python -m pmjax.evaluate`); their
-codes are loaded (`workdir.load_code`) and timed here. Writes DIR/codes.json
+codes are loaded (`runs.load_code`) and timed here. Writes DIR/codes.json
 and DIR/codes.md.
 
 Columns: acc none missing (for non-systematic codes already an

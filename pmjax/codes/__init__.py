@@ -43,7 +43,7 @@ from __future__ import annotations
 # The abstraction and the registry, then the codes (importing a module registers it).
 from pmjax.codes.core import (CODE_SPECS, Code, CodeSpec, Param, check_decode_args,
                               code_params, describe_code, get_code_spec, make_code,
-                              raise_if_undecodable, register_code)
+                              one_parity_per_missing, raise_if_undecodable, register_code)
 from pmjax.codes.parm import concat_grid, resize_matrix
 from pmjax.codes.linear import (COEFFICIENTS, PARITY_INPUTS, coefficient_matrix,
                                 solve_small)
@@ -53,7 +53,8 @@ from pmjax.codes.berrut import (berrut_weights, chebyshev_first,
 __all__ = ['CODE_SPECS', 'COEFFICIENTS', 'Code', 'CodeSpec', 'PARITY_INPUTS', 'Param',
            'berrut_weights', 'chebyshev_first', 'chebyshev_second', 'check_decode_args',
            'code_params', 'coefficient_matrix', 'concat_grid', 'describe_code',
-           'get_code_spec', 'make_code', 'raise_if_undecodable', 'register_code',
+           'get_code_spec', 'make_code', 'one_parity_per_missing', 'raise_if_undecodable',
+           'register_code',
            'resize_matrix', 'solve_small']
 
 # A code made of trained networks (pmjax.learned): registered for its parameters and its

@@ -172,6 +172,20 @@ def raise_if_undecodable(decodable_B, masks, why):
     raise ValueError(f'group {bad} cannot be decoded: {why(bad)}')
 
 
+def one_parity_per_missing(avail_BxK, zavail_BxR, name: str):
+  """decodable_B of a code that rebuilds m missing outputs from any m parity outputs
+  (linear, learned); with concrete masks an undecodable group raises."""
+  k, r = avail_BxK.shape[1], zavail_BxR.shape[1]
+  n_missing_B = k - jnp.sum(avail_BxK.astype(bool), axis=1)
+  n_parity_B = jnp.sum(zavail_BxR.astype(bool), axis=1)
+  decodable_B = n_missing_B <= n_parity_B
+  raise_if_undecodable(decodable_B, (avail_BxK, zavail_BxR), lambda g: (
+      f'{int(n_missing_B[g])} of k={k} outputs missing but only {int(n_parity_B[g])} of '
+      f'r={r} parity outputs available; the {name} code rebuilds m missing outputs from '
+      f'>= m parities'))
+  return decodable_B
+
+
 def matrix_encoder(w_rxk, k, image_shape):
   def encode(x_BxKx):
     """p_j = sum_i W[j,i] X_i: p_BxRx..."""

@@ -11,7 +11,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from pmjax.codes.core import (Code, CodeSpec, Param, check_decode_args, matrix_encoder,
-                              matrix_target, raise_if_undecodable, register_code)
+                              matrix_target, one_parity_per_missing, register_code)
 from pmjax.codes.parm import _concat_encoder, concat_grid
 
 PARITY_INPUTS = ('concat', 'sum')   # the parity query
@@ -97,12 +97,7 @@ def _linear_code(k, r, image_shape, parity_input, coefficients):
     check_decode_args(y_BxKxC, avail_BxK, z_BxRxC, zavail_BxR, k, r)
     avail = avail_BxK.astype(bool)
     zavail = zavail_BxR.astype(bool)
-    n_missing_B = k - jnp.sum(avail, axis=1)
-    decodable_B = n_missing_B <= jnp.sum(zavail, axis=1)
-    raise_if_undecodable(decodable_B, (avail_BxK, zavail_BxR), lambda g: (
-        f'{int(n_missing_B[g])} of k={k} outputs missing but only '
-        f'{int(np.sum(np.asarray(zavail)[g]))} of r={r} parity outputs available; the '
-        f'linear code rebuilds m missing outputs from >= m parities'))
+    decodable_B = one_parity_per_missing(avail_BxK, zavail_BxR, 'linear')
     cmat = jnp.asarray(c_rxk)
     miss = (~avail).astype(y_BxKxC.dtype)                        # B x K
     w = zavail.astype(y_BxKxC.dtype)                              # B x R

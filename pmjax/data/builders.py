@@ -87,8 +87,9 @@ def fetch_raw_file(spec: DatasetSpec, role: str, manual_dir: str | None,
       try:
         with urllib.request.urlopen(url, timeout=30) as resp, open(tmp, 'wb') as f:
           shutil.copyfileobj(resp, f)
-        if raw.download_md5 and file_md5(tmp) != raw.download_md5:
-          raise ValueError(f'md5 {file_md5(tmp)} is not the canonical {raw.download_md5} '
+        got = file_md5(tmp) if raw.download_md5 else None
+        if got != raw.download_md5:
+          raise ValueError(f'md5 {got} is not the canonical {raw.download_md5} '
                            f'(a corrupt or tampered download; it was discarded)')
         os.replace(tmp, path)
         return path
@@ -356,9 +357,14 @@ def _read_provenance(builder):
     return None
 
 
+def _have_raw(provenance) -> bool:
+  """Whether every raw file was found (so its md5 is known)."""
+  return all(v is not None for v in provenance['raw_md5'].values())
+
+
 def _stale_reason(recorded, wanted) -> str | None:
   """Why prepared data (made as `recorded`) must not serve a run that wants `wanted`."""
-  have_raw = all(v is not None for v in wanted['raw_md5'].values())
+  have_raw = _have_raw(wanted)
   if recorded is None:
     return ('it was prepared before pmjax recorded where prepared data comes from'
             if have_raw else None)
@@ -393,7 +399,7 @@ def get_builder(name: str, data_dir: str, manual_dir: str | None = None,
     why = _stale_reason(_read_provenance(builder), wanted)
     if why is None:
       return builder
-    if not all(v is not None for v in wanted['raw_md5'].values()):
+    if not _have_raw(wanted):
       raise PreparedDataError(
           f'{name}: the prepared data in {builder.data_dir} cannot serve this run: {why}. '
           f'To fix: put the canonical raw files in the manual directory '
@@ -411,7 +417,7 @@ def get_builder(name: str, data_dir: str, manual_dir: str | None = None,
         f'{name} is not prepared in {data_dir}, which is read-only. To fix: use a writable '
         f'config.data.data_dir (or prepare it there once with write access).')
   builder.download_and_prepare(file_format='array_record')
-  if not all(v is not None for v in wanted['raw_md5'].values()):
+  if not _have_raw(wanted):
     wanted = raw_provenance(spec, manual_dir, verify_md5)  # now downloaded
   tmp = os.path.join(builder.data_dir, PROVENANCE_FILE + '.tmp')
   with open(tmp, 'w') as f:

@@ -50,7 +50,7 @@ class Parts:
 
 
 def make_parts(parity_workdir: str) -> Parts:
-  """F, the parity networks and the code of a parity workdir (`workdir.load_run`)."""
+  """F, the parity networks and the code of a parity workdir (`runs.load_run`)."""
   config = runs.read_config(parity_workdir)
   if config.stage != 'parity':
     raise ValueError(f'{parity_workdir} is a {config.stage!r} workdir; pass the workdir of a '

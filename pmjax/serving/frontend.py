@@ -162,7 +162,8 @@ class Frontend:
     self.parity_dropped = 0
     self.hedges_sent = 0
     self.flushed_batches = self.flushed_groups = self.deadlines_missed = 0
-    self._zero_out = None        # F's output on a batch of zero queries (pads partial groups)
+    self._zero_batch = np.zeros((batch_size, *self.query_shape), self.query_dtype)
+    self._zero_out = None        # F's output on the zero batch (pads partial groups)
     self.t0 = None
 
   # ------------------------------------------------------------------ life cycle
@@ -170,18 +171,12 @@ class Frontend:
   def start(self, warmup: bool = True):
     """Starts every thread; `warmup` first runs each instance, encode and decode once
     on zeros of the serving batch shape, so no compilation lands on a query's path."""
-    zeros = np.zeros((self.batch_size, *self.query_shape), self.query_dtype)
-    if self.mode == 'coded':  # F(0), to pad partial groups (from the first base that runs)
-      for inst in [i for i in self.instances if i.queue is self.base_queue]:
-        try:
-          self._zero_out = np.asarray(inst.predict(zeros))
-          break
-        except Exception:  # pylint: disable=broad-except
-          continue  # a broken instance is found out when it serves
+    x = self._zero_batch
+    base = [i for i in self.instances if i.queue is self.base_queue]
     if warmup:
-      x = np.zeros((self.batch_size, *self.query_shape), self.query_dtype)
-      outs = [inst.predict(x) for inst in self.instances if inst.name.startswith('base')]
+      outs = [np.asarray(inst.predict(x)) for inst in base]
       if self.mode == 'coded':
+        self._zero_out = outs[0]   # F(0): pads partial groups
         p = np.asarray(self.encode(np.stack([x] * self.k, axis=1)))
         parity = [inst for inst in self.instances if inst.name.startswith('parity')]
         zs = [inst.predict(p[:, i % self.r]) for i, inst in enumerate(parity)]
@@ -190,6 +185,13 @@ class Frontend:
         avail = np.ones(y.shape[:2], bool)
         avail[:, 0] = False
         self.decode(y, avail, z, np.ones(z.shape[:2], bool))
+    elif self.mode == 'coded':  # F(0) from the first base instance that runs
+      for inst in base:
+        try:
+          self._zero_out = np.asarray(inst.predict(x))
+          break
+        except Exception:  # pylint: disable=broad-except
+          continue  # a broken instance is found out when it serves
     self.t0 = time.perf_counter()
     for inst in self.instances:
       inst.start(self.t0)
@@ -276,10 +278,9 @@ class Frontend:
     with self._lock:
       if self._closed:
         raise ShutdownError('server is shut down; start a new Frontend')
-      if not self._live(self.base_queue):
-        raise NoInstanceError('no base instance is alive (' + '; '.join(
-            f'{i.name}: {i.error or "stopped"}' for i in self.instances
-            if i.queue is self.base_queue) + '); start a new Frontend with working models')
+      error = self._no_base_error()
+      if error is not None:
+        raise error
       self._outstanding.add(future)
       future.add_done_callback(self._forget)
       if deadline_s:
@@ -319,9 +320,8 @@ class Frontend:
     self._group = None
     self.flushed_groups += 1
     settle = []
-    zeros = np.zeros((self.batch_size, *self.query_shape), self.query_dtype)
     for slot in range(len(group.xs), self.k):
-      group.xs.append(zeros)
+      group.xs.append(self._zero_batch)
       group.outputs[slot] = self._zero_out
       settle += self._act(group, group.policy.arrive(slot))
     if self._zero_out is None:  # F(0) unknown (no base model ran on it): no parity
@@ -334,6 +334,14 @@ class Frontend:
   def _live(self, task_queue) -> bool:
     return any(i.alive for i in self.instances if i.queue is task_queue)
 
+  def _no_base_error(self):
+    """NoInstanceError naming why, when no base instance is alive; else None."""
+    if self._live(self.base_queue):
+      return None
+    return NoInstanceError('no base instance is alive (' + '; '.join(
+        f'{i.name}: {i.error or "stopped"}' for i in self.instances
+        if i.queue is self.base_queue) + '); start a new Frontend with working models')
+
   def _forget(self, future):
     with self._lock:
       self._outstanding.discard(future)
@@ -342,10 +350,10 @@ class Frontend:
     """Sends one batch (padded with zero queries if partial) to the base queue (lock held)."""
     x = np.stack([q for q, _ in batch])
     if len(batch) < self.batch_size:
-      x = np.concatenate([x, np.zeros((self.batch_size - len(batch), *x.shape[1:]), x.dtype)])
+      x = np.concatenate([x, self._zero_batch[len(batch):]])
     futures = [f for _, f in batch]
-    if not self._live(self.base_queue):
-      error = NoInstanceError('no base instance is alive to serve this query')
+    error = self._no_base_error()
+    if error is not None:
       for f in futures:
         _settle(f, error=error)
       raise error

@@ -72,15 +72,13 @@ class CodedGroup:
     if self.arrived[slot] or self.failed[slot]:
       return Arrival(False)
     self.failed[slot] = True
-    act = self._step(False)
+    lost = ()
     if sum(not f for f in self.failed) < self.k:
       lost = tuple(i for i in range(self.k) if not self.answered[i] and self.failed[i])
       for i in lost:
         self.answered[i] = True
-      act = Arrival(False, act.decode, act.cancel, act.start_wait, lost)
-      if all(self.answered):
-        act.cancel = act.cancel + tuple(j for j in range(self.k + self.r)
-                                        if not self.arrived[j] and j not in act.cancel)
+    act = self._step(False)
+    act.lost = lost
     return act
 
   def expire(self) -> Arrival:
