@@ -43,6 +43,27 @@ def from_json(text: str) -> ml_collections.ConfigDict:
   return ml_collections.ConfigDict(json.loads(text))
 
 
+def _configs_dir() -> str | None:
+  spec = importlib.util.find_spec('configs')
+  if spec is None or not spec.submodule_search_locations:
+    return None
+  return list(spec.submodule_search_locations)[0]
+
+
+def define_config_flag(default: str, help_text: str):
+  """`--config` of a command line: an ml_collections config file (with `--config.F=V`
+  overrides), `default` (e.g. 'configs/serving.py') when not given; pmjax's own
+  config files are found from any working directory."""
+  import sys  # pylint: disable=g-import-not-at-top
+  from ml_collections import config_flags  # pylint: disable=g-import-not-at-top
+  sys.argv = resolve_config_flag(sys.argv)
+  configs_dir = _configs_dir()
+  if (configs_dir and not os.path.exists(default)
+      and default.startswith('configs' + os.sep)):
+    default = os.path.join(configs_dir, default[len('configs' + os.sep):])
+  config_flags.DEFINE_config_file('config', default, help_text)
+
+
 def resolve_config_flag(argv: list) -> list:
   """Makes `--config=configs/X.py[:args]` work from any directory.
 
@@ -50,10 +71,9 @@ def resolve_config_flag(argv: list) -> list:
   names a file of pmjax's own `configs` package (installed with `pip install
   -e .`, or beside the repository) is replaced by that file's absolute path.
   """
-  spec = importlib.util.find_spec('configs')
-  if spec is None or not spec.submodule_search_locations:
+  configs_dir = _configs_dir()
+  if configs_dir is None:
     return argv
-  configs_dir = list(spec.submodule_search_locations)[0]
   out = []
   for arg in argv:
     if arg.startswith('--config='):

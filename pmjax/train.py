@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import math
 import os
-import sys
 import time
 from functools import partial
 from typing import Any, Callable
@@ -36,7 +35,6 @@ from flax.training import train_state
 import jax
 from jax import lax
 import jax.numpy as jnp
-from ml_collections import config_flags
 import numpy as np
 import optax
 from jax.sharding import Mesh, PartitionSpec as P
@@ -424,8 +422,7 @@ def main(argv):
 
 
 if __name__ == '__main__':
-  sys.argv = config_utils.resolve_config_flag(sys.argv)
-  config_flags.DEFINE_config_file('config', 'configs/default.py', 'Training config file.')
+  config_utils.define_config_flag('configs/default.py', 'Training config file.')
   flags.DEFINE_string('workdir', None, 'Directory for checkpoints and metrics.')
   flags.DEFINE_bool('allow_config_change', False,
                     'Continue a workdir whose config differs in fields that change the '

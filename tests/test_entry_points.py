@@ -44,11 +44,11 @@ def test_every_other_entry_point_runs(tiny_run, tmp_path):
       'bench.codec_cost': [py, '-m', 'pmjax.bench.codec_cost', '--models=mlp', '--calls=5'],
       'bench.code_table': [py, '-m', 'pmjax.bench.code_table', f'--base_workdirs={base}', '--k=2',
                       '--s=1', f'--parity_workdirs={parity}', f'--out={tmp_path / "codes"}'],
-      'serving.bench': [py, '-m', 'pmjax.serving.bench', f'--workdir={parity}',
-                        '--mode=coded,equal', '--queries=60', '--warmup=10', '--rate=200',
-                        '--deadline_ms=2000', f'--out={tmp_path / "serving"}'],
-      'serving.sim': [py, '-m', 'pmjax.serving.sim', '--model=mlp', '--k=2', '--m=2',
-                      '--queries=300', '--rates=100', f'--out={tmp_path / "sim"}'],
+      'serving.bench': [py, '-m', 'pmjax.serving.bench', '--config=configs/serving.py:smoke',
+                        f'--config.workdir={parity}', '--config.modes=coded,equal',
+                        '--config.deadline_ms=2000', f'--config.out={tmp_path / "serving"}'],
+      'serving.sim': [py, '-m', 'pmjax.serving.sim', '--config=configs/sim.py:smoke',
+                      f'--config.out={tmp_path / "sim"}'],
       'launch/epoch_stats.py': [py, 'launch/epoch_stats.py', base, parity],
   }
   if os.path.exists(REFERENCE):

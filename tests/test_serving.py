@@ -481,3 +481,53 @@ def test_hedge_budget_is_the_extra_capacity_of_equal_resources():
   assert budget.acquire() and not budget.acquire()
   budget.release()
   assert budget.acquire() and budget.in_flight == 1
+
+
+def test_a_policy_registered_in_a_test_runs_in_both_drivers():
+  """A policy is written once: registered here only, the real loop and the simulator
+  both run it (and `make_policy` validates its settings)."""
+  from pmjax.serving import sim
+
+  class Twice(policy.Policy):
+    """Every batch goes to two instances at once; the first answer wins."""
+
+    def __init__(self, k=1, r=0, n_base=1, copies: int = 2):
+      super().__init__(k, r, n_base)
+      self.n_copies, self.sent = copies, 0
+
+    def on_batch(self, task):
+      task.copies = self.n_copies
+      self.sent += 1
+      return [policy.Send(task) for _ in range(self.n_copies)]
+
+    def on_lost(self, task, can_retry, why):
+      if not task.done and task.copies > 1:
+        task.copies -= 1
+        return []
+      return super().on_lost(task, can_retry, why)
+
+  policy.register_policy('twice')(Twice)
+  try:
+    assert policy.instance_counts('twice', 2, 2) == (3, 0)
+    with pytest.raises(ValueError, match="unknown serving policy setting.*'copys'"):
+      policy.make_policy('twice', 2, 1, 3, copys=3)
+    # The real loop: base0 sleeps 1.5 s on every batch; every query still answers fast.
+    faults = {'base0': FaultSpec(slow_prob=1.0, slow_ms=1500)}
+    with Frontend('twice', [fake_f(), fake_f()], query_shape=SHAPE, faults=faults) as fe:
+      lat = []
+      for i in range(6):
+        t = time.perf_counter()
+        out = fe.submit(query(i + 2)).result(timeout=3)
+        lat.append(time.perf_counter() - t)
+        assert out.instance == 'base1' and out.output[0] == i + 2
+      assert max(lat) < 1.0 and fe.policy.sent == 6
+      fe.close(join_timeout_s=0.1)
+    # The simulator: the same class against stragglers, nothing lost, tail cut.
+    service = np.full(50, 0.01)
+    kw = dict(seed=0, slow=dict(slow_prob=0.05, slow_ms=50))
+    twice = sim.summarize(sim.simulate('twice', 2, 2, 30, 2000, service, **kw))
+    alone = sim.summarize(sim.simulate('none', 2, 2, 30, 2000, service, **kw))
+    assert twice['lost'] == 0 and alone['lost'] == 0
+    assert twice['p99_ms'] < 0.5 * alone['p99_ms']
+  finally:
+    policy.POLICIES.pop('twice')

@@ -29,10 +29,13 @@ outputs are in). When no base instance is alive, `submit` refuses new queries
 with `NoInstanceError`. A silent fail-stop (injected fault) loses the batch in
 flight, as a crashed machine would: `deadline_s` bounds the wait for it.
 
-One class (about 550 lines): batching, grouping, failures and shutdown all read and
-change the same group and task state under one lock, so they stay together;
-policy decisions live in `policy.py`, delayed callbacks in `timers.py`, the
-instances in `instance.py`.
+The frontend is a driver: every decision (grouping, decoding, cancelling,
+hedging, what a failure means) is the mode's policy object's (`policy.py`,
+also driven by the simulator); the frontend batches queries, runs the
+policy's actions with real queues, threads and futures, and owns what only
+a live server has (deadlines, shutdown, dead instances). Delayed callbacks
+live in `timers.py`, the instances in `instance.py`, the errors in `errors.py`.
+A policy object can be passed as `mode` (any registered or custom one).
 """
 
 from __future__ import annotations
@@ -41,50 +44,19 @@ import queue
 import threading
 import time
 from concurrent.futures import Future, InvalidStateError
-from typing import Callable, NamedTuple, Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 
 from pmjax.serving import policy
+from pmjax.serving.errors import (DeadlineExceededError, InstanceError, NoInstanceError,
+                                  OverloadError, Response, ShutdownError)
 from pmjax.serving.faults import FaultSpec
-from pmjax.serving.instance import ModelInstance, Task
+from pmjax.serving.instance import ModelInstance
 from pmjax.serving.timers import Timers
 
-
-class OverloadError(RuntimeError):
-  """The server's queue is full: the query was rejected, not queued."""
-
-
-class ShutdownError(RuntimeError):
-  """The server shut down before the query was answered."""
-
-
-class InstanceError(RuntimeError):
-  """Every instance that could answer the query failed on it."""
-
-
-class NoInstanceError(RuntimeError):
-  """No live instance can serve queries: the query was refused, not queued."""
-
-
-class DeadlineExceededError(TimeoutError):
-  """The query was not answered within its deadline."""
-
-
-class Response(NamedTuple):
-  output: np.ndarray       # the query's output (logits)
-  reconstructed: bool      # True when decoded from the other outputs and the parity
-  instance: str            # who answered ('decoder' for reconstructions)
-
-
-class _Group:
-  __slots__ = ('policy', 'tasks', 'outputs', 'xs')
-
-  def __init__(self, k, r, parity_wait=False):
-    self.policy = policy.CodedGroup(k, r, parity_wait)
-    self.tasks = [None] * (k + r)
-    self.outputs = [None] * (k + r)
-    self.xs = []
+__all__ = ['Frontend', 'Response', 'OverloadError', 'ShutdownError', 'InstanceError',
+           'NoInstanceError', 'DeadlineExceededError']
 
 
 def _settle(future, result=None, error=None):
@@ -99,18 +71,26 @@ def _settle(future, result=None, error=None):
     pass  # already answered or cancelled
 
 
+def _settle_all(settle):
+  """Answers futures: (futures, outputs or an exception, reconstructed, who) each."""
+  for futures, values, reconstructed, who in settle:
+    for q, f in enumerate(futures):
+      if isinstance(values, BaseException):
+        _settle(f, error=values)
+      else:
+        _settle(f, Response(values[q], reconstructed, who))
+
+
 class Frontend:
   """A serving frontend over base (F) and parity (F_P) instances."""
 
-  def __init__(self, mode: str, base_predicts: Sequence[Callable],
+  def __init__(self, mode: 'str | policy.Policy', base_predicts: Sequence[Callable],
                parity_predicts: Sequence[Callable] = (), *, k: int = 2, r: int = 1,
                encode: Callable | None = None, decode: Callable | None = None,
                query_shape=(28, 28, 1), query_dtype=np.uint8, batch_size: int = 1,
                hedge_delay_s: float = 0.0, max_queue: int = 1024,
                faults: dict | None = None, parity_wait_s: float = 0.0,
                flush_timeout_s: float = 0.05, deadline_s: float | None = None):
-    if mode not in policy.MODES:
-      raise ValueError(f'mode={mode!r} is unknown; accepted: {list(policy.MODES)}')
     if batch_size < 1:
       raise ValueError(f'batch_size={batch_size} must be >= 1')
     if flush_timeout_s <= 0:
@@ -120,25 +100,30 @@ class Frontend:
       raise ValueError(f'deadline_s={deadline_s} must be > 0, or None for no deadline')
     if parity_wait_s < 0:
       raise ValueError(f'parity_wait_s={parity_wait_s} must be >= 0 (0: decode at k of k+r)')
-    if mode == 'coded' and (encode is None or decode is None or not parity_predicts):
-      raise ValueError("mode 'coded' needs encode, decode and at least one parity instance")
-    if mode == 'coded' and len(parity_predicts) % r:
+    if isinstance(mode, policy.Policy):
+      self.policy, self.mode = mode, type(mode).__name__
+    else:
+      self.policy, self.mode = policy.make_policy(
+          mode, k, r, len(base_predicts), hedge_delay_s=hedge_delay_s,
+          parity_wait_s=parity_wait_s, flush_timeout_s=flush_timeout_s), mode
+    coded = self.policy.coded
+    if coded and (encode is None or decode is None or not parity_predicts):
+      raise ValueError(f'mode {self.mode!r} needs encode, decode and at least one parity '
+                       f'instance')
+    if coded and len(parity_predicts) % r:
       raise ValueError(f'{len(parity_predicts)} parity instances cannot serve r={r} parity '
                        f'slots evenly; give a multiple of r (instance i serves slot i % r)')
-    if mode != 'coded' and parity_predicts:
-      raise ValueError(f'mode {mode!r} takes no parity instances (equal resources means '
+    if not coded and parity_predicts:
+      raise ValueError(f'mode {self.mode!r} takes no parity instances (equal resources means '
                        f'more base instances instead)')
-    self.mode, self.k, self.r = mode, k, r
+    self.k, self.r = k, r
     self.encode, self.decode = encode, decode
     self.query_shape, self.query_dtype = tuple(query_shape), np.dtype(query_dtype)
-    self.batch_size, self.hedge_delay_s, self.max_queue = batch_size, hedge_delay_s, max_queue
-    self.parity_wait_s = parity_wait_s
+    self.batch_size, self.max_queue = batch_size, max_queue
     self.flush_timeout_s, self.deadline_s = flush_timeout_s, deadline_s
-    self._hedges = policy.HedgeBudget(
-        policy.hedge_capacity(len(base_predicts), k, r) if mode == 'hedge' else 0)
     self.base_queue = queue.Queue(max_queue)
     # One parity queue per parity slot: with r > 1 each slot has its own parity model.
-    self.parity_queues = [queue.Queue(max_queue) for _ in range(r)]
+    self.parity_queues = [queue.Queue(max_queue) for _ in range(r if coded else 0)]
     faults = faults or {}
     self.instances = (
         [ModelInstance(f'base{i}', p, self.base_queue, self._on_output,
@@ -150,18 +135,15 @@ class Frontend:
          for i, p in enumerate(parity_predicts)])
     self._lock = threading.RLock()
     self._pending = []           # (x, future) waiting to fill a batch
-    self._group = None           # the coding group being filled
     self._encoder_queue = queue.Queue()
-    # Timers (hedges, parity waits): (deadline, seq, fn); fn runs with the lock held and
-    # returns the futures to settle after it is released.
-    self._timers = Timers(self._lock, self._settle_all, lambda: self._closed)
+    # Delayed callbacks run with the lock held and return the futures to settle.
+    self._timers = Timers(self._lock, _settle_all, lambda: self._closed)
     self._outstanding = set()
     self._closed = False
     self._threads = []
     self.encode_s, self.decode_s = [], []
     self.parity_dropped = 0
-    self.hedges_sent = 0
-    self.flushed_batches = self.flushed_groups = self.deadlines_missed = 0
+    self.flushed_batches = self.deadlines_missed = 0
     self._zero_batch = np.zeros((batch_size, *self.query_shape), self.query_dtype)
     self._zero_out = None        # F's output on the zero batch (pads partial groups)
     self.t0 = None
@@ -175,17 +157,17 @@ class Frontend:
     base = [i for i in self.instances if i.queue is self.base_queue]
     if warmup:
       outs = [np.asarray(inst.predict(x)) for inst in base]
-      if self.mode == 'coded':
+      if self.policy.coded:
         self._zero_out = outs[0]   # F(0): pads partial groups
         p = np.asarray(self.encode(np.stack([x] * self.k, axis=1)))
-        parity = [inst for inst in self.instances if inst.name.startswith('parity')]
+        parity = [inst for inst in self.instances if inst.queue is not self.base_queue]
         zs = [inst.predict(p[:, i % self.r]) for i, inst in enumerate(parity)]
         y = np.stack([outs[0]] * self.k, axis=1)
         z = np.stack(zs[:self.r], axis=1)
         avail = np.ones(y.shape[:2], bool)
         avail[:, 0] = False
         self.decode(y, avail, z, np.ones(z.shape[:2], bool))
-    elif self.mode == 'coded':  # F(0) from the first base instance that runs
+    elif self.policy.coded:  # F(0) from the first base instance that runs
       for inst in base:
         try:
           self._zero_out = np.asarray(inst.predict(x))
@@ -246,7 +228,7 @@ class Frontend:
   def __exit__(self, *exc):
     self.close()
 
-  # ------------------------------------------------------------------ submit
+  # ------------------------------------------------------------------ submit and batching
 
   def _validate(self, x):
     x = np.array(x, copy=True)  # the caller may reuse its buffer once submit returns
@@ -275,6 +257,7 @@ class Frontend:
       future.set_exception(e)
       return future
     deadline_s = self.deadline_s if deadline_s is None else deadline_s
+    settle = []
     with self._lock:
       if self._closed:
         raise ShutdownError('server is shut down; start a new Frontend')
@@ -284,14 +267,15 @@ class Frontend:
       self._outstanding.add(future)
       future.add_done_callback(self._forget)
       if deadline_s:
-        self._add_timer(deadline_s, lambda: self._expire_query(future, deadline_s))
+        self._timers.add(deadline_s, lambda: self._expire_query(future, deadline_s))
       self._pending.append((x, future))
       if len(self._pending) == 1 and self.batch_size > 1:
-        self._add_timer(self.flush_timeout_s, lambda: self._flush_batch(future))
+        self._timers.add(self.flush_timeout_s, lambda: self._flush_batch(future))
       if len(self._pending) < self.batch_size:
         return future
       batch, self._pending = self._pending, []
-      self._dispatch(batch)
+      settle = self._dispatch(batch)
+    _settle_all(settle)
     return future
 
   def _expire_query(self, future, deadline_s):
@@ -307,29 +291,135 @@ class Frontend:
       batch, self._pending = self._pending, []
       self.flushed_batches += 1
       try:
-        self._dispatch(batch)
+        return self._dispatch(batch)
       except (OverloadError, NoInstanceError):
         pass  # its futures already carry the error
     return []
 
-  def _flush_group(self, group):
-    """A coding group waited flush_timeout_s for k batches: pad it with zero queries,
-    whose outputs F(0) are known, and encode it as it is (lock held)."""
-    if self._group is not group:
-      return []
-    self._group = None
-    self.flushed_groups += 1
+  def _dispatch(self, batch):
+    """Hands one batch (padded with zero queries if partial) to the policy (lock held);
+    returns the futures to settle."""
+    x = np.stack([q for q, _ in batch])
+    if len(batch) < self.batch_size:
+      x = np.concatenate([x, self._zero_batch[len(batch):]])
+    futures = [f for _, f in batch]
+    error = self._no_base_error()
+    if error is None and self.base_queue.full():  # every put happens under this lock
+      error = OverloadError(f'server overloaded: {self.max_queue} batches already queued; '
+                            f'retry later or lower the request rate')
+    if error is not None:
+      for f in futures:
+        _settle(f, error=error)
+      raise error
+    return self._carry_out(self.policy.on_batch(policy.Task(x, futures)))
+
+  # ------------------------------------------------------------------ the policy's actions
+
+  def _carry_out(self, actions, out=None, who=''):
+    """Runs a policy's actions (lock held); returns the futures to settle. `out` and
+    `who`: the output that just arrived and its instance (for `Answer`)."""
     settle = []
-    for slot in range(len(group.xs), self.k):
-      group.xs.append(self._zero_batch)
-      group.outputs[slot] = self._zero_out
-      settle += self._act(group, group.policy.arrive(slot))
-    if self._zero_out is None:  # F(0) unknown (no base model ran on it): no parity
-      for j in range(self.r):
-        settle += self._act(group, group.policy.fail(self.k + j))
-    else:
-      self._encoder_queue.put(group)
+    for a in actions:
+      if isinstance(a, policy.Send):
+        settle += self._send(a.task, a.pool)
+      elif isinstance(a, policy.Answer):
+        settle.append((a.task.queries, out, False, who))
+      elif isinstance(a, policy.Decode):
+        yhat = self._decode(a.group)
+        settle += [(a.group.tasks[i].queries, yhat[:, i], True, 'decoder') for i in a.slots]
+      elif isinstance(a, policy.Fail):
+        settle.append((a.task.queries, InstanceError(a.why), False, ''))
+      elif isinstance(a, policy.Later):
+        self._timers.add(a.delay_s,
+                         lambda e=a.event: self._carry_out(self.policy.on_timer(e)))
+      elif isinstance(a, policy.Pad):
+        for t in a.tasks:
+          t.x, t.output = self._zero_batch, self._zero_out
+      elif isinstance(a, policy.Encode):
+        if self._zero_out is None and a.group.filled < self.k:
+          # padded with zero queries whose output F(0) is unknown: no parity possible
+          settle += self._carry_out(self.policy.on_parity_unavailable(a.group))
+        else:
+          self._encoder_queue.put(a.group)
+      # policy.Cancel: the tasks' flags are set; instances skip them when dequeued.
     return settle
+
+  def _send(self, task, pool):
+    q = self.base_queue if pool is None else self.parity_queues[pool]
+    name = 'the base instances' if pool is None else f'parity slot {pool}'
+    if not self._live(q):
+      return self._carry_out(self.policy.on_lost(task, False, f'no instance of {name} is alive'))
+    try:
+      q.put_nowait(task)
+    except queue.Full:
+      self.parity_dropped += pool is not None
+      return self._carry_out(self.policy.on_lost(task, False, f'the queue of {name} is full'))
+    return []
+
+  def _encoder_loop(self):
+    """Encodes complete coding groups off the data batches' critical path."""
+    while True:
+      group = self._encoder_queue.get()
+      if group is None:
+        return
+      with self._lock:
+        if not self.policy.needs_parity(group) or self._closed:
+          continue  # every data output already in: the parity is not needed
+      t0 = time.perf_counter()
+      p = np.asarray(self.encode(np.stack([task.x for task in group.tasks[:self.k]], axis=1)))
+      self.encode_s.append(time.perf_counter() - t0)
+      with self._lock:
+        settle = self._carry_out(self.policy.on_encoded(group, [p[:, j] for j in range(self.r)]))
+      _settle_all(settle)
+
+  def _decode(self, group):
+    k, r = self.k, self.r
+    have = [t is not None and t.output is not None and arrived
+            for t, arrived in zip(group.tasks, group.state.arrived)]
+    like = next(t.output for t, h in zip(group.tasks, have) if h)
+    zeros = np.zeros_like(like)
+    outs = [t.output if h else zeros for t, h in zip(group.tasks, have)]
+    b = like.shape[0]
+    avail = np.broadcast_to(np.array(have[:k]), (b, k))
+    zavail = np.broadcast_to(np.array(have[k:]), (b, r))
+    t = time.perf_counter()
+    yhat = np.asarray(self.decode(np.stack(outs[:k], axis=1), avail,
+                                  np.stack(outs[k:], axis=1), zavail))
+    self.decode_s.append(time.perf_counter() - t)
+    return yhat
+
+  # ------------------------------------------------------------------ instance callbacks
+
+  def _on_output(self, task, out, instance_name):
+    with self._lock:
+      if not task.done:
+        task.output = out
+      settle = self._carry_out(self.policy.on_output(task), out, instance_name)
+    _settle_all(settle)
+
+  def _on_instance_dead(self, instance, task, error):
+    """An instance stopped: its batch (if it raised) is re-sent once or given up; when
+    it was the last live instance of its queue, everything queued there is given up."""
+    with self._lock:
+      settle = []
+      live = self._live(instance.queue)
+      if task is not None:
+        settle += self._carry_out(self.policy.on_lost(
+            task, live, f'instance {instance.name} failed on this query ({error})'))
+      if not live:
+        why = (f'every instance serving this queue is dead (last: '
+               f'{instance.name}: {instance.error or "fail-stop"})')
+        while True:
+          try:
+            queued = instance.queue.get_nowait()
+          except queue.Empty:
+            break
+          if queued is not None:
+            settle += self._carry_out(self.policy.on_lost(queued, False, why))
+        if instance.queue is self.base_queue:
+          pending, self._pending = self._pending, []
+          settle += [([f for _, f in pending], InstanceError(why), False, '')] if pending else []
+    _settle_all(settle)
 
   def _live(self, task_queue) -> bool:
     return any(i.alive for i in self.instances if i.queue is task_queue)
@@ -346,204 +436,6 @@ class Frontend:
     with self._lock:
       self._outstanding.discard(future)
 
-  def _dispatch(self, batch):
-    """Sends one batch (padded with zero queries if partial) to the base queue (lock held)."""
-    x = np.stack([q for q, _ in batch])
-    if len(batch) < self.batch_size:
-      x = np.concatenate([x, self._zero_batch[len(batch):]])
-    futures = [f for _, f in batch]
-    error = self._no_base_error()
-    if error is not None:
-      for f in futures:
-        _settle(f, error=error)
-      raise error
-    if self.mode == 'coded':
-      if self._group is None:
-        self._group = _Group(self.k, self.r, self.parity_wait_s > 0)
-        group = self._group
-        self._add_timer(self.flush_timeout_s, lambda: self._flush_group(group))
-      group = self._group
-      task = Task(group, len(group.xs), x, futures)
-    else:
-      task = Task(None, 0, x, futures)
-    try:
-      self.base_queue.put_nowait(task)
-    except queue.Full:
-      error = OverloadError(f'server overloaded: {self.max_queue} batches already queued; '
-                            f'retry later or lower the request rate')
-      for f in futures:
-        _settle(f, error=error)
-      raise error from None
-    if self.mode == 'coded':
-      group.tasks[task.slot] = task
-      group.xs.append(x)
-      if len(group.xs) == self.k:
-        self._encoder_queue.put(group)
-        self._group = None
-    elif self.mode == 'hedge':
-      if self.hedge_delay_s <= 0:
-        self._hedge(task)
-      else:
-        self._add_timer(self.hedge_delay_s, lambda: self._hedge(task) or [])
-
-  # ------------------------------------------------------------------ coded path
-
-  def _encoder_loop(self):
-    while True:
-      group = self._encoder_queue.get()
-      if group is None:
-        return
-      with self._lock:
-        if group.policy.finished or self._closed:
-          continue  # every data output already in: the parity is not needed
-      t = time.perf_counter()
-      p = np.asarray(self.encode(np.stack(group.xs, axis=1)))
-      self.encode_s.append(time.perf_counter() - t)
-      settle = []
-      with self._lock:
-        for j in range(self.r):
-          task = Task(group, self.k + j, p[:, j], [])
-          group.tasks[self.k + j] = task
-          if group.policy.finished:
-            task.cancelled = True
-            continue
-          if not self._live(self.parity_queues[j]):
-            settle += self._act(group, group.policy.fail(self.k + j))
-            continue
-          try:
-            self.parity_queues[j].put_nowait(task)
-          except queue.Full:
-            self.parity_dropped += 1
-            settle += self._act(group, group.policy.fail(self.k + j))
-      self._settle_all(settle)
-
-  def _on_output(self, task, out, instance_name):
-    if self.mode != 'coded':
-      with self._lock:
-        if task.done:
-          return  # a hedged copy answered first
-        task.done = True
-        if task.copies > 1:
-          self._hedges.release()
-      for q, f in enumerate(task.futures):
-        _settle(f, Response(out[q], False, instance_name))
-      return
-    with self._lock:
-      group = task.group
-      task.done = True
-      group.outputs[task.slot] = out
-      act = group.policy.arrive(task.slot)
-      settle = self._act(group, act)
-      if act.resolve_own:
-        settle.append((task.futures, out, False, instance_name))
-    self._settle_all(settle)
-
-  def _act(self, group, act):
-    """Carries out a policy decision (lock held); returns the futures to settle."""
-    settle = []
-    if act.decode:
-      yhat = self._decode(group)
-      for i in act.decode:
-        settle.append((group.tasks[i].futures, yhat[:, i], True, 'decoder'))
-    for i in act.lost:
-      settle.append((group.tasks[i].futures, InstanceError(
-          f'the instance computing this query failed and too few of its coding group\'s '
-          f'{self.k + self.r} outputs can arrive to rebuild it'), False, ''))
-    for j in act.cancel:
-      if group.tasks[j] is not None:
-        group.tasks[j].cancelled = True
-    if act.start_wait:
-      self._add_timer(self.parity_wait_s, lambda: self._act(group, group.policy.expire()))
-    return settle
-
-  @staticmethod
-  def _settle_all(settle):
-    """Answers futures: (futures, outputs or an exception, reconstructed, who) each."""
-    for futures, values, reconstructed, who in settle:
-      for q, f in enumerate(futures):
-        if isinstance(values, BaseException):
-          _settle(f, error=values)
-        else:
-          _settle(f, Response(values[q], reconstructed, who))
-
-  # ------------------------------------------------------------------ failures
-
-  def _on_instance_dead(self, instance, task, error):
-    """An instance stopped: its batch (if it raised) is re-queued once or failed; when
-    it was the last live instance of its queue, everything queued there is failed."""
-    with self._lock:
-      settle = []
-      if task is not None:
-        settle += self._task_failed(task, instance, error)
-      if not self._live(instance.queue):
-        why = InstanceError(f'every instance serving this queue is dead (last: '
-                            f'{instance.name}: {instance.error or "fail-stop"})')
-        while True:
-          try:
-            queued = instance.queue.get_nowait()
-          except queue.Empty:
-            break
-          if queued is not None:
-            settle += self._task_failed(queued, instance, why)
-        if instance.queue is self.base_queue:
-          pending, self._pending = self._pending, []
-          settle += [([f for _, f in pending], why, False, '')] if pending else []
-    self._settle_all(settle)
-
-  def _task_failed(self, task, instance, error):
-    """A batch that `instance` could not compute (lock held); returns futures to settle."""
-    if task.done or task.cancelled:
-      return []
-    if task.copies > 1:          # a hedged copy is still on its way
-      task.copies -= 1
-      self._hedges.release()
-      return []
-    if not task.retried and self._live(instance.queue):
-      task.retried = True
-      try:
-        instance.queue.put_nowait(task)
-        return []
-      except queue.Full:
-        pass
-    if self.mode == 'coded':
-      return self._act(task.group, task.group.policy.fail(task.slot))
-    task.done = True
-    return [(task.futures, InstanceError(f'instance {instance.name} failed on this query '
-                                         f'({error}) and no other instance could take it'),
-             False, instance.name)]
-
-  def _decode(self, group):
-    k, r = self.k, self.r
-    like = next(o for o in group.outputs if o is not None)
-    zeros = np.zeros_like(like)
-    y = np.stack([o if o is not None else zeros for o in group.outputs[:k]], axis=1)
-    z = np.stack([o if o is not None else zeros for o in group.outputs[k:]], axis=1)
-    b = like.shape[0]
-    avail = np.broadcast_to(np.array([o is not None for o in group.outputs[:k]]), (b, k))
-    zavail = np.broadcast_to(np.array([o is not None for o in group.outputs[k:]]), (b, r))
-    t = time.perf_counter()
-    yhat = np.asarray(self.decode(y, avail, z, zavail))
-    self.decode_s.append(time.perf_counter() - t)
-    return yhat
-
-  # ------------------------------------------------------------------ hedging
-
-  def _hedge(self, task):
-    """Re-sends `task` to the shared queue if extra capacity allows (lock held)."""
-    if task.done or not self._hedges.acquire():
-      return
-    try:
-      self.base_queue.put_nowait(task)
-    except queue.Full:
-      self._hedges.release()
-      return
-    task.copies += 1
-    self.hedges_sent += 1
-
-  def _add_timer(self, delay_s, fn):
-    """Runs fn() (lock held) after delay_s; fn returns futures to settle (lock held)."""
-    self._timers.add(delay_s, fn)
-
   # ------------------------------------------------------------------ stats
 
   def stats(self) -> dict:
@@ -555,8 +447,8 @@ class Frontend:
         'encode_us_per_group': 1e6 * float(np.mean(self.encode_s)) if self.encode_s else None,
         'decode_us_per_group': 1e6 * float(np.mean(self.decode_s)) if self.decode_s else None,
         'parity_dropped': self.parity_dropped,
-        'hedges_sent': self.hedges_sent,
+        'hedges_sent': 0, 'flushed_groups': 0,
         'flushed_batches': self.flushed_batches,
-        'flushed_groups': self.flushed_groups,
         'deadlines_missed': self.deadlines_missed,
+        **self.policy.stats(),
     }

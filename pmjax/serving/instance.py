@@ -46,18 +46,6 @@ class CompiledPredict:
     return np.asarray(self.compiled_for(x.shape, x.dtype)(self.variables, x))
 
 
-class Task:
-  """One batch of work: a data batch (slot < k) or a parity batch of a group."""
-  __slots__ = ('group', 'slot', 'x', 'futures', 'cancelled', 'done', 'copies', 'retried')
-
-  def __init__(self, group, slot, x, futures):
-    self.group, self.slot, self.x, self.futures = group, slot, x, futures
-    self.cancelled = False
-    self.done = False
-    self.copies = 1
-    self.retried = False   # re-queued once after an instance failed on it
-
-
 class ModelInstance:
   """Serves `predict` on its own thread, pulling from `task_queue`."""
 

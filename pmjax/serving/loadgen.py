@@ -13,7 +13,7 @@ import time
 
 import numpy as np
 
-from pmjax.serving.frontend import OverloadError
+from pmjax.serving.errors import OverloadError
 
 
 def run_poisson(frontend, xs_NxD, labels_N, rate_qps: float, num_queries: int,

@@ -1,21 +1,21 @@
 """Discrete-event simulation of the serving policies at the paper's scale.
 
-    python -m pmjax.serving.sim --model=resnet18 --k=2 --m=12 --queries=100000 \
-        --rates=150,210,270,330,390 --out=DIR
+    python -m pmjax.serving.sim --config=configs/sim.py --config.calm_s=20 --config.out=DIR
 
-Each mode runs the same policies as the real loop (`policy.CodedGroup` for
-first-answer-wins / decode at k of k+r / cancellation, `policy.HedgeBudget`,
-`faults.FaultInjector` for per-batch slowdowns) over simulated instances that
-pull from shared FIFO queues. Service times are drawn from samples measured
-on real compiled instances of `--model` on this machine (batch 1, random
-weights: the time does not depend on them), or loaded from a serving bench
-summary (`--service_from=DIR/summary.json`; the samples are in DIR/samples.json).
+Each mode's policy object (`policy.make_policy`: the same `Coded`, `Hedge`,
+`Direct` the real loop runs) decides; `simulate` is its driver over simulated
+instances that pull from FIFO pools, with `faults.FaultInjector` for per-batch
+slowdowns. Settings: `configs/sim.py` (fields named below). Service times are
+drawn from samples measured on real compiled instances of `model` on this
+machine (batch 1, random weights: the time does not depend on them), or loaded
+from a serving bench run (`service_from=DIR/summary.json`; the samples are in
+DIR/samples.json).
 
-Interference model (`--interference`): each instance alternates between
-normal and interfered periods (exponential durations, means `--calm_s` and
-`--busy_s`); while interfered, its service times are multiplied by
-`--busy_factor` (background work sharing its machine). Per-batch random
-slowdowns (`--slow_prob`, `--slow_ms`) can be added as in the real loop.
+Interference model (`interference`): each instance alternates between normal
+and interfered periods (exponential durations, means `calm_s` and `busy_s`);
+while interfered, its service times are multiplied by `busy_factor`
+(background work sharing its machine). Per-batch random slowdowns
+(`slow_prob`, `slow_ms`) can be added as in the real loop.
 
 Writes DIR/sim.json (per rate and mode: the loadgen summary) and
 DIR/sim_p999.png (p99.9 and p99.9 - median against the rate, coded vs equal).
@@ -32,6 +32,7 @@ import time
 from absl import app, flags, logging
 import numpy as np
 
+from pmjax import config_utils
 from pmjax.serving import loadgen, policy
 from pmjax.serving.faults import FaultInjector, FaultSpec
 
@@ -60,24 +61,20 @@ class _Instance:
     return base + self.faults.extra_delay_s()
 
 
-class _Task:
-  __slots__ = ('group', 'slot', 'queries', 'cancelled', 'done', 'copies')
-
-  def __init__(self, group, slot, queries):
-    self.group, self.slot, self.queries = group, slot, queries
-    self.cancelled = self.done = False
-    self.copies = 1
-
-
 def simulate(mode, m, k, rate, num_queries, base_samples_s, parity_samples_s=None, *,
-             r=1, seed=0, interference=None, slow=None, hedge_delay_s=0.0,
-             encode_s=0.0, decode_s=0.0, warmup=0, parity_wait_s=0.0) -> dict:
+             r=1, seed=0, interference=None, slow=None, warmup=0, encode_s=0.0, decode_s=0.0,
+             **policy_params) -> dict:
   """Returns per-query latencies (s) and whether each was reconstructed.
 
-  `parity_wait_s` > 0 (r >= 2): a missing output waits up to that long for every
-  parity, as in the real frontend."""
+  The mode's policy (`policy.make_policy(mode, k, r, n_base, **policy_params)`:
+  hedge_delay_s; parity_wait_s, flush_timeout_s) decides; this function is its
+  driver, as `frontend.Frontend` is in the real loop: batches of one query,
+  FIFO pools of instances (the base instances; for each parity slot j, the
+  parity instances i with i % r == j), encode and decode times added to the
+  parity path and to reconstructed answers."""
   rng = np.random.default_rng(seed)
   n_base, n_parity = policy.instance_counts(mode, m, k, r)
+  pol = policy.make_policy(mode, k, r, n_base, **policy_params)
   parity_samples_s = base_samples_s if parity_samples_s is None else parity_samples_s
   slow = slow or {}
 
@@ -86,10 +83,13 @@ def simulate(mode, m, k, rate, num_queries, base_samples_s, parity_samples_s=Non
     return _Instance(kind, i, np.random.default_rng(rng.integers(2**31)), samples, spec,
                      interference)
 
-  base = [make('base', i, base_samples_s) for i in range(n_base)]
-  parity = [make('parity', i, parity_samples_s) for i in range(n_parity)]
-  queues = {'base': collections.deque(), 'parity': collections.deque()}
-  pools = {'base': base, 'parity': parity}
+  pools = {None: [make('base', i, base_samples_s) for i in range(n_base)]}
+  for i in range(n_parity):
+    pools.setdefault(i % r, []).append(make('parity', i, parity_samples_s))
+  for inst_pool, insts in pools.items():
+    for inst in insts:
+      inst.pool = inst_pool
+  queues = {p: collections.deque() for p in pools}
   events = []   # (time, seq, kind, payload)
   seq = 0
 
@@ -101,92 +101,58 @@ def simulate(mode, m, k, rate, num_queries, base_samples_s, parity_samples_s=Non
   arrivals = np.cumsum(rng.exponential(1.0 / rate, num_queries))
   latency = np.full(num_queries, np.nan)
   reconstructed = np.zeros(num_queries, bool)
-  hedges = policy.HedgeBudget(policy.hedge_capacity(n_base, k, r) if mode == 'hedge' else 0)
 
-  def answer(q, t, recon):
-    if np.isnan(latency[q]):
-      latency[q] = t - arrivals[q]
-      reconstructed[q] = recon
+  def answer(queries, t, recon):
+    for q in queries:
+      if np.isnan(latency[q]):
+        latency[q] = t - arrivals[q]
+        reconstructed[q] = recon
 
-  def dispatch(kind, now):
-    for inst in pools[kind]:
+  def dispatch(pool, now):
+    for inst in pools[pool]:
       if not inst.idle:
         continue
-      while queues[kind]:
-        task = queues[kind].popleft()
+      while queues[pool]:
+        task = queues[pool].popleft()
         if not (task.cancelled or task.done):
           inst.idle = False
           push(now + inst.service_time(now), 'done', (inst, task))
           break
-      if not queues[kind]:
+      if not queues[pool]:
         break
 
-  def carry_out(act, group, now):
-    """Decodes, cancels and starts the parity wait as a policy decision says."""
-    tasks = group[1]
-    for i in act.decode:
-      for q in tasks[i].queries:
-        answer(q, now + decode_s, True)
-    for j in act.cancel:
-      if tasks[j] is not None:
-        tasks[j].cancelled = True
-    if act.start_wait:
-      push(now + parity_wait_s, 'expire', group)
+  def carry_out(actions, now):
+    for a in actions:
+      if isinstance(a, policy.Send):
+        queues[a.pool].append(a.task)
+        dispatch(a.pool, now)
+      elif isinstance(a, policy.Answer):
+        answer(a.task.queries, now, False)
+      elif isinstance(a, policy.Decode):
+        for i in a.slots:
+          answer(a.group.tasks[i].queries, now + decode_s, True)
+      elif isinstance(a, policy.Later):
+        push(now + a.delay_s, 'timer', a.event)
+      elif isinstance(a, policy.Encode):
+        push(now + encode_s, 'encoded', a.group)
+      # Cancel: the flags are set (dispatch skips them); Fail: the queries stay
+      # unanswered (counted lost); Pad: no values to fill in a simulation.
 
-  group = None
   for q, t in enumerate(arrivals):
     push(t, 'arrive', q)
   while events:
     now, _, kind, payload = heapq.heappop(events)
     if kind == 'arrive':
-      q = payload
-      if mode == 'coded':
-        if group is None:
-          group = (policy.CodedGroup(k, r, parity_wait_s > 0), [None] * (k + r))
-        task = _Task(group, sum(x is not None for x in group[1][:k]), [q])
-        group[1][task.slot] = task
-        if task.slot == k - 1:
-          push(now + encode_s, 'parity', group)
-          group = None
-      else:
-        task = _Task(None, 0, [q])
-        if mode == 'hedge':
-          push(now + hedge_delay_s, 'hedge', task)
-      queues['base'].append(task)
-      dispatch('base', now)
-    elif kind == 'parity':
-      g, tasks = payload
-      if not g.finished:
-        for j in range(r):
-          tasks[k + j] = _Task((g, tasks), k + j, [])
-          queues['parity'].append(tasks[k + j])
-        dispatch('parity', now)
-    elif kind == 'expire':
-      carry_out(payload[0].expire(), payload, now)
-    elif kind == 'hedge':
-      task = payload
-      if not task.done and hedges.acquire():
-        task.copies += 1
-        queues['base'].append(task)
-        dispatch('base', now)
+      carry_out(pol.on_batch(policy.Task(None, [payload])), now)
     elif kind == 'done':
       inst, task = payload
       inst.idle = True
-      if mode == 'coded':
-        g, tasks = task.group
-        task.done = True
-        act = g.arrive(task.slot)
-        if act.resolve_own:
-          for q in task.queries:
-            answer(q, now, False)
-        carry_out(act, task.group, now)
-      elif not task.done:
-        task.done = True
-        if task.copies > 1:
-          hedges.release()
-        for q in task.queries:
-          answer(q, now, False)
-      dispatch(inst.kind, now)
+      carry_out(pol.on_output(task), now)
+      dispatch(inst.pool, now)
+    elif kind == 'timer':
+      carry_out(pol.on_timer(payload), now)
+    elif kind == 'encoded':
+      carry_out(pol.on_encoded(payload), now)
   lat = latency[warmup:]
   return {'latency_s': lat, 'reconstructed': reconstructed[warmup:]}
 
@@ -251,49 +217,48 @@ def service_samples_ms(path: str) -> list:
 
 def main(argv):
   del argv
-  f = flags.FLAGS
+  c = flags.FLAGS.config
   logging.set_verbosity(logging.WARNING)
-  if f.service_from:
-    base_samples = np.asarray(service_samples_ms(f.service_from)) / 1e3
-    source = f'measured by the serving bench ({f.service_from})'
+  if c.service_from:
+    base_samples = np.asarray(service_samples_ms(c.service_from)) / 1e3
+    source = f'measured by the serving bench ({c.service_from})'
   else:
-    base_samples = measure_service_samples(f.model)
-    source = f'{f.model}, batch 1, measured here on {len(base_samples)} calls'
-  rates = [float(r) for r in f.rates.split(',')]
-  modes = f.modes.split(',')
-  interference = (f.calm_s, f.busy_s, f.busy_factor) if f.interference else None
-  slow = dict(slow_prob=f.slow_prob, slow_ms=f.slow_ms) if f.slow_prob else None
+    base_samples = measure_service_samples(c.model)
+    source = f'{c.model}, batch 1, measured here on {len(base_samples)} calls'
+  rates = [float(r) for r in str(c.rates).split(',')]
+  modes = c.modes.split(',')
+  interference = (c.calm_s, c.busy_s, c.busy_factor) if c.interference else None
+  slow = dict(slow_prob=c.slow_prob, slow_ms=c.slow_ms) if c.slow_prob else None
+  params = policy.policy_params(c.policy)
   results, t0 = {}, time.time()
   for rate in rates:
     results[str(rate)] = {}
     for mode in modes:
-      res = simulate(mode, f.m, f.k, rate, f.queries, base_samples, r=f.r, seed=f.seed,
-                     interference=interference, slow=slow, hedge_delay_s=f.hedge_delay_ms / 1e3,
-                     encode_s=f.encode_us / 1e6, decode_s=f.decode_us / 1e6,
-                     warmup=f.queries // 100, parity_wait_s=f.parity_wait_ms / 1e3)
+      res = simulate(mode, c.m, c.k, rate, c.queries, base_samples, r=c.r, seed=c.seed,
+                     interference=interference, slow=slow, encode_s=c.encode_us / 1e6,
+                     decode_s=c.decode_us / 1e6, warmup=c.queries // 100, **params)
       results[str(rate)][mode] = summarize(res)
   elapsed = time.time() - t0
-  os.makedirs(f.out, exist_ok=True)
+  os.makedirs(c.out, exist_ok=True)
   meta = {'service_times': source, 'service_median_ms': float(np.median(base_samples) * 1e3),
           'service_p99_ms': float(np.percentile(base_samples, 99) * 1e3),
-          'm': f.m, 'k': f.k, 'r': f.r, 'parity_wait_ms': f.parity_wait_ms,
-          'queries': f.queries, 'interference': interference,
-          'slow': slow, 'seed': f.seed, 'sim_seconds': elapsed}
-  with open(os.path.join(f.out, 'sim.json'), 'w') as fh:
+          'config': c.to_dict(), 'sim_seconds': elapsed}
+  with open(os.path.join(c.out, 'sim.json'), 'w') as fh:
     json.dump({'meta': meta, 'results': results}, fh, indent=2)
-  plot(results, rates, os.path.join(f.out, 'sim_p999.png'),
-       f'simulated, k={f.k}, r={f.r}, m={f.m}, {f.queries} queries, service: {source[:60]}')
+  plot(results, rates, os.path.join(c.out, 'sim_p999.png'),
+       f'simulated, k={c.k}, r={c.r}, m={c.m}, {c.queries} queries, service: {source[:60]}')
   print(f'service time: {source}; median {meta["service_median_ms"]:.2f} ms; '
         f'simulated {len(rates) * len(modes)} runs in {elapsed:.1f} s')
+  both = {'coded', 'equal'} <= set(modes)
   print('| rate | ' + ' | '.join(f'{m} p99.9 | {m} gap' for m in modes) +
-        (' | gap equal / gap coded |' if {'coded', 'equal'} <= set(modes) else ' |'))
-  print('|---|' + '---|---|' * len(modes) + ('---|' if {'coded', 'equal'} <= set(modes) else ''))
+        (' | gap equal / gap coded |' if both else ' |'))
+  print('|---|' + '---|---|' * len(modes) + ('---|' if both else ''))
   best = 0.0
   for rate in rates:
     row = results[str(rate)]
     cells = [f"{row[m]['p99.9_ms']:.1f} | {row[m]['gap_p99.9_median_ms']:.1f}" for m in modes]
     line = f'| {rate:g} | ' + ' | '.join(cells)
-    if {'coded', 'equal'} <= set(modes):
+    if both:
       ratio = row['equal']['gap_p99.9_median_ms'] / row['coded']['gap_p99.9_median_ms']
       best = max(best, ratio)
       line += f' | {ratio:.2f}x'
@@ -303,23 +268,5 @@ def main(argv):
 
 
 if __name__ == '__main__':
-  flags.DEFINE_string('model', 'resnet18', 'Model whose service times are measured.')
-  flags.DEFINE_string('service_from', '', 'Serving bench summary.json with service samples.')
-  flags.DEFINE_integer('k', 2, 'Group size.')
-  flags.DEFINE_integer('r', 1, 'Parity queries per group (m*r must be divisible by k).')
-  policy.define_flags()   # hedge_delay_ms, parity_wait_ms
-  flags.DEFINE_integer('m', 12, 'Base instances of the coded mode.')
-  flags.DEFINE_integer('queries', 100000, 'Queries per run.')
-  flags.DEFINE_string('rates', '150,210,270,330,390', 'Query rates (queries/s).')
-  flags.DEFINE_string('modes', 'coded,equal,hedge,none', 'Modes to simulate.')
-  flags.DEFINE_bool('interference', True, 'On/off background interference per instance.')
-  flags.DEFINE_float('calm_s', 5.0, 'Mean calm period (s).')
-  flags.DEFINE_float('busy_s', 0.5, 'Mean interfered period (s).')
-  flags.DEFINE_float('busy_factor', 5.0, 'Service-time factor while interfered.')
-  flags.DEFINE_float('slow_prob', 0.0, 'Per-batch slowdown probability.')
-  flags.DEFINE_float('slow_ms', 0.0, 'Per-batch slowdown (ms).')
-  flags.DEFINE_float('encode_us', 0.0, 'Encode time per group added to the parity path.')
-  flags.DEFINE_float('decode_us', 0.0, 'Decode time added to reconstructed answers.')
-  flags.DEFINE_integer('seed', 0, 'Seed.')
-  flags.DEFINE_string('out', 'workdirs/sim', 'Output directory.')
+  config_utils.define_config_flag('configs/sim.py', 'Simulation config file.')
   app.run(main)
