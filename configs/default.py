@@ -5,18 +5,21 @@
 Trains F (mlp, Adam, 30 epochs) in W/base, then F_P (k=2, concat, Adam 1e-3,
 weight decay 1e-5, batch 64 groups, 100 epochs) in W/parity, and evaluates
 into W/results.json. Arguments (`configs/default.py:k=3,code=sum,smoke`):
-stage (base|parity|all), code, k, model, epochs (parity epochs; 0 = default),
-smoke (a few steps on a tiny subset, seconds). Expected result and the
-measured numbers: RESULTS.md.
+stage (base | parity | base_and_parity), code, k, r, model, epochs (parity
+epochs; 0 = default), smoke (a few steps on a tiny subset, seconds). The code
+is `config.code` = name, k, r and that code's own parameters (e.g.
+`--config.code.coefficients=cauchy` for `code=linear`; see pmjax.codes).
+Expected result and the measured numbers: RESULTS.md.
 """
 
 import ml_collections
 
+from pmjax.codes import code_config
 from pmjax.config_utils import parse_arg
 
 
 def get_config(arg=None, dataset='mnist', model='mlp', base_epochs=30, base_batch_size=64):
-  a = parse_arg(arg, stage='all', code='concat', k=2, r=1, model=model, parity_model='',
+  a = parse_arg(arg, stage='base_and_parity', code='concat', k=2, r=1, model=model, parity_model='',
                 epochs=0, base_epochs=0, smoke=False, seed=0)
   c = ml_collections.ConfigDict()
   c.stage = a.stage
@@ -24,12 +27,10 @@ def get_config(arg=None, dataset='mnist', model='mlp', base_epochs=30, base_batc
   c.model = a.model
   c.parity_model = a.parity_model     # '' = same architecture as the base model
   c.base_workdir = ''                 # parity stage: workdir of the trained base model
-  c.code, c.k, c.r = a.code, a.k, a.r
-  c.parity_input = 'concat'           # linear code: parity query ('concat' or 'sum')
-  c.linear_coefficients = 'auto'      # linear code: C ('auto' = balanced for r <= 2, else cauchy)
-  c.learned_loss = 'mse'              # learned code: 'mse', 'kl' or 'ce' at the erased position
-  c.learned_encoder = 'mlp'           # learned code: 'mlp' or 'conv' encoder
-  c.learned_train_parity = False      # learned code: train a copy of F on the parity queries
+  # The code: name, k (queries per group), r (missing outputs tolerated per group) and
+  # the code's own parameters with their defaults (pmjax.codes: linear's parity_input and
+  # coefficients, learned's loss, encoder and train_parity, berrut's systematic).
+  c.code = code_config(a.code, a.k, a.r)
   c.smoke = a.smoke                   # a few steps on a tiny subset
 
   c.data = ml_collections.ConfigDict()

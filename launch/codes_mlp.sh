@@ -14,9 +14,9 @@ train() {  # workdir, config args, extra flags...
   python -m pmjax.evaluate --workdir="$w"
 }
 train "$g/linear_k4_r2_balanced" code=linear,k=4,r=2
-train "$g/linear_k4_r2_cauchy" code=linear,k=4,r=2 --config.linear_coefficients=cauchy
+train "$g/linear_k4_r2_cauchy" code=linear,k=4,r=2 --config.code.coefficients=cauchy
 train "$g/learned_k2" code=learned,k=2,epochs=20
-train "$g/learned_k2_trained_parity" code=learned,k=2,epochs=20 --config.learned_train_parity=True
+train "$g/learned_k2_trained_parity" code=learned,k=2,epochs=20 --config.code.train_parity=True
 rows=$g/linear_k4_r2_cauchy,$g/linear_k4_r2_balanced,$g/concat_k4,$g/sum_k4,$g/concat_k2,$g/sum_k2
 rows=$rows,$g/learned_k2,$g/learned_k2_trained_parity
 python -m pmjax.bench.code_table --base_workdirs="$g/base" --k=4 --s=2 --parity_workdirs="$rows" --out="$out"

@@ -11,13 +11,13 @@ import statistics
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from pmjax import metrics  # noqa: E402  (one reader of metrics.jsonl, torn lines skipped)
+from pmjax import metrics, runs  # noqa: E402  (one reader of metrics.jsonl; configs migrated)
 
 
 def stats(workdir):
   rows = metrics.read_metrics(workdir)
   with open(os.path.join(workdir, 'config.json')) as f:
-    config = json.load(f)
+    config = runs.migrate_config(json.load(f))
   timed = rows[1:] or rows
   last = rows[-1]
   out = {'workdir': workdir, 'stage': config['stage'], 'epochs': last['epoch'],
@@ -28,7 +28,7 @@ def stats(workdir):
     out['test_A_a'] = last.get('test_A_a')
   else:
     out['groups_per_s'] = per_s
-    out['images_per_s'] = per_s * config['k']
+    out['images_per_s'] = per_s * config['code']['k']
     out['test_A_d_top1'] = last.get('test_A_d_top1')
   return out
 

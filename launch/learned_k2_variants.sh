@@ -12,7 +12,7 @@ run() {  # name, extra flags...
     --config.base_workdir="$base" --workdir="$root/$name" --config.progress_bar=False "$@"
   python -m pmjax.evaluate --workdir="$root/$name"
 }
-run mse_trained_parity --config.learned_train_parity=True
-run kl --config.learned_loss=kl
-run ce --config.learned_loss=ce
-run conv_mse --config.learned_encoder=conv --config.parity.num_epochs="$conv_epochs"
+run mse_trained_parity --config.code.train_parity=True
+run kl --config.code.loss=kl
+run ce --config.code.loss=ce
+run conv_mse --config.code.encoder=conv --config.parity.num_epochs="$conv_epochs"

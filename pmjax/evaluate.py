@@ -31,7 +31,7 @@ def evaluate_workdir(workdir: str, split: str = 'test', batch_size: int = 1000,
   if split not in ('val', 'test'):
     raise ValueError(f"split={split!r} is unknown; accepted: 'val', 'test'")
   config = runs.read_config(workdir)
-  if config.stage == 'all':
+  if config.stage == 'base_and_parity':
     results = evaluate_workdir(os.path.join(workdir, 'parity'), split, batch_size,
                                write, verbose=False)
     return _finish(workdir, results, write, verbose)
@@ -51,7 +51,7 @@ def evaluate_workdir(workdir: str, split: str = 'test', batch_size: int = 1000,
     results.update(epochs=_epochs_trained(workdir, run.epoch), best_epoch=run.epoch)
     return _finish(workdir, results, write, verbose)
 
-  x_GxK, y_GxK = inference.fixed_groups(x, y, config.k)
+  x_GxK, y_GxK = inference.fixed_groups(x, y, config.code.k)
   code, z = run.parity_outputs(batch_size)(x_GxK)
   logits_GxKxC = logits[:x_GxK.shape[0] * code.k].reshape(*y_GxK.shape, -1)
   degraded = metrics.degraded_metrics(code, jnp.asarray(logits_GxKxC), jnp.asarray(z),

@@ -7,17 +7,17 @@ trained jointly through F, with the loss on the erased position only:
 `mse` to F's output, `kl` to F's softmax, or `ce` to the true label. Once
 trained they are a `Code` like any other (`make_learned_code`): `encode`,
 `decode` (available rows returned unchanged), no `target` (nothing trains
-towards it). Used by `pmjax.train` when `config.code == 'learned'` and by
+towards it). Used by `pmjax.train` when `config.code.name == 'learned'` and by
 `pmjax.evaluate`.
 
-`config.learned_train_parity=True` trains a parity model too: a copy of F
+`config.code.train_parity=True` trains a parity model too: a copy of F
 (its architecture, initialised from F's trained parameters, batch-norm
 statistics kept at F's) computes on the parity queries and is trained jointly
 with the encoder and decoder; the variables are then {'coder': ..., 'parity':
 ...}. Without it F itself computes on the parity queries, frozen (the 2018
 paper's setting).
 
-Encoder (`config.learned_encoder`): 'mlp', Linear(kD, kD) - ReLU -
+Encoder (`config.code.encoder`): 'mlp', Linear(kD, kD) - ReLU -
 Linear(kD, rD) on the flattened, normalised queries; or 'conv', 3x3
 convolutions with 20k channels and dilations 1, 1, 2, 4, 8, 1, then a 1x1
 convolution to r images. Decoder (MLP): (k+r)C -> (k+r)C -> kC -> kC with ReLUs.

@@ -30,12 +30,8 @@ from pmjax.data import builders
 # Fields that cannot change what a run computes: they may differ when it is resumed.
 NEUTRAL_FIELDS = ('progress_bar', 'stop_after_epochs', 'eval_batch_size', 'data.manual_dir',
                   'data.data_dir', 'data.download')
-# Fields one code reads, with the value a config written before the field existed meant
-# (from the code registry: each code's `Param.config_field` and `Param.legacy`).
-CODE_FIELDS = {name: {p.config_field: p.legacy for p in spec.params if p.config_field}
-               for name, spec in codes.CODE_SPECS.items()}
 # What a base run does not read (F's parity models come later, from another workdir).
-_NOT_READ_BY_BASE = ('parity.', 'code', 'k', 'r', 'parity_model', 'base_workdir')
+_NOT_READ_BY_BASE = ('parity.', 'code.', 'parity_model', 'base_workdir')
 
 
 class ConfigMismatchError(config_utils.ConfigError):
@@ -62,9 +58,7 @@ def _read_by(config: dict, field: str) -> bool:
   """Whether the run described by `config` (a flat dict) reads `field`."""
   def matches(pattern):
     return field.startswith(pattern) if pattern.endswith('.') else field == pattern
-  stage, code = config.get('stage'), config.get('code')
-  if any(field in fields for c, fields in CODE_FIELDS.items() if c != code):
-    return False
+  stage = config.get('stage')
   if stage == 'base':
     return not any(matches(p) for p in _NOT_READ_BY_BASE)
   if stage == 'parity':
@@ -84,12 +78,10 @@ def _neutral(config: dict, field: str) -> bool:
 
 def config_differences(old: ml_collections.ConfigDict, new: ml_collections.ConfigDict) -> tuple:
   """(result-changing, neutral) {field: (old value, new value)} between two configs."""
-  a = _flat(json.loads(config_utils.to_json(old)))
-  b = _flat(json.loads(config_utils.to_json(new)))
-  legacy = CODE_FIELDS.get(b.get('code'), {})
+  a, b = _flat(_with_code_defaults(old)), _flat(_with_code_defaults(new))
   changing, neutral = {}, {}
   for field in sorted(set(a) | set(b)):
-    was, now = a.get(field, legacy.get(field)), b.get(field, legacy.get(field))
+    was, now = a.get(field), b.get(field)
     if field == 'base_workdir' and was and now:
       was, now = os.path.realpath(was), os.path.realpath(now)
     if was == now or not (_read_by(a, field) or _read_by(b, field)):
@@ -98,18 +90,34 @@ def config_differences(old: ml_collections.ConfigDict, new: ml_collections.Confi
   return changing, neutral
 
 
+def _with_code_defaults(config) -> dict:
+  """A config as a plain dict, its `code` holding every parameter of its code."""
+  d = json.loads(config_utils.to_json(config))
+  code = d.get('code')
+  if isinstance(code, dict) and 'name' in code:
+    d['code'] = {**code, **codes.code_params(code)}
+  return d
+
+
 # Config fields renamed since workdirs were first written: old name -> new name.
 RENAMED_FIELDS = {'log_every_steps': 'steps_per_call'}
+# Config values renamed: field -> {old value: new value}.
+RENAMED_VALUES = {'stage': {'all': 'base_and_parity'}}
 
 
 def migrate_config(config: dict) -> dict:
-  """A config.json as written by an earlier pmjax -> today's field names (the values,
-  and so the run's identity, are unchanged)."""
+  """A config.json as written by an earlier pmjax -> today's layout: renamed fields
+  and values, and the code's fields nested in `config.code`
+  (`codes.migrate_code_config`). What the run computes, and so its identity, is
+  unchanged."""
   config = dict(config)
   for old, new in RENAMED_FIELDS.items():
     if old in config and new not in config:
       config[new] = config.pop(old)
-  return config
+  for field, values in RENAMED_VALUES.items():
+    if config.get(field) in values:
+      config[field] = values[config[field]]
+  return codes.migrate_code_config(config)
 
 
 def read_config(workdir: str) -> ml_collections.ConfigDict:
@@ -212,16 +220,16 @@ def make_code(config) -> codes.Code:
   """The code of a parity run's config (code='learned' needs its trained networks:
   `load_code`), with the parameters its config carries (`codes.code_params`: a config
   written before a field existed gets the value it meant, e.g. Cauchy coefficients)."""
-  spec = builders.get_spec(config.data.name)
-  return codes.make_code(config.code, config.k, config.get('r', 1), image_shape=spec.image_shape,
-                         **codes.code_params(config.code, config))
+  spec, c = builders.get_spec(config.data.name), config.code
+  return codes.make_code(c.name, c.k, c.r, image_shape=spec.image_shape,
+                         **codes.code_params(c))
 
 
 def make_coder(config) -> learned.LearnedCoder:
   """The (untrained) encoder/decoder of a code='learned' config."""
   spec = builders.get_spec(config.data.name)
-  return learned.make_coder(config.k, config.r, spec.num_classes, spec.image_shape,
-                            codes.code_params('learned', config)['encoder'])
+  return learned.make_coder(config.code.k, config.code.r, spec.num_classes, spec.image_shape,
+                            codes.code_params(config.code)['encoder'])
 
 
 def load_code(workdir: str, which: str = 'best') -> codes.Code:
@@ -232,7 +240,7 @@ def load_code(workdir: str, which: str = 'best') -> codes.Code:
   if config.stage != 'parity':
     raise ValueError(f'{os.path.abspath(workdir)} is a {config.stage!r} run; a code belongs to '
                      f'a parity run (stage=parity)')
-  if codes.get_code_spec(config.code).build is not None:
+  if codes.get_code_spec(config.code.name).build is not None:
     return make_code(config)
   return _parity_networks(config, _restore_variables(workdir, which)[1])[0]
 
@@ -260,11 +268,12 @@ class Run:
 
   @property
   def learned(self) -> bool:
-    return self.code is not None and codes.get_code_spec(self.config.code).task == 'learned'
+    return (self.code is not None
+            and codes.get_code_spec(self.config.code.name).task == 'learned')
 
   @property
   def train_parity(self) -> bool:
-    return bool(codes.code_params('learned', self.config)['train_parity']) if self.learned \
+    return bool(codes.code_params(self.config.code)['train_parity']) if self.learned \
         else False
 
   def parity_outputs(self, batch_size: int):
@@ -295,8 +304,8 @@ class Run:
 def load_run(workdir: str, which: str = 'best') -> Run:
   """The `which` checkpoint of a base or parity workdir (F from base_workdir's best)."""
   config = read_config(workdir)
-  if config.stage == 'all':
-    raise ValueError(f'{os.path.abspath(workdir)} holds a stage=all run: load its '
+  if config.stage == 'base_and_parity':
+    raise ValueError(f'{os.path.abspath(workdir)} holds a stage=base_and_parity run: load its '
                      f'{os.path.join(workdir, "base")} or {os.path.join(workdir, "parity")}')
   _, own_vars, epoch = _restore_variables(workdir, which)
   base_model = build_model(config.model, config.data.name)
@@ -310,10 +319,10 @@ def load_run(workdir: str, which: str = 'best') -> Run:
 def _parity_networks(config, trained_vars) -> tuple:
   """(code, trained network) of a parity run: its parity model(s), or for a learned
   code the coder (and the Code made of its trained encoder and decoder)."""
-  if codes.get_code_spec(config.code).task == 'learned':
+  if codes.get_code_spec(config.code.name).task == 'learned':
     coder = make_coder(config)
     coder_vars, _ = learned.split_variables(
-        trained_vars['params'], {}, codes.code_params('learned', config)['train_parity'])
+        trained_vars['params'], {}, codes.code_params(config.code)['train_parity'])
     return learned.make_learned_code(coder, coder_vars), coder
   code = make_code(config)
   return code, build_model(model_names(config)[1], config.data.name, code.r, code.k)

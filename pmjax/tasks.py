@@ -174,7 +174,7 @@ class _CodeTask:
     self.spec = builders.get_spec(self.dataset)
     self.base_model, self.base_vars = base
     self.augment = bool(config.data.get('augment', False))
-    self.group_size = config.k
+    self.group_size = config.code.k
     predict = inference.make_predict(self.base_model, self.dataset)
     self.base_logits = {n: inference.batched(predict, self.base_vars,
                                              getattr(splits, f'{n}_x'), eval_batch_size)
@@ -200,7 +200,7 @@ class ParityTask(_CodeTask):
     self.batch_fn = partial(parity_batch, dataset=self.dataset, augment=self.augment,
                             code=self.code, base_apply=self.base_model.apply)
     self.evaluator = ParityEvaluator(inference.make_parity_outputs(
-        self.model, self.code, self.dataset, eval_batch_size), config.k, splits,
+        self.model, self.code, self.dataset, eval_batch_size), config.code.k, splits,
                                      self.base_logits, self.score)
     self.unroll_model = parity_name
 
@@ -222,11 +222,11 @@ class LearnedTask(_CodeTask):
     if config.get('parity_model') not in ('', None, config.model):
       raise config_utils.ConfigError(
           f"code 'learned' runs F's own architecture on the parity queries (frozen, or a "
-          f"trained copy with --config.learned_train_parity=True), not parity_model="
+          f"trained copy with --config.code.train_parity=True), not parity_model="
           f"{config.parity_model!r}; leave parity_model empty")
     super().__init__(config, splits, eval_batch_size, base)
     self.data['base_vars'] = self.base_vars
-    params = codes.code_params('learned', config)
+    params = codes.code_params(config.code)
     self.train_parity = bool(params['train_parity'])
     self.model = runs.make_coder(config)
     self.loss_fn = partial(learned.learned_loss, f_apply=self.base_model.apply,
@@ -234,7 +234,7 @@ class LearnedTask(_CodeTask):
     self.batch_fn = partial(learned.learned_batch, dataset=self.dataset)
     self.evaluator = ParityEvaluator(learned.make_parity_outputs(
         self.model, self.base_model, self.base_vars, self.dataset, eval_batch_size,
-        self.train_parity), config.k, splits, self.base_logits, self.score)
+        self.train_parity), config.code.k, splits, self.base_logits, self.score)
     # The coder's own layers decide (F runs frozen in the loss), and a trained copy of F's.
     self.unroll_model = 'conv' if params['encoder'] == 'conv' else 'mlp'
     if self.train_parity and config.model != 'mlp':
@@ -249,7 +249,7 @@ TASKS = {'base': BaseTask, 'parity': ParityTask, 'learned': LearnedTask}
 
 def task_name(config) -> str:
   """'base' for stage=base; otherwise the task that trains the config's code."""
-  return 'base' if config.stage == 'base' else codes.get_code_spec(config.code).task
+  return 'base' if config.stage == 'base' else codes.get_code_spec(config.code.name).task
 
 
 def task_score(config) -> metrics.TopK:

@@ -7,8 +7,8 @@
 
 Stages: `base` trains F with cross-entropy; `parity` freezes F (best checkpoint
 of `config.base_workdir`) and trains F_P with MSE to `code.target(F(X))` over
-random groups of k that change every epoch; `all` runs both (W/base, W/parity)
-and evaluates. Re-running the same command resumes from the latest checkpoint
+random groups of k that change every epoch; `base_and_parity` runs both
+(W/base, W/parity) and evaluates. Re-running the same command resumes from the latest checkpoint
 with the same data order.
 
 How a step runs: the whole dataset sits on every device; an epoch is a random
@@ -40,7 +40,7 @@ import optax
 from jax.sharding import Mesh, PartitionSpec as P
 from tqdm import tqdm
 
-from pmjax import checkpoint, cli, config_utils, metrics, runs, tasks
+from pmjax import checkpoint, cli, codes, config_utils, metrics, runs, tasks
 from pmjax.data import pipeline
 from pmjax.mesh import local_copy, make_mesh, replicate
 
@@ -202,17 +202,21 @@ def _stage_cfg(config):
 def resolve_batch_size(config) -> int:
   bs = _stage_cfg(config).batch_size
   if bs == 0:  # the original defaults: 64 groups for k=2, 32 otherwise
-    bs = 64 if config.stage == 'base' or config.k == 2 else 32
+    bs = 64 if config.stage == 'base' or config.code.k == 2 else 32
   return bs
+
+
+STAGES = ('base', 'parity', 'base_and_parity')
 
 
 def validate_config(config):
   """Refuses, up front, values that would train nothing or fail deep inside a step."""
   problems = []
-  if config.stage not in ('base', 'parity', 'all'):
-    raise config_utils.ConfigError(f"config.stage={config.stage!r} is unknown; accepted: "
-                                   f"'base', 'parity', 'all'")
-  stages = ('base', 'parity') if config.stage == 'all' else (config.stage,)
+  if config.stage not in STAGES:
+    renamed = " (renamed 'base_and_parity')" if config.stage == 'all' else ''
+    raise config_utils.ConfigError(f"config.stage={config.stage!r} is unknown{renamed}; "
+                                   f"accepted: {', '.join(map(repr, STAGES))}")
+  stages = ('base', 'parity') if config.stage == 'base_and_parity' else (config.stage,)
   for name in stages:
     cfg = config[name]
     if not (isinstance(cfg.num_epochs, int) and cfg.num_epochs >= 1):
@@ -225,10 +229,15 @@ def validate_config(config):
     if cfg.optim.get('weight_decay', 0.0) < 0:
       problems.append(f'{name}.optim.weight_decay={cfg.optim.weight_decay!r} must be >= 0')
   if 'parity' in stages:
-    if not (isinstance(config.k, int) and config.k >= 2):
-      problems.append(f'k={config.k!r} must be an integer >= 2')
-    if not (isinstance(config.get('r', 1), int) and config.get('r', 1) >= 1):
-      problems.append(f'r={config.r!r} must be an integer >= 1')
+    code = config.code
+    if not (isinstance(code.k, int) and code.k >= 2):
+      problems.append(f'code.k={code.k!r} must be an integer >= 2')
+    if not (isinstance(code.r, int) and code.r >= 1):
+      problems.append(f'code.r={code.r!r} must be an integer >= 1')
+    try:
+      codes.code_params(code)
+    except ValueError as e:
+      problems.append(f'config.code: {e}')
   for field in ('steps_per_call', 'eval_every_epochs', 'eval_batch_size'):
     if not (isinstance(config.get(field, 1), int) and config.get(field, 1) >= 1):
       problems.append(f'{field}={config.get(field)!r} must be an integer >= 1')
@@ -252,7 +261,7 @@ def train_and_evaluate(config, workdir: str, allow_config_change: bool = False) 
   such a workdir is refused (see `pmjax.runs.write_config`).
   """
   validate_config(config)
-  if config.stage == 'all':
+  if config.stage == 'base_and_parity':
     base_dir, parity_dir = os.path.join(workdir, 'base'), os.path.join(workdir, 'parity')
     with runs.WorkdirLock(workdir, enabled=jax.process_index() == 0):
       runs.write_config(workdir, config, write=jax.process_index() == 0,
@@ -274,7 +283,7 @@ def load_base_model(base_workdir: str, dataset: str, model_name: str) -> tuple:
   base_cfg = runs.read_config(base_workdir)
   if base_cfg.stage != 'base':
     hint = (f' (its base model is in {os.path.join(base_workdir, "base")})'
-            if base_cfg.stage == 'all' else '')
+            if base_cfg.stage == 'base_and_parity' else '')
     raise config_utils.ConfigError(
         f'base_workdir {base_workdir} holds a {base_cfg.stage!r} run, not a trained base '
         f'model{hint}. Set --config.base_workdir to the workdir of a stage=base run.')

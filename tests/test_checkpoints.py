@@ -276,7 +276,7 @@ def test_more_epochs_at_a_constant_rate_is_the_same_run(smoke_config, tmp_path):
   changing, neutral = runs.config_differences(old, new)
   assert not changing and 'base.num_epochs' in neutral
   # Fields a stage does not read never block it: a base run ignores the parity recipe.
-  new.parity.optim.lr, new.k = 0.5, 3
+  new.parity.optim.lr, new.code.k = 0.5, 3
   assert runs.config_differences(old, new)[0] == {}
 
 

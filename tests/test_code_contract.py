@@ -127,3 +127,31 @@ def test_a_new_code_is_one_registration(monkeypatch):
       check_code_contract(codes.make_code('mean', k, scale=scale), exact=True)
   with pytest.raises(ValueError, match="no parameter 'size'"):
     codes.make_code('mean', 2, size=3)
+  # A run config carries it as config.code (name, k, r, its parameters), built in one
+  # call, checked, and turned into the code by the run factory.
+  from configs import mnist
+  from pmjax import runs
+  config = mnist.get_config('stage=parity,code=mean,k=3')
+  assert config.code.to_dict() == {'name': 'mean', 'k': 3, 'r': 1, 'scale': 1.0}
+  config.code.scale = 2.0
+  code = runs.make_code(config)
+  assert code.name == 'mean' and code.k == 3
+  check_code_contract(code, exact=True)
+  config.code.scale = 3.0
+  with pytest.raises(ValueError, match=r"scale=3.0 is unknown for code 'mean'"):
+    codes.code_params(config.code)
+
+
+def test_flat_configs_of_earlier_versions_migrate_to_config_code():
+  """Configs written before `config.code` was nested keep their meaning: a linear run
+  without `linear_coefficients` used Cauchy coefficients."""
+  flat = {'stage': 'parity', 'code': 'linear', 'k': 4, 'r': 2, 'parity_input': 'sum',
+          'learned_loss': 'mse', 'model': 'mlp'}
+  assert codes.migrate_code_config(flat) == {
+      'stage': 'parity', 'model': 'mlp',
+      'code': {'name': 'linear', 'k': 4, 'r': 2, 'parity_input': 'sum',
+               'coefficients': 'cauchy'}}
+  assert codes.migrate_code_config({'code': 'sum', 'k': 2})['code'] == {
+      'name': 'sum', 'k': 2, 'r': 1}
+  nested = {'code': {'name': 'sum', 'k': 2, 'r': 1}}
+  assert codes.migrate_code_config(nested) is nested

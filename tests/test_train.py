@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from functools import partial
 
-from pmjax import checkpoint, codes, evaluate, metrics, runs, tasks, train
+from pmjax import checkpoint, codes, config_utils, evaluate, metrics, runs, tasks, train
 from pmjax.models import get_model
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -152,6 +152,19 @@ def test_end_to_end_all_stage_and_evaluate_cli(smoke_config, tmp_path):
   # A base-only workdir gives A_a only.
   base = evaluate.evaluate_workdir(os.path.join(w, 'base'), verbose=False)
   assert 'A_a' in base and 'A_d_top1' not in base
+  # The workdirs as the previous version wrote them (flat code fields, stage='all',
+  # log_every_steps) load, evaluate the same and resume with today's config.
+  for d in (w, os.path.join(w, 'base'), os.path.join(w, 'parity')):
+    old = _flat_config(runs.read_config(d))
+    old['log_every_steps'] = old.pop('steps_per_call')
+    old['stage'] = {'base_and_parity': 'all'}.get(old['stage'], old['stage'])
+    with open(os.path.join(d, 'config.json'), 'w') as f:
+      json.dump(old, f)
+  assert runs.read_config(w).stage == 'base_and_parity'
+  assert runs.read_config(os.path.join(w, 'parity')).code.to_dict() == {'name': 'sum', 'k': 2,
+                                                                        'r': 1}
+  again = train.train_and_evaluate(smoke_config('code=sum,k=2'), w)
+  assert again['A_d_top1'] == res['A_d_top1'] and again['A_a'] == res['A_a']
 
 
 def test_bad_inputs(smoke_config, base_dir, tmp_path):
@@ -305,7 +318,7 @@ def test_learned_code_with_trained_parity_model(smoke_config, base_dir, tmp_path
   coder; F itself is untouched; resuming with the other setting is refused."""
   c = smoke_config('stage=parity,code=learned,k=2')
   c.base_workdir = base_dir
-  c.learned_train_parity = True
+  c.code.train_parity = True
   w = str(tmp_path / 'learned_tp')
   train.train_and_evaluate(c, w)
   _, _, base_vars, _ = runs.load_variables(base_dir)
@@ -337,12 +350,23 @@ def test_learned_code_with_trained_parity_model(smoke_config, base_dir, tmp_path
   fe.close()
   summary = loadgen.summarize(records)
   assert summary['lost'] == 0 and summary['num_reconstructed'] >= 1
-  c.learned_train_parity = False
-  with pytest.raises(ValueError, match='learned_train_parity=True'):
+  c.code.train_parity = False
+  with pytest.raises(ValueError, match='train_parity=True'):
     train.train_and_evaluate(c, w)
-  c.learned_train_parity, c.parity_model = True, 'lenet5'
+  c.code.train_parity, c.parity_model = True, 'lenet5'
   with pytest.raises(ValueError, match='leave parity_model empty'):
     train.train_and_evaluate(c, str(tmp_path / 'other'))
+
+
+def _flat_config(config) -> dict:
+  """A config as the version before `config.code` was nested wrote it (flat code fields)."""
+  d = json.loads(config_utils.to_json(config))
+  code = d.pop('code')
+  d.update(code=code.pop('name'), k=code.pop('k'), r=code.pop('r'))
+  for p in codes.get_code_spec(d['code']).params:
+    if p.legacy_field:
+      d[p.legacy_field] = code[p.name]
+  return d
 
 
 def test_linear_coefficients_are_part_of_a_runs_identity(tmp_path):
@@ -350,15 +374,17 @@ def test_linear_coefficients_are_part_of_a_runs_identity(tmp_path):
   with today's default ('auto') is refused; with 'cauchy' it is accepted."""
   from configs import mnist
   c = mnist.get_config('stage=parity,code=linear,k=4,r=2')
-  old = c.copy_and_resolve_references()
+  old = _flat_config(c)
   del old['linear_coefficients']
-  runs.write_config(str(tmp_path), old)
+  with open(tmp_path / 'config.json', 'w') as f:
+    json.dump(old, f)
+  assert runs.read_config(str(tmp_path)).code.coefficients == 'cauchy'
   from pmjax.codes import coefficient_matrix
   y = jnp.asarray(np.random.default_rng(0).normal(size=(2, 4, 10)), jnp.float32)
   cauchy = jnp.einsum('ri,bic->brc', coefficient_matrix(4, 2, 'cauchy'), y)
   np.testing.assert_allclose(runs.make_code(runs.read_config(str(tmp_path))).target(y), cauchy,
                              rtol=1e-5)
-  with pytest.raises(ValueError, match="linear_coefficients='cauchy'"):
+  with pytest.raises(ValueError, match="code.coefficients='cauchy'"):
     runs.write_config(str(tmp_path), c)
-  c.linear_coefficients = 'cauchy'
+  c.code.coefficients = 'cauchy'
   runs.write_config(str(tmp_path), c)

@@ -104,8 +104,7 @@ def berrut_row(base_workdir, k, s, systematic, batch=500, outputs='logits'):
 
 def _code_label(config) -> str:
   """The code's name with the parameters that tell its variants apart."""
-  return codes.describe_code(config.code, config.get('r', 1),
-                             codes.code_params(config.code, config))
+  return codes.describe_code(config.code.name, config.code.r, codes.code_params(config.code))
 
 
 def parity_row(workdir):

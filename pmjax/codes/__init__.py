@@ -30,7 +30,8 @@ the small (masked, batched, least-squares when over-determined) system for
 up to r missing outputs. With r = 1, C = ones: exactly ParM.
 
 Codes are registered (`register_code(CodeSpec(...))`): a spec names the
-builder, its typed parameters (and the flat config field that carries each),
+builder, its typed parameters (`config.code = code_config(name, k, r, **params)`
+in a run config: `code_params(config.code)` gives them back, checked),
 the largest r for a k, and what the code needs (a trained parity model or
 not). `make_code` builds any registered code; `CODE_SPECS` lists them. The
 `r` argument of `make_code` has one meaning for every code: how many missing
@@ -42,8 +43,9 @@ from __future__ import annotations
 
 # The abstraction and the registry, then the codes (importing a module registers it).
 from pmjax.codes.core import (CODE_SPECS, Code, CodeSpec, Param, check_decode_args,
-                              code_params, describe_code, get_code_spec, make_code,
-                              one_parity_per_missing, raise_if_undecodable, register_code)
+                              code_config, code_params, describe_code, get_code_spec,
+                              make_code, migrate_code_config, one_parity_per_missing,
+                              raise_if_undecodable, register_code)
 from pmjax.codes.parm import concat_grid, resize_matrix
 from pmjax.codes.linear import (COEFFICIENTS, PARITY_INPUTS, coefficient_matrix,
                                 solve_small)
@@ -52,9 +54,9 @@ from pmjax.codes.berrut import (berrut_weights, chebyshev_first,
 
 __all__ = ['CODE_SPECS', 'COEFFICIENTS', 'Code', 'CodeSpec', 'PARITY_INPUTS', 'Param',
            'berrut_weights', 'chebyshev_first', 'chebyshev_second', 'check_decode_args',
-           'code_params', 'coefficient_matrix', 'concat_grid', 'describe_code',
-           'get_code_spec', 'make_code', 'one_parity_per_missing', 'raise_if_undecodable',
-           'register_code',
+           'code_config', 'code_params', 'coefficient_matrix', 'concat_grid',
+           'describe_code', 'get_code_spec', 'make_code', 'migrate_code_config',
+           'one_parity_per_missing', 'raise_if_undecodable', 'register_code',
            'resize_matrix', 'solve_small']
 
 # A code made of trained networks (pmjax.learned): registered for its parameters and its

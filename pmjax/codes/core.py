@@ -29,12 +29,12 @@ class Code(NamedTuple):
 
 @dataclasses.dataclass(frozen=True)
 class Param:
-  """A typed parameter of a code, and the flat config field that carries it."""
+  """A typed parameter of a code: `config.code.<name>` in a run config."""
   name: str
   default: Any
   choices: tuple = ()            # accepted values (empty: any value of the default's type)
-  config_field: str | None = None
-  legacy: Any = None             # what a config written before config_field existed meant
+  legacy_field: str | None = None  # the flat field that carried it before `config.code`
+  legacy: Any = None             # what a flat config without that field meant
 
 
 @dataclasses.dataclass(frozen=True)
@@ -73,15 +73,45 @@ def get_code_spec(name: str) -> CodeSpec:
   return CODE_SPECS[name]
 
 
-def code_params(name: str, config) -> dict:
-  """The parameters of code `name` carried by a (flat) run config; a field the config
-  does not have takes the value such a config meant (`Param.legacy`)."""
-  out = {}
-  for p in get_code_spec(name).params:
-    if p.config_field:
-      value = config.get(p.config_field)
-      out[p.name] = (p.legacy if p.legacy is not None else p.default) if value is None else value
-  return out
+def code_config(name: str, k: int = 2, r: int = 1, **params):
+  """`config.code` of a run: ConfigDict(name, k, r, <the code's parameters>), every
+  parameter present (its default unless given), checked against the registry."""
+  import ml_collections  # pylint: disable=g-import-not-at-top
+  spec = get_code_spec(name)
+  return ml_collections.ConfigDict(dict(name=name, k=k, r=r, **_check_params(spec, params)))
+
+
+def code_params(code_cfg) -> dict:
+  """The parameters of `config.code` (a ConfigDict or dict: name, k, r, params), each
+  checked against its code's `Param`s; a parameter the config lacks takes its default."""
+  cfg = dict(code_cfg)
+  spec = get_code_spec(cfg.pop('name'))
+  cfg.pop('k', None)
+  cfg.pop('r', None)
+  return _check_params(spec, cfg)
+
+
+def migrate_code_config(config: dict) -> dict:
+  """A run config written before `config.code` was nested (code, k, r and the codes'
+  flat fields such as linear_coefficients at the top level) -> `code: {name, k, r,
+  params}`; a parameter whose flat field the old config lacks takes the value such a
+  config meant (`Param.legacy`: e.g. Cauchy coefficients before they were a choice)."""
+  if not isinstance(config.get('code'), str):
+    return config
+  config = dict(config)
+  spec = get_code_spec(config['code'])
+  legacy_fields = {p.legacy_field for s in CODE_SPECS.values() for p in s.params
+                   if p.legacy_field}
+  params = {}
+  for p in spec.params:
+    value = config.get(p.legacy_field) if p.legacy_field else None
+    params[p.name] = (p.legacy if p.legacy is not None else p.default) if value is None \
+        else value
+  code = dict(name=config.pop('code'), k=config.pop('k', 2), r=config.pop('r', 1), **params)
+  for field in legacy_fields:
+    config.pop(field, None)
+  config['code'] = code
+  return config
 
 
 def describe_code(name: str, r: int, params: dict) -> str:

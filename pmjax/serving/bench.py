@@ -178,7 +178,7 @@ def main(argv):
     json.dump({m: {k: s[k] for k in RAW_SAMPLES} for m, s in results.items()}, fh)
   config, fc = parts.config, c.faults
   plot_cdf(results, os.path.join(c.out, 'latency_cdf.png'),
-           f'{config.model} {config.code} k={config.k}, {c.rate:g} q/s, '
+           f'{config.model} {config.code.name} k={config.code.k}, {c.rate:g} q/s, '
            f'slow={fc.slow_instances or "-"} p={fc.slow_prob} {fc.slow_ms:g} ms'
            + (f', {fc.fail_instance} fails at {fc.fail_at_s:g} s' if fc.fail_instance else ''))
   cols = ('count', 'lost', 'median_ms', 'p99_ms', 'p99.9_ms', 'frac_reconstructed',
