@@ -29,7 +29,8 @@ from pmjax.data import builders
 
 # Fields that cannot change what a run computes: they may differ when it is resumed.
 NEUTRAL_FIELDS = ('progress_bar', 'stop_after_epochs', 'eval_batch_size', 'data.manual_dir',
-                  'data.data_dir', 'data.download')
+                  'data.data_dir', 'data.download', 'data.pipeline', 'data.device_limit_mb',
+                  'data.stream_threads')
 # What a base run does not read (F's parity models come later, from another workdir).
 _NOT_READ_BY_BASE = ('parity.', 'code.', 'parity_model', 'base_workdir')
 

@@ -41,7 +41,7 @@ from jax.sharding import Mesh, PartitionSpec as P
 from tqdm import tqdm
 
 from pmjax import checkpoint, cli, codes, config_utils, metrics, runs, tasks
-from pmjax.data import pipeline
+from pmjax.data import pipeline, stream
 from pmjax.mesh import local_copy, make_mesh, replicate
 
 
@@ -128,42 +128,49 @@ def train_step(state: TrainState, batch: dict, loss_fn: Callable):
 
 def make_train_chunk(mesh: Mesh, loss_fn, batch_fn, global_batch: int, group_size: int,
                      unroll: int | bool = 1):
-  """jit(state, data, perm, first_step, epoch_key; n_steps) -> (state, mean metrics).
+  """jit(state, data, chunk_data, perm, first_step, epoch_key; n_steps) -> (state, metrics).
 
   Runs `n_steps` train steps in one `lax.scan` inside a `shard_map`; step s
   uses groups perm[s*B : (s+1)*B] (each of `group_size` indices), device d
-  its d-th slice. Per-example random keys depend on the global position only,
-  so any device count gives the same result. `unroll` is passed to `lax.scan`
-  (see `scan_unroll`).
+  its d-th slice, gathered from `data` (the whole training set, replicated).
+  A streamed call (`pmjax.data.stream`) passes those same examples instead, as
+  `chunk_data` sharded over the devices (device d: its slices of the n steps,
+  in order; `perm` unused), so both compute the same batches. Per-example random
+  keys depend on the global position only, so any device count gives the same
+  result. `unroll` is passed to `lax.scan` (see `scan_unroll`).
   """
   n_dev = mesh.shape['data']
   if global_batch % n_dev:
     raise ValueError(f'batch size {global_batch} does not divide by the {n_dev} devices; '
                      f'choose a batch size that is a multiple of {n_dev}')
   per_device = global_batch // n_dev
+  rows = per_device * group_size   # examples of one step on one device
 
-  def chunk(state, data, perm, first_step, epoch_key, n_steps):
+  def chunk(state, data, chunk_data, perm, first_step, epoch_key, n_steps):
     dev = lax.axis_index('data')
 
     def body(state, s):
       step = first_step + s
-      start = (step * global_batch + dev * per_device) * group_size
-      idx = lax.dynamic_slice_in_dim(perm, start, per_device * group_size).reshape(
-          per_device, group_size)
+      if chunk_data:   # streamed: this device's examples of step s are rows s*b*k...
+        idx = (s * rows + jnp.arange(rows)).reshape(per_device, group_size)
+        examples = {**data, **chunk_data}
+      else:
+        start = (step * global_batch + dev * per_device) * group_size
+        idx = lax.dynamic_slice_in_dim(perm, start, rows).reshape(per_device, group_size)
+        examples = data
       keys = jax.random.split(jax.random.fold_in(epoch_key, step), global_batch * group_size)
-      keys = lax.dynamic_slice_in_dim(keys, dev * per_device * group_size,
-                                      per_device * group_size)
-      batch = batch_fn(data, idx, keys.reshape(per_device, group_size))
+      keys = lax.dynamic_slice_in_dim(keys, dev * rows, rows)
+      batch = batch_fn(examples, idx, keys.reshape(per_device, group_size))
       return train_step(state, batch, loss_fn)
 
     state, m = lax.scan(body, state, jnp.arange(n_steps), unroll=unroll)
     return state, jax.tree.map(jnp.mean, m)
 
   @partial(jax.jit, static_argnames='n_steps', donate_argnums=0)
-  def run(state, data, perm, first_step, epoch_key, n_steps):
+  def run(state, data, chunk_data, perm, first_step, epoch_key, n_steps):
     f = jax.shard_map(partial(chunk, n_steps=n_steps), mesh=mesh,
-                      in_specs=(P(), P(), P(), P(), P()), out_specs=(P(), P()))
-    return f(state, data, perm, first_step, epoch_key)
+                      in_specs=(P(), P(), P('data'), P(), P(), P()), out_specs=(P(), P()))
+    return f(state, data, chunk_data, perm, first_step, epoch_key)
 
   return run
 
@@ -331,7 +338,16 @@ def _train_stage(config, workdir: str, allow_config_change: bool) -> dict:
   num_epochs = stage_cfg.num_epochs
   tx = make_optimizer(stage_cfg.optim, steps_per_epoch * num_epochs)
   state = replicate(create_state(task.model, tx, task.init_variables(config.seed)), mesh)
-  data = replicate({'train_x': splits.train_x, 'train_y': splits.train_y, **task.data}, mesh)
+  streamed = isinstance(splits.train_x, stream.SourceArray)
+  if streamed:   # per-example arrays are read per call; the rest is replicated
+    per_example = {n: a for n, a in task.data.items()
+                   if isinstance(a, np.ndarray) and a.shape[:1] == (n_train,)}
+    data = replicate({n: a for n, a in task.data.items() if n not in per_example}, mesh)
+    reader = stream.ChunkReader(splits.train_x.source, per_example, mesh, batch_size,
+                                task.group_size, config.data.get('stream_threads', 4))
+  else:
+    data = replicate({'train_x': splits.train_x, 'train_y': splits.train_y, **task.data},
+                     mesh)
   unroll, steps_per_call = scan_unroll(config, task.unroll_model)
   run_chunk = make_train_chunk(mesh, task.loss_fn, task.batch_fn, batch_size,
                                task.group_size, unroll)
@@ -368,9 +384,12 @@ def _train_stage(config, workdir: str, allow_config_change: bool) -> dict:
     with tqdm(total=steps_per_epoch, desc=f'{config.stage} epoch {epoch}/{num_epochs}',
               leave=False, disable=not config.get('progress_bar', True)
               or jax.process_index() != 0) as bar:
-      for first in range(0, steps_per_epoch, chunk):
-        n = min(chunk, steps_per_epoch - first)
-        state, m = run_chunk(state, data, perm, jnp.int32(first), epoch_key, n_steps=n)
+      plan = [(first, min(chunk, steps_per_epoch - first))
+              for first in range(0, steps_per_epoch, chunk)]
+      chunks = reader.epoch(local_copy(perm), plan) if streamed else ({} for _ in plan)
+      for (first, n), chunk_data in zip(plan, chunks):
+        state, m = run_chunk(state, data, chunk_data, perm, jnp.int32(first), epoch_key,
+                             n_steps=n)
         loss = float(local_copy(m['loss']))
         if not math.isfinite(loss):
           ckpts.close()

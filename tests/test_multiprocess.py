@@ -41,3 +41,13 @@ def test_two_processes_match_one(tmp_path, mnist_dir, tfds_dir):
   # One process wrote the metrics: one row per epoch.
   with open(os.path.join(two, 'metrics.jsonl')) as f:
     assert len(f.readlines()) == 2
+  # Streamed (pmjax.data.stream): each process reads only its own device's examples.
+  streamed = str(tmp_path / 'two_streamed')
+  r3 = subprocess.run([sys.executable, 'launch/local_multiprocess.py', '--num_processes=2',
+                       '--timeout_s=240', '--'] + _train_args(streamed, mnist_dir, tfds_dir) +
+                      ['--config.data.pipeline=stream'],
+                      cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+  assert r3.returncode == 0, r3.stderr[-3000:]
+  p3 = runs.load_variables(streamed, 'latest')[2]['params']
+  for a, b in zip(jax.tree.leaves(p1), jax.tree.leaves(p3)):
+    np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-6)

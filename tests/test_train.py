@@ -41,7 +41,7 @@ def _one_chunk(devices, n_steps=2, optim=None):
                      base_apply=None)
   run = train.make_train_chunk(mesh, tasks.parity_loss, batch_fn, 16, 2)
   perm = jnp.asarray(rng.permutation(256), jnp.int32)
-  state, m = run(state, train.replicate(data, mesh), perm, jnp.int32(0),
+  state, m = run(state, train.replicate(data, mesh), {}, perm, jnp.int32(0),
                  jax.random.key(0), n_steps=n_steps)
   return jax.device_get(state.params), float(m['loss'])
 

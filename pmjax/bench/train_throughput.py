@@ -82,8 +82,8 @@ def run(code_name='sum', k=2, batch=64, epochs=5, model_name='mlp', chunk=100,
     t0 = time.perf_counter()
     perm = train.epoch_permutation(jax.random.fold_in(key, epoch), n, steps * batch * k)
     for first in range(0, steps, chunk):
-      state, m = run_chunk(state, data, perm, jnp.int32(first), jax.random.fold_in(key, epoch),
-                           n_steps=min(chunk, steps - first))
+      state, m = run_chunk(state, data, {}, perm, jnp.int32(first),
+                           jax.random.fold_in(key, epoch), n_steps=min(chunk, steps - first))
       float(m['loss'])
     t1 = time.perf_counter()
     evaluator(train.variables_of(state))

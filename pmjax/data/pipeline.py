@@ -3,6 +3,9 @@
 Small datasets (MNIST, Fashion-MNIST, CIFAR) are held on device as uint8;
 shuffling, grouping into k, augmentation and normalisation run on device
 inside the jitted step (see `pmjax.train`), so a step does no host work.
+Training sets above `data.device_limit_mb` (or with `data.pipeline='stream'`)
+are streamed from their files instead (`pmjax.data.stream`): the same batches,
+read per call of steps.
 """
 
 from __future__ import annotations
@@ -15,13 +18,14 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from pmjax.data import builders
+from pmjax.data import builders, stream
 
 _REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 class Splits(NamedTuple):
-  """uint8 images NxHxWxC and int32 labels N for each split."""
+  """uint8 images NxHxWxC and int32 labels N for each split (the training split as
+  `stream.SourceArray` views when it is streamed)."""
   train_x: np.ndarray
   train_y: np.ndarray
   val_x: np.ndarray
@@ -91,33 +95,49 @@ def load_splits(data_cfg) -> Splits:
                                    verify_md5=data_cfg.get('verify_md5', True))
   source = builder.as_data_source()
 
-  def read(split):
+  def read(split, indices=None):
     try:
       ds = source[split]
-      records = ds.__getitems__(list(range(len(ds))))
+      records = ds.__getitems__(list(range(len(ds))) if indices is None else list(indices))
       x = np.stack([r['image'] for r in records]).astype(np.uint8)
       y = np.asarray([r['label'] for r in records], np.int32)
     except Exception as e:  # pylint: disable=broad-except
-      files = sorted(f for f in os.listdir(builder.data_dir) if f'-{split}.' in f)
-      raise builders.PreparedDataError(
-          f'{name}: the prepared {split} split in {builder.data_dir} ({", ".join(files)}) '
-          f'cannot be read: {type(e).__name__}: {str(e)[:300]}. To fix: delete '
-          f'{builder.data_dir} and re-run; it is rebuilt from the raw files.') from None
+      raise _unreadable(name, builder.data_dir, split, e) from None
     return x, y
 
-  train_x, train_y = read('train')
-  test_x, test_y = read('test')
+  try:
+    n_all = len(source['train'])
+  except Exception as e:  # pylint: disable=broad-except
+    raise _unreadable(name, builder.data_dir, 'train', e) from None
   num_val = int(data_cfg.get('num_val', 5000))
-  if not 0 < num_val < len(train_x):
-    raise ValueError(f'config.data.num_val={num_val} must be in (0, {len(train_x)}), '
+  if not 0 < num_val < n_all:
+    raise ValueError(f'config.data.num_val={num_val} must be in (0, {n_all}), '
                      f'the size of the {name} training set')
-  val_x, val_y = train_x[-num_val:], train_y[-num_val:]
-  train_x, train_y = train_x[:-num_val], train_y[:-num_val]
+  n_train = n_all - num_val
   if data_cfg.get('train_limit'):
-    train_x, train_y = train_x[:data_cfg.train_limit], train_y[:data_cfg.train_limit]
+    n_train = min(n_train, data_cfg.train_limit)
+  image_shape = builders.get_spec(name).image_shape
+  if stream.wants_stream(data_cfg, n_train * int(np.prod(image_shape))):
+    # The training set stays in its files: SourceArray views read it by index.
+    train = stream.TrainSource(source['train'], 0, n_train, image_shape)
+    train_x, train_y = stream.SourceArray(train, 0), stream.SourceArray(train, 1)
+    val_x, val_y = read('train', range(n_all - num_val, n_all))
+  else:
+    all_x, all_y = read('train')
+    val_x, val_y = all_x[-num_val:], all_y[-num_val:]
+    train_x, train_y = all_x[:n_train], all_y[:n_train]
+  test_x, test_y = read('test')
   if data_cfg.get('test_limit'):
     test_x, test_y = test_x[:data_cfg.test_limit], test_y[:data_cfg.test_limit]
   return Splits(train_x, train_y, val_x, val_y, test_x, test_y)
+
+
+def _unreadable(name, data_dir, split, error) -> builders.PreparedDataError:
+  files = sorted(f for f in os.listdir(data_dir) if f'-{split}.' in f)
+  return builders.PreparedDataError(
+      f'{name}: the prepared {split} split in {data_dir} ({", ".join(files)}) '
+      f'cannot be read: {type(error).__name__}: {str(error)[:300]}. To fix: delete '
+      f'{data_dir} and re-run; it is rebuilt from the raw files.')
 
 
 def normalize(x_uint8, dataset: str):
