@@ -386,13 +386,16 @@ def _train_stage(config, workdir: str, allow_config_change: bool) -> dict:
               or jax.process_index() != 0) as bar:
       plan = [(first, min(chunk, steps_per_epoch - first))
               for first in range(0, steps_per_epoch, chunk)]
-      chunks = reader.epoch(local_copy(perm), plan) if streamed else ({} for _ in plan)
+      chunks = (stream.Prefetch(reader.epoch(local_copy(perm), plan)) if streamed
+                else [{}] * len(plan))
       for (first, n), chunk_data in zip(plan, chunks):
         state, m = run_chunk(state, data, chunk_data, perm, jnp.int32(first), epoch_key,
                              n_steps=n)
         loss = float(local_copy(m['loss']))
         if not math.isfinite(loss):
           ckpts.close()
+          if streamed:
+            chunks.close()
           raise FloatingPointError(
               f'training loss became {loss} in epoch {epoch} (steps {first}..{first + n}); '
               f'stopped without saving it. The last good checkpoint (epoch {epoch - 1}, if '
@@ -405,6 +408,8 @@ def _train_stage(config, workdir: str, allow_config_change: bool) -> dict:
     row = {'train_loss': sum(l * n for l, n in losses) / steps_per_epoch,
            'train_time_s': train_time,
            'groups_per_s': steps_per_epoch * batch_size / train_time}
+    if streamed:   # time the loop waited for examples (the first call's read included)
+      row['input_wait_s'] = chunks.wait_s
     if epoch % config.get('eval_every_epochs', 1) == 0 or epoch == num_epochs:
       row.update(evaluator(variables_of(state)))
     if row.get(evaluator.best_key, -math.inf) > best:

@@ -42,6 +42,11 @@ def test_every_other_entry_point_runs(tiny_run, tmp_path):
       'bench.train_throughput': [py, '-m', 'pmjax.bench.train_throughput', '--epochs=1',
                                  '--train_limit=1024'],
       'bench.codec_cost': [py, '-m', 'pmjax.bench.codec_cost', '--models=mlp', '--calls=5'],
+      'bench.input_pipeline': [py, '-m', 'pmjax.bench.input_pipeline', '--dataset=mnist',
+                               '--threads=1,2', '--examples=512', '--jpeg_examples=16',
+                               '--train_limit=512', '--model=mlp', '--batch=64',
+                               '--rss_gb=0.002', '--rss_examples=256',
+                               f'--scratch={tmp_path}'],
       'bench.code_table': [py, '-m', 'pmjax.bench.code_table', f'--base_workdirs={base}', '--k=2',
                       '--s=1', f'--parity_workdirs={parity}', f'--out={tmp_path / "codes"}'],
       'serving.bench': [py, '-m', 'pmjax.serving.bench', '--config=configs/serving.py:smoke',
@@ -68,6 +73,10 @@ def test_every_other_entry_point_runs(tiny_run, tmp_path):
   assert len(sim.service_samples_ms(str(tmp_path / 'serving' / 'summary.json'))) > 10
   assert os.path.exists(tmp_path / 'sim' / 'sim.json')
   assert 'parity' in results['launch/epoch_stats.py'].stdout
+  rows = [json.loads(line) for line in results['bench.input_pipeline'].stdout.splitlines()
+          if line.startswith('{')]
+  assert {r['measure'] for r in rows} == {'read', 'train_wait', 'rss'}
+  assert all(r['examples_per_s'] > 0 for r in rows if r['measure'] != 'train_wait')
 
 
 def test_torch_reference_step_where_torch_is_installed():

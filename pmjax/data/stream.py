@@ -24,6 +24,9 @@ Validation and test sets are still read whole (they are evaluated by F).
 from __future__ import annotations
 
 import math
+import queue
+import threading
+import time
 
 import grain
 import jax
@@ -114,6 +117,9 @@ class ChunkReader:
 
   def _local_indices(self, perm: np.ndarray, first: int, n: int) -> np.ndarray:
     b, k, B = self.per_device, self.k, self.global_batch
+    if len(perm) < (first + n) * B * k:
+      raise ValueError(f'the epoch order has {len(perm)} positions; steps {first}..'
+                       f'{first + n} of {B} groups of {k} need {(first + n) * B * k}')
     parts = [perm[((first + s) * B + g * b) * k:((first + s) * B + g * b) * k + b * k]
              for g in self.local for s in range(n)]
     return np.concatenate(parts)
@@ -146,3 +152,49 @@ class ChunkReader:
     rows = n * self.per_device * self.k
     shape = (rows * self.num_devices, *local.shape[1:])
     return jax.make_array_from_process_local_data(self.sharding, local, shape)
+
+
+class Prefetch:
+  """Runs an iterator (a `ChunkReader.epoch`) on a background thread, `depth` items
+  ahead; `wait_s` is the time the consumer spent blocked on it: the input wait of
+  the training loop (a call cannot start before its examples are on the devices)."""
+
+  _DONE = object()
+
+  def __init__(self, iterator, depth: int = 2):
+    self._queue = queue.Queue(depth)
+    self.wait_s = 0.0
+    self._stop = threading.Event()
+    self._thread = threading.Thread(target=self._fill, args=(iterator,), daemon=True)
+    self._thread.start()
+
+  def _fill(self, iterator):
+    try:
+      for item in iterator:
+        while not self._stop.is_set():
+          try:
+            self._queue.put((item, None), timeout=0.1)
+            break
+          except queue.Full:
+            continue
+        if self._stop.is_set():
+          return
+      self._queue.put((self._DONE, None))
+    except BaseException as e:  # pylint: disable=broad-except
+      self._queue.put((self._DONE, e))   # raised in the consumer
+
+  def __iter__(self):
+    return self
+
+  def __next__(self):
+    t = time.perf_counter()
+    item, error = self._queue.get()
+    self.wait_s += time.perf_counter() - t
+    if error is not None:
+      raise error
+    if item is self._DONE:
+      raise StopIteration
+    return item
+
+  def close(self):
+    self._stop.set()
