@@ -66,15 +66,23 @@ class BasicBlock(nn.Module):
 
 
 class ResNet(nn.Module):
-  """CIFAR-style ResNet: 3x3 stem, no max-pool, four stages of BasicBlocks."""
+  """ResNet of BasicBlocks in four stages. `stem='cifar'`: a 3x3 convolution and no
+  max-pool (32x32 inputs); `'imagenet'`: torchvision's 7x7 stride-2 convolution and
+  3x3 stride-2 max-pool (224x224 inputs)."""
   num_classes: int
   blocks: Sequence[int] = (2, 2, 2, 2)
   widths: Sequence[int] = (64, 128, 256, 512)
+  stem: str = 'cifar'
 
   @nn.compact
   def __call__(self, x, train: bool = False):
-    x = nn.Conv(self.widths[0], (3, 3), padding=1, use_bias=False)(x)
-    x = nn.relu(_batch_norm(train)()(x))
+    if self.stem == 'imagenet':
+      x = nn.Conv(self.widths[0], (7, 7), 2, padding=3, use_bias=False)(x)
+      x = nn.relu(_batch_norm(train)()(x))
+      x = nn.max_pool(x, (3, 3), (2, 2), padding=((1, 1), (1, 1)))
+    else:
+      x = nn.Conv(self.widths[0], (3, 3), padding=1, use_bias=False)(x)
+      x = nn.relu(_batch_norm(train)()(x))
     for stage, (n, width) in enumerate(zip(self.blocks, self.widths)):
       for i in range(n):
         x = BasicBlock(width, 2 if (i == 0 and stage > 0) else 1)(x, train)
@@ -107,6 +115,11 @@ MODELS = {
     'resnet8': partial(ResNet, blocks=(1, 1, 1, 1), widths=(16, 32, 64, 128)),
     # The original artifact's deep CIFAR-100 network: BasicBlocks in [3, 8, 36, 3].
     'resnet152': partial(ResNet, blocks=(3, 8, 36, 3)),
+    # ImageNet-style stems (224x224 inputs: Cat v Dog): torchvision's resnet18, and a
+    # narrow one for smoke tests.
+    'resnet18_imagenet': partial(ResNet, blocks=(2, 2, 2, 2), stem='imagenet'),
+    'resnet8_imagenet': partial(ResNet, blocks=(1, 1, 1, 1), widths=(16, 32, 64, 128),
+                                stem='imagenet'),
     'vgg11': VGG,
 }
 

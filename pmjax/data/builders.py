@@ -1,4 +1,5 @@
-"""tfds builders that read the canonical raw files of MNIST, Fashion-MNIST, CIFAR-10/100.
+"""tfds builders that read the canonical raw files of MNIST, Fashion-MNIST, CIFAR-10/100
+(and of the datasets other modules register: `pmjax.data.cats_vs_dogs`).
 
 The builders need no TensorFlow: they are `GeneratorBasedBuilder`s written as
 `array_record` files and read back with `builder.as_data_source()`. The raw
@@ -51,7 +52,9 @@ class DatasetSpec(NamedTuple):
   mean: tuple     # per-channel mean of the training images in [0, 1] (normalisation)
   std: tuple
   reader: Callable  # (spec, manual_dir, download, verify_md5) -> {'train': (x, y), 'test': ..}
+                    # (x, y arrays, or an iterable of (image, label) examples)
   system_dirs: tuple = ()  # where a system package puts the raw files (manual-dir fallback)
+  augment: str = 'crop_flip'  # training augmentation (pmjax.data.pipeline.AUGMENTATIONS)
 
 
 _MNIST_URLS = ('https://storage.googleapis.com/cvdf-datasets/mnist/',
@@ -134,7 +137,7 @@ class SafeUnpickler(pickle.Unpickler):
     return super().find_class(module, name)
 
 
-def _corrupt(spec, path, why):
+def corrupt(spec, path, why):
   return RawFileError(
       f'{spec.name}: raw file {path} is corrupt ({why}). Delete it and fetch it '
       f'again: {spec.how_to_get}.')
@@ -146,18 +149,18 @@ def read_idx(spec: DatasetSpec, path: str, verify_md5: bool = True) -> np.ndarra
     with gzip.open(path, 'rb') as f:
       data = f.read()
   except (OSError, EOFError) as e:
-    raise _corrupt(spec, path, f'not a readable gzip file: {e}') from e
+    raise corrupt(spec, path, f'not a readable gzip file: {e}') from e
   md5 = next((r.md5 for r in spec.files.values() if r.name == os.path.basename(path)), None)
   if md5 and verify_md5 and hashlib.md5(data).hexdigest() != md5:
-    raise _corrupt(spec, path, f'md5 of the decompressed content is '
+    raise corrupt(spec, path, f'md5 of the decompressed content is '
                    f'{hashlib.md5(data).hexdigest()}, expected {md5}')
   if len(data) < 8 or data[0] != 0 or data[1] != 0 or data[2] != 0x08:
-    raise _corrupt(spec, path, 'bad idx magic number (expected unsigned-byte idx)')
+    raise corrupt(spec, path, 'bad idx magic number (expected unsigned-byte idx)')
   ndim = data[3]
   dims = [int.from_bytes(data[4 + 4 * i: 8 + 4 * i], 'big') for i in range(ndim)]
   body = np.frombuffer(data, np.uint8, offset=4 + 4 * ndim)
   if body.size != int(np.prod(dims)):
-    raise _corrupt(spec, path, f'header says shape {dims} but holds {body.size} bytes')
+    raise corrupt(spec, path, f'header says shape {dims} but holds {body.size} bytes')
   return body.reshape(dims)
 
 
@@ -170,7 +173,7 @@ def read_idx_dataset(spec, manual_dir, download=True, verify_md5=True):
     labels = read_idx(spec, fetch_raw_file(spec, prefix + '_labels', manual_dir, download),
                       verify_md5)
     if images.shape[0] != labels.shape[0] or images.shape[1:] != spec.image_shape[:2]:
-      raise _corrupt(spec, manual_dir, f'{split} images {images.shape} do not match '
+      raise corrupt(spec, manual_dir, f'{split} images {images.shape} do not match '
                      f'labels {labels.shape} / image shape {spec.image_shape}')
     out[split] = (images[..., None], labels.astype(np.int64))
   return out
@@ -190,17 +193,17 @@ def read_cifar_dataset(spec, manual_dir, download=True, verify_md5=True, *, memb
         images, labels = [], []
         for n in names:
           if n not in by_base:
-            raise _corrupt(spec, path, f'archive has no member {n!r}')
+            raise corrupt(spec, path, f'archive has no member {n!r}')
           try:
             d = SafeUnpickler(tar.extractfile(by_base[n]), encoding='bytes').load()
           except pickle.UnpicklingError as e:
-            raise _corrupt(spec, f'{path} (member {by_base[n].name})', str(e)) from None
+            raise corrupt(spec, f'{path} (member {by_base[n].name})', str(e)) from None
           if not isinstance(d, dict) or b'data' not in d or label_key not in d:
-            raise _corrupt(spec, path, f'member {n!r} is not a dict with {b"data"!r} and '
+            raise corrupt(spec, path, f'member {n!r} is not a dict with {b"data"!r} and '
                            f'{label_key!r}')
           data = np.asarray(d[b'data'])
           if data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != 3072:
-            raise _corrupt(spec, path, f'member {n!r} data is {data.dtype} {data.shape}, '
+            raise corrupt(spec, path, f'member {n!r} data is {data.dtype} {data.shape}, '
                            f'expected uint8 Nx3072')
           images.append(data.reshape(-1, 3, 32, 32))
           labels.append(np.asarray(d[label_key], np.int64))
@@ -210,8 +213,19 @@ def read_cifar_dataset(spec, manual_dir, download=True, verify_md5=True, *, memb
     raise
   except (tarfile.TarError, EOFError, OSError, pickle.UnpicklingError, KeyError,
           ValueError) as e:
-    raise _corrupt(spec, path, f'{type(e).__name__}: {e}') from e
+    raise corrupt(spec, path, f'{type(e).__name__}: {e}') from e
   return out
+
+
+class Examples:
+  """An iterable of (image, label) examples read one at a time (data larger than memory);
+  `skipped` lists the files left out (unreadable or not an image), filled as it runs."""
+
+  def __init__(self, generate: Callable[['Examples'], Iterator]):
+    self._generate, self.skipped, self.total = generate, [], 0
+
+  def __iter__(self):
+    return self._generate(self)
 
 
 def read_raw(name, manual_dir, download=True, verify_md5=True):
@@ -314,11 +328,21 @@ class _RawFileBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
   def _split_generators(self, dl_manager):
     del dl_manager  # raw files come from fetch_raw_file (manual dir or canonical URL)
     raw = read_raw(self.SPEC.name, self._raw_manual_dir, self.download_raw, self.verify_md5)
-    return {split: self._generate_examples(*arrays) for split, arrays in raw.items()}
+    self.skipped = {split: v for split, v in raw.items() if isinstance(v, Examples)}
+    return {split: (self._generate_stream(split, v) if isinstance(v, Examples)
+                    else self._generate_examples(*v)) for split, v in raw.items()}
 
   def _generate_examples(self, images, labels) -> Iterator:
     for i in range(images.shape[0]):
       yield i, {'image': images[i], 'label': int(labels[i])}
+
+  def _generate_stream(self, split, examples: Examples) -> Iterator:
+    for i, (image, label) in enumerate(examples):
+      yield i, {'image': image, 'label': int(label)}
+    if examples.skipped:
+      print(f'{self.SPEC.name} {split}: skipped {len(examples.skipped)} of {examples.total} '
+            f'files (not a JPEG, or not decodable), as tfds does; first: '
+            f'{examples.skipped[:3]}', flush=True)
 
 
 def _make_builder_class(spec):
@@ -419,6 +443,10 @@ def get_builder(name: str, data_dir: str, manual_dir: str | None = None,
   builder.download_and_prepare(file_format='array_record')
   if not _have_raw(wanted):
     wanted = raw_provenance(spec, manual_dir, verify_md5)  # now downloaded
+  skipped = getattr(builder, 'skipped', {})
+  if skipped:   # files left out while preparing (e.g. Cat v Dog's non-JPEG files)
+    wanted['skipped'] = {split: {'count': len(e.skipped), 'of': e.total, 'files': e.skipped}
+                         for split, e in skipped.items()}
   tmp = os.path.join(builder.data_dir, PROVENANCE_FILE + '.tmp')
   with open(tmp, 'w') as f:
     json.dump(wanted, f)

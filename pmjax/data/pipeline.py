@@ -165,9 +165,40 @@ def random_crop_flip(keys_B, x_BxHxWxC, pad: int = 4):
   return jax.vmap(one)(keys_B, padded)
 
 
+def random_resized_crop_flip(keys_B, x_BxHxWxC, scale=(0.08, 1.0), ratio=(3 / 4, 4 / 3)):
+  """ImageNet-style augmentation (torchvision's RandomResizedCrop + horizontal flip):
+  a crop of a random area fraction in `scale` and aspect ratio in `ratio` (log-uniform),
+  resized back to the input size (bilinear, antialiased). Out-of-range crops are
+  clipped to the image instead of torchvision's 10 retries and centre-crop fallback."""
+  _, h, w, c = x_BxHxWxC.shape
+
+  def one(key, img):
+    ka, kr, ky, kx, kf = jax.random.split(key, 5)
+    area = h * w * jax.random.uniform(ka, (), minval=scale[0], maxval=scale[1])
+    aspect = jnp.exp(jax.random.uniform(kr, (), minval=jnp.log(ratio[0]),
+                                        maxval=jnp.log(ratio[1])))
+    cw = jnp.clip(jnp.sqrt(area * aspect), 1.0, w)
+    ch = jnp.clip(jnp.sqrt(area / aspect), 1.0, h)
+    oy = jax.random.uniform(ky, (), maxval=h - ch)
+    ox = jax.random.uniform(kx, (), maxval=w - cw)
+    s = jnp.stack([h / ch, w / cw])
+    out = jax.image.scale_and_translate(img.astype(jnp.float32), (h, w, c), (0, 1), s,
+                                        -jnp.stack([oy, ox]) * s, method='linear',
+                                        antialias=True)
+    out = jnp.where(jax.random.bernoulli(kf), out[:, ::-1], out)
+    return jnp.clip(jnp.round(out), 0, 255).astype(jnp.uint8)
+
+  return jax.vmap(one)(keys_B, x_BxHxWxC)
+
+
+# A dataset spec's `augment` names its training augmentation.
+AUGMENTATIONS = {'crop_flip': random_crop_flip, 'resized_crop_flip': random_resized_crop_flip}
+
+
 def preprocess(keys_N, x_uint8_NxHxWxC, dataset: str, augment: bool):
   """The on-device input transform of one batch of raw images (one key per image)."""
   if augment:
-    # Crop the raw uint8 image, so padding is black as in torchvision's RandomCrop.
-    x_uint8_NxHxWxC = random_crop_flip(keys_N, x_uint8_NxHxWxC)
+    # Augment the raw uint8 image, so padding is black as in torchvision's RandomCrop.
+    x_uint8_NxHxWxC = AUGMENTATIONS[builders.get_spec(dataset).augment](
+        keys_N, x_uint8_NxHxWxC)
   return normalize(x_uint8_NxHxWxC, dataset)
