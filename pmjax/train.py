@@ -8,18 +8,20 @@
 Stages: `base` trains F with cross-entropy; `parity` freezes F (best checkpoint
 of `config.base_workdir`) and trains F_P with MSE to `code.target(F(X))` over
 random groups of k that change every epoch; `base_and_parity` runs both
-(W/base, W/parity) and evaluates. Re-running the same command resumes from the latest checkpoint
-with the same data order.
+(W/base, W/parity) and evaluates. Re-running the same command resumes from the
+latest checkpoint with the same data order.
 
-How a step runs: the whole dataset sits on every device; an epoch is a random
+How a step runs: the whole dataset sits on every device (or, when it is
+streamed, each call's examples: `pmjax.data.stream`); an epoch is a random
 permutation cut into global batches; a jitted `shard_map` over the ('data',)
 mesh scans `config.steps_per_call` steps per call, each device gathering,
 augmenting, normalising and encoding its slice of the batch, and gradients
-are averaged with `lax.pmean`. No host work happens inside an epoch.
+are averaged with `lax.pmean`. In memory, no host work happens inside an
+epoch; streamed, the host reads the next call's examples while a call runs.
 
 What differs between kinds of training lives in `pmjax.tasks`; this module is the
 loop and what it needs (optimiser, train step, config checks, resume), kept in one
-file so the loop reads top to bottom (about 430 lines).
+file so the loop reads top to bottom (about 460 lines).
 """
 
 from __future__ import annotations
