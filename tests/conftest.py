@@ -39,17 +39,32 @@ def make_synthetic_mnist(directory, n_train=700, n_test=200, seed=0):
 
 
 def make_synthetic_cifar(path, num_classes=10, n_per_batch=20, seed=0):
-  """A cifar-{10,100}-python.tar.gz in the canonical pickle layout."""
+  """A cifar-{10,100}-python.tar.gz in the canonical pickle layout: CIFAR-10's
+  data_batch_1..5, test_batch and batches.meta; CIFAR-100's train, test (fine and
+  coarse labels) and meta."""
   rng = np.random.default_rng(seed)
   top = 'cifar-10-batches-py' if num_classes == 10 else 'cifar-100-python'
   names = ([f'data_batch_{i}' for i in range(1, 6)] + ['test_batch'] if num_classes == 10
            else ['train', 'test'])
-  key = b'labels' if num_classes == 10 else b'fine_labels'
+  members = {}
+  for name in names:
+    labels = rng.integers(0, num_classes, n_per_batch).tolist()
+    d = {b'batch_label': name.encode(),
+         b'data': rng.integers(0, 256, (n_per_batch, 3072), dtype=np.uint8),
+         b'filenames': [b'x.png'] * n_per_batch}
+    if num_classes == 10:
+      d[b'labels'] = labels
+    else:
+      d[b'fine_labels'], d[b'coarse_labels'] = labels, [y // 5 for y in labels]
+    members[name] = d
+  if num_classes == 10:
+    members['batches.meta'] = {b'label_names': [b'c%d' % i for i in range(10)],
+                               b'num_cases_per_batch': n_per_batch, b'num_vis': 3072}
+  else:
+    members['meta'] = {b'fine_label_names': [b'f%d' % i for i in range(100)],
+                       b'coarse_label_names': [b'c%d' % i for i in range(20)]}
   with tarfile.open(path, 'w:gz') as tar:
-    for name in names:
-      d = {b'data': rng.integers(0, 256, (n_per_batch, 3072), dtype=np.uint8),
-           key: rng.integers(0, num_classes, n_per_batch).tolist(),
-           b'filenames': [b'x.png'] * n_per_batch}
+    for name, d in members.items():
       blob = pickle.dumps(d, protocol=2)
       info = tarfile.TarInfo(f'{top}/{name}')
       info.size = len(blob)

@@ -13,11 +13,12 @@ import pytest
 from pmjax import checkpoint, config_utils, evaluate, metrics, runs, train
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-TIMING = ('train_time_s', 'groups_per_s')
+TIMING = ('train_time_s', 'groups_per_s', 'input_wait_s')
 
 # Runs a training in a fresh process and SIGKILLs it at one point of epoch EPOCH's
 # checkpoint write (as `kill -9` would): inside the orbax write of best or latest
-# (the step is in its temporary directory), or between the saves.
+# (the step is in its temporary directory), or between the saves; or, for a streamed
+# run, mid-epoch: after the epoch's first call of steps, its reader threads ahead.
 KILLER = r'''
 import asyncio, os, signal, sys
 import jax
@@ -51,6 +52,17 @@ def ckpt(self, which, tree):
     die()
   return save(self, which, tree)
 metrics.MetricWriter.write, checkpoint.Checkpoints.save = row, ckpt
+
+from pmjax.data import stream
+epochs_read, next_chunk = [], stream.Prefetch.__next__
+def chunk(self):
+  if not epochs_read or epochs_read[-1][0] is not self:
+    epochs_read.append([self, 0])
+  epochs_read[-1][1] += 1
+  if point == 'stream_mid_epoch' and len(epochs_read) == epoch and epochs_read[-1][1] == 2:
+    die()
+  return next_chunk(self)
+stream.Prefetch.__next__ = chunk
 with open(config_path) as f:
   config = config_utils.from_json(f.read())
 train.train_and_evaluate(config, workdir)
@@ -140,6 +152,22 @@ def test_kill_during_checkpoint_write_resumes_bitwise(point, base_config, uninte
   assert [r['epoch'] for r in metrics.read_metrics(w)] == [1, 2, 3]
   _assert_same_run(uninterrupted, w)
   assert evaluate.evaluate_workdir(w, verbose=False)['best_epoch'] == best_epoch
+
+
+def test_streamed_run_killed_mid_epoch_resumes_bitwise(base_config, tmp_path):
+  """kill -9 after the first of epoch 2's two calls of a streamed run: the same command
+  resumes from epoch 1's checkpoint, re-reads epoch 2 from its start and ends bitwise
+  equal to an uninterrupted streamed run."""
+  c = base_config()
+  c.data.pipeline, c.steps_per_call = 'stream', 2    # 4 steps per epoch: 2 calls
+  full = str(tmp_path / 'full')
+  train.train_and_evaluate(c, full)
+  assert all('input_wait_s' in r for r in metrics.read_metrics(full))   # streamed
+  w = str(tmp_path / 'w')
+  _run_killed(c, w, 'stream_mid_epoch', 2, tmp_path)
+  assert [r['epoch'] for r in metrics.read_metrics(w)] == [1]
+  assert train.train_and_evaluate(c, w)['epoch'] == 3
+  _assert_same_run(full, w)
 
 
 def _flip(step_dir):
