@@ -274,6 +274,9 @@ def test_codes_bench_berrut_rows(base_dir):
   assert '| berrut |' in bench_codes.markdown([bench_codes.berrut_row(base_dir, 4, 1, False, 50)])
   soft = bench_codes.berrut_row(base_dir, 4, 1, False, 50, outputs='softmax')
   assert soft['code'] == 'berrut (softmax)' and 0.0 <= soft['A_d_by_missing'][1] <= 1.0
+  second = bench_codes.berrut_row(base_dir, 4, 1, False, 50, nodes='second_kind')
+  assert second['code'] == 'berrut [second_kind nodes]'
+  assert 0.0 <= second['A_d_by_missing'][1] <= 1.0
   with pytest.raises(ValueError, match='accepted'):
     bench_codes.berrut_row(base_dir, 4, 1, False, 50, outputs='probs')
 

@@ -44,15 +44,17 @@ def _codec_us(encode, decode, x_1xKx, y_1xKxC, z_1xRxC, avail_1xK):
           codec_cost.median_us(lambda: decode(y_1xKxC, avail_1xK, z_1xRxC, zavail), 200))
 
 
-def berrut_row(base_workdir, k, s, systematic, batch=500, outputs='logits'):
-  """Berrut on F's `outputs` ('logits', or 'softmax' probabilities: interpolated instead)."""
+def berrut_row(base_workdir, k, s, systematic, batch=500, outputs='logits', nodes='authors'):
+  """Berrut on F's `outputs` ('logits', or 'softmax' probabilities: interpolated instead),
+  with the worker `nodes` of `pmjax.codes.berrut.WORKER_NODES` (ApproxIFER's by default)."""
   if outputs not in ('logits', 'softmax'):
     raise ValueError(f"outputs={outputs!r} is unknown; accepted: ['logits', 'softmax']")
   config, model, variables, _ = runs.load_variables(base_workdir)
   dataset = config.data.name
   spec = builders.get_spec(dataset)
   splits = pipeline.load_splits(config.data)
-  code = codes.make_code('berrut', k, s, image_shape=spec.image_shape, systematic=systematic)
+  code = codes.make_code('berrut', k, s, image_shape=spec.image_shape, systematic=systematic,
+                         nodes=nodes)
   x_GxK, y_GxK = inference.fixed_groups(splits.test_x, splits.test_y, k)
   g = x_GxK.shape[0]
   predict = inference.make_predict(model, dataset)
@@ -95,7 +97,8 @@ def berrut_row(base_workdir, k, s, systematic, batch=500, outputs='logits'):
     avail1[0, 0] = False
   enc_us, dec_us = _codec_us(encode, decode, x_GxK[:1], logits[:1], z[:1], avail1)
   return {'code': 'berrut' + ('-systematic' if systematic else '') +
-                  ('' if outputs == 'logits' else f' ({outputs})'), 'dataset': dataset,
+                  ('' if outputs == 'logits' else f' ({outputs})') +
+                  ('' if nodes == 'authors' else f' [{nodes} nodes]'), 'dataset': dataset,
           'model': config.model, 'k': k, 'r': r, 'stragglers': s, 'A_a': acc_a,
           'acc_none_missing': acc_none, 'A_d_by_missing': by_missing,
           'extra_compute_per_query': s / k, 'workers_per_query': (k + s) / k,
@@ -167,7 +170,8 @@ def main(argv):
   for base in f.base_workdirs.split(','):
     for systematic in (False, True):
       for outputs in f.berrut_outputs.split(','):
-        rows.append(berrut_row(base, f.k, f.s, systematic, outputs=outputs))
+        for nodes in f.berrut_nodes.split(','):
+          rows.append(berrut_row(base, f.k, f.s, systematic, outputs=outputs, nodes=nodes))
   for w in filter(None, f.parity_workdirs.split(',')):
     rows.append(parity_row(w))
   os.makedirs(f.out, exist_ok=True)
@@ -185,6 +189,9 @@ if __name__ == '__main__':
   flags.DEFINE_integer('s', 1, 'Stragglers S for the Berrut codes.')
   flags.DEFINE_string('berrut_outputs', 'logits', "F's outputs the Berrut decoder "
                       "interpolates: comma list of 'logits', 'softmax'.")
+  flags.DEFINE_string('berrut_nodes', 'authors', "Worker nodes of the Berrut codes: comma "
+                      "list of 'authors' (cos(i pi/N), ApproxIFER's scripts), 'second_kind' "
+                      "(cos(i pi/(N-1)), pmjax's before 2026-12).")
   flags.DEFINE_string('parity_workdirs', '', 'Comma list of evaluated parity workdirs.')
   flags.DEFINE_string('out', 'workdirs/codes', 'Output directory.')
   app.run(main)

@@ -49,10 +49,10 @@ from pmjax.codes.core import (CODE_SPECS, Code, CodeSpec, Param, check_decode_ar
 from pmjax.codes.parm import concat_grid, resize_matrix
 from pmjax.codes.linear import (COEFFICIENTS, PARITY_INPUTS, coefficient_matrix,
                                 solve_small)
-from pmjax.codes.berrut import (berrut_weights, chebyshev_first,
+from pmjax.codes.berrut import (authors_nodes, berrut_weights, chebyshev_first,
                                 chebyshev_second)
 
-__all__ = ['CODE_SPECS', 'COEFFICIENTS', 'Code', 'CodeSpec', 'PARITY_INPUTS', 'Param',
+__all__ = ['CODE_SPECS', 'COEFFICIENTS', 'Code', 'CodeSpec', 'PARITY_INPUTS', 'Param', 'authors_nodes',
            'berrut_weights', 'chebyshev_first', 'chebyshev_second', 'check_decode_args',
            'code_config', 'code_params', 'coefficient_matrix', 'concat_grid',
            'describe_code', 'get_code_spec', 'make_code', 'migrate_code_config',

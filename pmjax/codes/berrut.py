@@ -16,8 +16,19 @@ def chebyshev_first(n: int) -> np.ndarray:
 
 
 def chebyshev_second(n: int) -> np.ndarray:
-  """cos(j pi / (n-1)), j = 0..n-1 (descending): the coded nodes."""
+  """cos(j pi / (n-1)), j = 0..n-1 (descending): Chebyshev points of the second kind."""
   return np.cos(np.arange(n) * np.pi / (n - 1))
+
+
+def authors_nodes(n: int) -> np.ndarray:
+  """cos(i pi / n), i = 0..n-1 (descending): the worker nodes of ApproxIFER's own
+  accuracy scripts (Mahdi-Soleymani/Approxifer, WorkStation-MNIST.py and -CIFAR.py:
+  `all_z[i] = np.cos((i*np.pi)/N)`, N = K + S)."""
+  return np.cos(np.arange(n) * np.pi / n)
+
+
+# The coded (worker) node sets of `config.code.nodes`: n -> n descending nodes.
+WORKER_NODES = {'authors': authors_nodes, 'second_kind': chebyshev_second}
 
 
 def berrut_weights(nodes_M, avail_BxM, at_T):
@@ -39,11 +50,11 @@ def berrut_weights(nodes_M, avail_BxM, at_T):
   return jnp.where(jnp.any(hit, axis=-1, keepdims=True), hit.astype(w.dtype), w)
 
 
-def _extra_nodes(k: int, s: int) -> np.ndarray:
-  """S coded nodes for the systematic form: greedily, the second-kind nodes of a
-  K+S grid farthest from the data nodes (and from each other)."""
+def _extra_nodes(k: int, s: int, grid) -> np.ndarray:
+  """S coded nodes for the systematic form: greedily, the nodes of the K+S worker grid
+  `grid` farthest from the data nodes (and from each other)."""
   taken = list(chebyshev_first(k))
-  cand = list(chebyshev_second(k + s))
+  cand = list(grid(k + s))
   chosen = []
   for _ in range(s):
     best = max(cand, key=lambda c: min(abs(c - t) for t in taken))
@@ -53,20 +64,28 @@ def _extra_nodes(k: int, s: int) -> np.ndarray:
   return np.sort(np.asarray(chosen))[::-1]
 
 
-def _berrut_code(k, s, image_shape, systematic):
-  """Berrut codes (ApproxIFER). K queries sit at Chebyshev first-kind nodes.
+def _berrut_code(k, s, image_shape, systematic, nodes='authors'):
+  """Berrut codes (ApproxIFER). K queries sit at Chebyshev first-kind nodes
+  cos((2j+1) pi / 2K); the N = K + S worker nodes are `nodes`: 'authors'
+  (cos(i pi / N), i < N, as ApproxIFER's scripts) or 'second_kind'
+  (cos(i pi / (N-1)), pmjax's choice before; for K=8, S=1 these sit exactly halfway
+  in angle between the data nodes, and decode(encode(.)) of a linear F leaks about
+  twice as much into other queries: 0.81 against 0.43, tests/test_codes.py).
 
   Non-systematic (as published): r = K + S coded queries, Berrut's interpolant
-  of the queries at the K+S second-kind nodes; every answer is interpolated
+  of the queries at the K+S worker nodes; every answer is interpolated
   from any K of them (`decode` ignores the data slots: none is computed).
   Systematic: the K data workers answer their own queries; r = S extra workers
-  answer the interpolant at S second-kind nodes away from the data nodes; only
+  answer the interpolant at S worker nodes away from the data nodes; only
   missing answers are interpolated, from every available output.
   `target` is the same Berrut combination of F's outputs (what an ideal F_P
   would return; the codes need no training).
   """
+  if nodes not in WORKER_NODES:
+    raise ValueError(f'berrut nodes={nodes!r} is unknown; choices: {sorted(WORKER_NODES)}')
   alpha = chebyshev_first(k)
-  beta = chebyshev_second(k + s) if not systematic else _extra_nodes(k, s)
+  grid = WORKER_NODES[nodes]
+  beta = grid(k + s) if not systematic else _extra_nodes(k, s, grid)
   r = len(beta)
   enc_w = np.asarray(berrut_weights(alpha, np.ones((1, k), bool), beta))[0]   # r x k
 
@@ -103,7 +122,8 @@ def _berrut_code(k, s, image_shape, systematic):
 
 
 register_code(CodeSpec(
-    'berrut', lambda k, r, shape, systematic: _berrut_code(k, r, shape, systematic),
-    params=(Param('systematic', True, (True, False)),), max_r=lambda k: 1 << 30, r_rule='r >= 1',
+    'berrut', _berrut_code,
+    params=(Param('systematic', True, (True, False)),
+            Param('nodes', 'authors', tuple(WORKER_NODES))), max_r=lambda k: 1 << 30, r_rule='r >= 1',
     trained=False,
     exact=False))
