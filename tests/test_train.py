@@ -277,6 +277,16 @@ def test_codes_bench_berrut_rows(base_dir):
   second = bench_codes.berrut_row(base_dir, 4, 1, False, 50, nodes='second_kind')
   assert second['code'] == 'berrut [second_kind nodes]'
   assert 0.0 <= second['A_d_by_missing'][1] <= 1.0
+  # ApproxIFER's protocol: random groups, S random stragglers each (S = 2 of 6 here).
+  auth = bench_codes.berrut_row(base_dir, 4, 2, False, 50, protocol='authors', groups=30)
+  assert auth['groups'] == 30 and list(auth['A_d_by_missing']) == [2]
+  assert auth['code'] == 'berrut, 30 random groups'
+  again = bench_codes.berrut_row(base_dir, 4, 2, False, 50, protocol='authors', groups=30)
+  assert again['A_d_by_missing'] == auth['A_d_by_missing']        # seeded
+  table = bench_codes.markdown([auth])
+  assert table.splitlines()[-1].count('|  |') >= 4                # no A_d(1), no A_o
+  with pytest.raises(ValueError, match="scores the non-systematic code"):
+    bench_codes.berrut_row(base_dir, 4, 1, True, 50, protocol='authors')
   with pytest.raises(ValueError, match='accepted'):
     bench_codes.berrut_row(base_dir, 4, 1, False, 50, outputs='probs')
 

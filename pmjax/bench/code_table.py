@@ -1,12 +1,15 @@
 """One table over codes: accuracy with nothing and with 1..S missing, A_o, cost.
 
-    python -m pmjax.bench.code_table --base_workdir=W_F --k=8 --s=1 \
+    python -m pmjax.bench.code_table --base_workdirs=W_F --k=8 --s=1 \
+        [--berrut_nodes=authors,second_kind] [--berrut_protocols=every_pattern,authors] \
         [--parity_workdirs=W1,W2,...] [--out=DIR]
 
 Training-free `berrut` codes (non-systematic as published, and systematic)
 are evaluated here on the same trained F (its best checkpoint): every test
 group of k consecutive test images, F run on the coded queries, every pattern
-of missing outputs. Trained runs (`sum`, `concat`, `linear`, `learned`) are
+of missing outputs; or, with `--berrut_protocols=authors`, ApproxIFER's own
+protocol (random groups, S random stragglers per group). Worker nodes:
+ApproxIFER's cos(i pi/N) by default (`--berrut_nodes`). Trained runs (`sum`, `concat`, `linear`, `learned`) are
 read from their workdirs' results.json (`python -m pmjax.evaluate`); their
 codes are loaded (`runs.load_code`) and timed here. Writes DIR/codes.json
 and DIR/codes.md.
@@ -44,22 +47,50 @@ def _codec_us(encode, decode, x_1xKx, y_1xKxC, z_1xRxC, avail_1xK):
           codec_cost.median_us(lambda: decode(y_1xKxC, avail_1xK, z_1xRxC, zavail), 200))
 
 
-def berrut_row(base_workdir, k, s, systematic, batch=500, outputs='logits', nodes='authors'):
+PROTOCOLS = ('every_pattern', 'authors')
+
+
+def _groups(n_test, k, protocol, groups, seed):
+  """Test-image indices of each group: consecutive groups (every pattern of missing
+  outputs is scored), or, as ApproxIFER's scripts (`Acc_Comparison`), `groups` groups of
+  k distinct test images drawn at random."""
+  if protocol == 'every_pattern':
+    g = n_test // k
+    return np.arange(g * k).reshape(g, k)
+  rng = np.random.default_rng(seed)
+  return np.stack([np.sort(rng.choice(n_test, k, replace=False)) for _ in range(groups)])
+
+
+def berrut_row(base_workdir, k, s, systematic, batch=500, outputs='logits', nodes='authors',
+               protocol='every_pattern', groups=10000, seed=0):
   """Berrut on F's `outputs` ('logits', or 'softmax' probabilities: interpolated instead),
-  with the worker `nodes` of `pmjax.codes.berrut.WORKER_NODES` (ApproxIFER's by default)."""
+  with the worker `nodes` of `pmjax.codes.berrut.WORKER_NODES` (ApproxIFER's by default).
+
+  `protocol='every_pattern'` (ours): consecutive test groups, every pattern of 1..S
+  missing outputs. `'authors'` (ApproxIFER's `Acc_Comparison`, non-systematic only):
+  `groups` random groups of k test images, each with S of its K+S outputs missing,
+  drawn at random per group; accuracy of all k answers against the true labels.
+  """
   if outputs not in ('logits', 'softmax'):
     raise ValueError(f"outputs={outputs!r} is unknown; accepted: ['logits', 'softmax']")
+  if protocol not in PROTOCOLS:
+    raise ValueError(f'protocol={protocol!r} is unknown; accepted: {list(PROTOCOLS)}')
+  if protocol == 'authors' and systematic:
+    raise ValueError("protocol='authors' scores the non-systematic code as published; "
+                     "use protocol='every_pattern' for the systematic one")
   config, model, variables, _ = runs.load_variables(base_workdir)
   dataset = config.data.name
   spec = builders.get_spec(dataset)
   splits = pipeline.load_splits(config.data)
   code = codes.make_code('berrut', k, s, image_shape=spec.image_shape, systematic=systematic,
                          nodes=nodes)
-  x_GxK, y_GxK = inference.fixed_groups(splits.test_x, splits.test_y, k)
+  idx_GxK = _groups(len(splits.test_y), k, protocol, groups, seed)
+  x_GxK, y_GxK = splits.test_x[idx_GxK], splits.test_y[idx_GxK]
   g = x_GxK.shape[0]
   predict = inference.make_predict(model, dataset)
   apply = inference.make_apply(model)
-  logits = inference.batched(predict, variables, splits.test_x[:g * k], batch).reshape(g, k, -1)
+  logits = inference.batched(predict, variables, x_GxK.reshape(g * k, *x_GxK.shape[2:]),
+                             batch).reshape(g, k, -1)
   encode = jax.jit(partial(inference.encode_raw, code, dataset))
 
   def coded_outputs(v, x_chunk):
@@ -77,12 +108,19 @@ def berrut_row(base_workdir, k, s, systematic, batch=500, outputs='logits', node
     return float(np.mean(np.argmax(yhat[:, positions], -1) == y_GxK[:, positions]))
 
   r = code.r
+  none = np.zeros(k, bool)
   if systematic:   # the same patterns and pooling as the trained codes' rows
     acc_none = acc_a
     by_missing = {int(m): v['A_d_top1'] for m, v in metrics.degraded_by_missing(
         code, logits, z, y_GxK).items()}
+  elif protocol == 'authors':
+    acc_none = accuracy(none, np.ones(r, bool), list(range(k)))
+    rng = np.random.default_rng(seed + 1)
+    zavail = np.ones((g, r), bool)
+    for row in zavail:
+      row[rng.choice(r, s, replace=False)] = False
+    by_missing = {s: accuracy(none, zavail, list(range(k)))}
   else:
-    none = np.zeros(k, bool)
     acc_none = accuracy(none, np.ones(r, bool), list(range(k)))
     by_missing = {}
     for m in range(1, s + 1):
@@ -98,11 +136,13 @@ def berrut_row(base_workdir, k, s, systematic, batch=500, outputs='logits', node
   enc_us, dec_us = _codec_us(encode, decode, x_GxK[:1], logits[:1], z[:1], avail1)
   return {'code': 'berrut' + ('-systematic' if systematic else '') +
                   ('' if outputs == 'logits' else f' ({outputs})') +
-                  ('' if nodes == 'authors' else f' [{nodes} nodes]'), 'dataset': dataset,
-          'model': config.model, 'k': k, 'r': r, 'stragglers': s, 'A_a': acc_a,
-          'acc_none_missing': acc_none, 'A_d_by_missing': by_missing,
+                  ('' if nodes == 'authors' else f' [{nodes} nodes]') +
+                  ('' if protocol == 'every_pattern' else f', {g} random groups'),
+          'dataset': dataset, 'model': config.model, 'k': k, 'r': r, 'stragglers': s,
+          'A_a': acc_a, 'acc_none_missing': acc_none, 'A_d_by_missing': by_missing,
           'extra_compute_per_query': s / k, 'workers_per_query': (k + s) / k,
-          'encode_us_per_group': enc_us, 'decode_us_per_group': dec_us, 'groups': g}
+          'encode_us_per_group': enc_us, 'decode_us_per_group': dec_us, 'groups': g,
+          'nodes': nodes, 'protocol': protocol}
 
 
 def _code_label(config) -> str:
@@ -142,21 +182,22 @@ def parity_row(workdir):
 
 
 def markdown(rows):
+  """A_d with m = 1, 2, 3 outputs missing (blank where a row has no such figure: r < m,
+  or the authors' protocol, which scores S missing only); A_o from A_d(1)."""
   lines = ['| dataset | F | code | parity model | epochs | k | r | acc, none missing '
-           '| A_d 1 missing | A_d 2 missing | A_o(0.05) | A_o(0.1) | A_o(0.2) '
+           '| A_d 1 missing | A_d 2 missing | A_d 3 missing | A_o(0.05) | A_o(0.1) | A_o(0.2) '
            '| extra compute/query | encode us | decode us |',
-           '|' + '---|' * 16]
+           '|' + '---|' * 17]
+  fmt = lambda v: '' if v is None else f'{v:.4f}'
+  us = lambda v: '' if v is None else f'{v:.0f}'
   for r in rows:
-    ad1 = r['A_d_by_missing'][1]
-    ad2 = r['A_d_by_missing'].get(2)
-    ao = [(1 - f) * r['acc_none_missing'] + f * ad1 for f in (0.05, 0.1, 0.2)]
-    fmt = lambda v: '' if v is None else f'{v:.4f}'
-    us = lambda v: '' if v is None else f'{v:.0f}'
+    ad = [r['A_d_by_missing'].get(m) for m in (1, 2, 3)]
+    ao = [None if ad[0] is None else (1 - f) * r['acc_none_missing'] + f * ad[0]
+          for f in (0.05, 0.1, 0.2)]
     lines.append(f"| {r['dataset']} | {r['model']} | {r['code']} | "
                  f"{r.get('parity_model') or 'none (F on coded queries)'} | "
                  f"{r.get('epochs') or ''} | {r['k']} | {r['r']} | "
-                 f"{r['acc_none_missing']:.4f} | {ad1:.4f} | {fmt(ad2)} | "
-                 + ' | '.join(f'{a:.4f}' for a in ao) +
+                 f"{r['acc_none_missing']:.4f} | " + ' | '.join(map(fmt, ad + ao)) +
                  f" | {r['extra_compute_per_query']:.3f} | {us(r['encode_us_per_group'])} | "
                  f"{us(r['decode_us_per_group'])} |")
   return '\n'.join(lines)
@@ -171,7 +212,11 @@ def main(argv):
     for systematic in (False, True):
       for outputs in f.berrut_outputs.split(','):
         for nodes in f.berrut_nodes.split(','):
-          rows.append(berrut_row(base, f.k, f.s, systematic, outputs=outputs, nodes=nodes))
+          for protocol in f.berrut_protocols.split(','):
+            if protocol == 'authors' and systematic:
+              continue   # defined for the published, non-systematic code
+            rows.append(berrut_row(base, f.k, f.s, systematic, outputs=outputs, nodes=nodes,
+                                   protocol=protocol, groups=f.authors_groups))
   for w in filter(None, f.parity_workdirs.split(',')):
     rows.append(parity_row(w))
   os.makedirs(f.out, exist_ok=True)
@@ -192,6 +237,11 @@ if __name__ == '__main__':
   flags.DEFINE_string('berrut_nodes', 'authors', "Worker nodes of the Berrut codes: comma "
                       "list of 'authors' (cos(i pi/N), ApproxIFER's scripts), 'second_kind' "
                       "(cos(i pi/(N-1)), pmjax's before 2026-12).")
+  flags.DEFINE_string('berrut_protocols', 'every_pattern', "Comma list: 'every_pattern' "
+                      "(consecutive test groups, every pattern of 1..S missing) and/or "
+                      "'authors' (ApproxIFER's: random groups, S random stragglers each).")
+  flags.DEFINE_integer('authors_groups', 10000, "Random groups of the 'authors' protocol "
+                       "(ApproxIFER's scripts ran 100).")
   flags.DEFINE_string('parity_workdirs', '', 'Comma list of evaluated parity workdirs.')
   flags.DEFINE_string('out', 'workdirs/codes', 'Output directory.')
   app.run(main)
