@@ -43,6 +43,7 @@ def get_config(arg=None, dataset='mnist', model='mlp', base_epochs=30, base_batc
   c.data.train_limit = 0   # 0 = all
   c.data.test_limit = 0
   c.data.augment = False
+  c.data.scaling = 'standardize'  # or 'unit': x/255 as torchvision's ToTensor (the original's)
   c.data.pipeline = 'auto'       # 'device' (whole set on device), 'stream' (read per call:
   c.data.device_limit_mb = 1024  #   pmjax.data.stream), 'auto' (stream above this size)
   c.data.stream_threads = 4      # grain reader threads of the streaming path

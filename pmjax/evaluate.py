@@ -39,7 +39,7 @@ def evaluate_workdir(workdir: str, split: str = 'test', batch_size: int = 1000,
   run = runs.load_run(workdir, 'best')
   splits = pipeline.load_splits(config.data)
   x, y = getattr(splits, f'{split}_x'), getattr(splits, f'{split}_y')
-  logits = inference.batched(inference.make_predict(run.base_model, config.data.name),
+  logits = inference.batched(inference.make_predict(run.base_model, run.dataset),
                              run.base_vars, x, batch_size)
   base_dir = workdir if config.stage == 'base' else config.base_workdir
   results = {'workdir': os.path.abspath(workdir), 'split': split,

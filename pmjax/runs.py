@@ -25,7 +25,7 @@ import jax
 import ml_collections
 
 from pmjax import checkpoint, codes, config_utils, inference, learned, models
-from pmjax.data import builders
+from pmjax.data import builders, pipeline
 
 # Fields that cannot change what a run computes: they may differ when it is resumed.
 NEUTRAL_FIELDS = ('progress_bar', 'stop_after_epochs', 'eval_batch_size', 'data.manual_dir',
@@ -104,6 +104,8 @@ def _with_code_defaults(config) -> dict:
 RENAMED_FIELDS = {'log_every_steps': 'steps_per_call'}
 # Config values renamed: field -> {old value: new value}.
 RENAMED_VALUES = {'stage': {'all': 'base_and_parity'}}
+# Config fields added since: field -> the value that means what runs did before.
+ADDED_FIELDS = {'data.scaling': 'standardize'}
 
 
 def migrate_config(config: dict) -> dict:
@@ -118,6 +120,13 @@ def migrate_config(config: dict) -> dict:
   for field, values in RENAMED_VALUES.items():
     if config.get(field) in values:
       config[field] = values[config[field]]
+  for field, value in ADDED_FIELDS.items():
+    *parents, name = field.split('.')
+    d = config
+    for p in parents:
+      d[p] = dict(d.get(p) or {})
+      d = d[p]
+    d.setdefault(name, value)
   return codes.migrate_code_config(config)
 
 
@@ -265,7 +274,8 @@ class Run:
 
   @property
   def dataset(self) -> str:
-    return self.config.data.name
+    """The dataset's name, carrying how its images are scaled (`pipeline.Inputs`)."""
+    return pipeline.inputs_of(self.config.data)
 
   @property
   def learned(self) -> bool:

@@ -149,7 +149,7 @@ class BaseTask:
 
   def __init__(self, config, splits, eval_batch_size: int, base=None):
     del base
-    dataset = config.data.name
+    dataset = pipeline.inputs_of(config.data)
     self.spec = builders.get_spec(dataset)
     self.model = runs.build_model(config.model, dataset)
     self.group_size = 1
@@ -170,7 +170,7 @@ class _CodeTask:
   score = metrics.CLASSIFICATION
 
   def __init__(self, config, splits, eval_batch_size: int, base):
-    self.dataset = config.data.name
+    self.dataset = pipeline.inputs_of(config.data)
     self.spec = builders.get_spec(self.dataset)
     self.base_model, self.base_vars = base
     self.augment = bool(config.data.get('augment', False))

@@ -301,6 +301,13 @@ def load_base_model(base_workdir: str, dataset: str, model_name: str) -> tuple:
     raise config_utils.ConfigError(
         f'base_workdir {base_workdir} holds {base_cfg.model} on '
         f'{base_cfg.data.name}, but this config asks for {model_name} on {dataset}')
+  scaling = getattr(dataset, 'scaling', 'standardize')
+  if base_cfg.data.scaling != scaling:
+    raise config_utils.ConfigError(
+        f'base_workdir {base_workdir} holds F trained on data.scaling='
+        f'{base_cfg.data.scaling!r} inputs, but this config asks for {scaling!r}; set '
+        f'--config.data.scaling={base_cfg.data.scaling} (F and its parity models read the '
+        f'same inputs)')
   return base_cfg, base_model, base_vars
 
 
@@ -313,7 +320,7 @@ def _train_stage(config, workdir: str, allow_config_change: bool) -> dict:
   if config.get('base_workdir'):
     with config.unlocked():
       config.base_workdir = os.path.abspath(config.base_workdir)
-  dataset = config.data.name
+  dataset = pipeline.inputs_of(config.data)
   if config.stage == 'parity':  # checked before the workdir records this config
     if not config.get('base_workdir'):
       raise config_utils.ConfigError(
@@ -358,7 +365,7 @@ def _train_stage(config, workdir: str, allow_config_change: bool) -> dict:
   # ----- Resume from the latest good checkpoint. -----
   ckpts = checkpoint.Checkpoints(workdir)
   start_epoch, best, best_epoch = 0, -math.inf, 0
-  restored = ckpts.restore('latest', _ckpt_tree(state, 0, best, 0))
+  restored = ckpts.restore('latest', ckpt_tree(state, 0, best, 0))
   if restored is not None:
     state = replicate(state.replace(
         params=restored['params'], batch_stats=restored['batch_stats'],
@@ -419,7 +426,7 @@ def _train_stage(config, workdir: str, allow_config_change: bool) -> dict:
     # Best, then the metrics row, then latest: a kill anywhere in between leaves a
     # latest checkpoint whose later epochs are all re-done (identically) on resume,
     # so best, latest and metrics.jsonl always agree (see pmjax.checkpoint).
-    tree = _ckpt_tree(state, epoch, best, best_epoch)
+    tree = ckpt_tree(state, epoch, best, best_epoch)
     if best_epoch == epoch:
       ckpts.save('best', tree)
     writer.write(epoch, row)
@@ -433,7 +440,8 @@ def _train_stage(config, workdir: str, allow_config_change: bool) -> dict:
   return last
 
 
-def _ckpt_tree(state, epoch, best, best_epoch):
+def ckpt_tree(state, epoch, best, best_epoch):
+  """What a checkpoint of a run holds (also written by `pmjax.import_base`)."""
   return {'params': state.params, 'batch_stats': state.batch_stats,
           'opt_state': state.opt_state, 'step': state.step,
           'epoch': np.int64(epoch), 'best_metric': np.float64(best),

@@ -79,7 +79,7 @@ def berrut_row(base_workdir, k, s, systematic, batch=500, outputs='logits', node
     raise ValueError("protocol='authors' scores the non-systematic code as published; "
                      "use protocol='every_pattern' for the systematic one")
   config, model, variables, _ = runs.load_variables(base_workdir)
-  dataset = config.data.name
+  dataset = pipeline.inputs_of(config.data)
   spec = builders.get_spec(dataset)
   splits = pipeline.load_splits(config.data)
   code = codes.make_code('berrut', k, s, image_shape=spec.image_shape, systematic=systematic,

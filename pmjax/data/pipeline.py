@@ -140,11 +140,42 @@ def _unreadable(name, data_dir, split, error) -> builders.PreparedDataError:
       f'{data_dir} and re-run; it is rebuilt from the raw files.')
 
 
+# How raw images are scaled into model inputs (`config.data.scaling`): 'standardize'
+# ((x/255 - mean) / std with the dataset's per-channel mean/std, pmjax's default) or
+# 'unit' (x/255 in [0, 1], torchvision's ToTensor: the original artifact's MNIST inputs).
+SCALINGS = ('standardize', 'unit')
+
+
+class Inputs(str):
+  """A dataset name that also carries how its images are scaled (`scaling`); it is the
+  name wherever a name is expected (`builders.get_spec`, result files), so the
+  functions that take `dataset` accept either."""
+
+  def __new__(cls, name: str, scaling: str = 'standardize'):
+    if scaling not in SCALINGS:
+      raise ValueError(f'config.data.scaling={scaling!r} is unknown; accepted: '
+                       f'{list(SCALINGS)}')
+    self = super().__new__(cls, name)
+    self.scaling = scaling
+    return self
+
+  def __reduce__(self):
+    return (Inputs, (str(self), self.scaling))
+
+
+def inputs_of(data_cfg) -> Inputs:
+  """The model inputs of a run's `config.data`: its dataset and `scaling`."""
+  return Inputs(data_cfg.name, data_cfg.get('scaling', 'standardize'))
+
+
 def normalize(x_uint8, dataset: str):
-  """uint8 images (..., H, W, C) -> float32, per-channel standardised."""
+  """uint8 images (..., H, W, C) -> float32 model inputs: per-channel standardised, or
+  in [0, 1] for `Inputs(name, 'unit')`."""
+  x = x_uint8.astype(jnp.float32) / 255.0
+  if getattr(dataset, 'scaling', 'standardize') == 'unit':
+    return x
   spec = builders.get_spec(dataset)
-  mean, std = spec.mean, spec.std
-  return (x_uint8.astype(jnp.float32) / 255.0 - jnp.asarray(mean)) / jnp.asarray(std)
+  return (x - jnp.asarray(spec.mean)) / jnp.asarray(spec.std)
 
 
 def random_crop_flip(keys_B, x_BxHxWxC, pad: int = 4):

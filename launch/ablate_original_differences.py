@@ -1,0 +1,110 @@
+"""Why pmjax's parity models learn faster than the original trainer: one ablation.
+
+    python launch/ablate_original_differences.py --root=workdirs/ablation \
+        [--t7=PATH/mnist/base-mlp/model.t7] [--code=sum] [--k=2] [--epochs=10]
+
+MNIST, ParM's algorithm unchanged (F frozen, F_P = base-mlp, MSE to the code's
+target, Adam 1e-3 with weight decay 1e-5, 64 groups per step for k=2). What
+differs from the original artifact is varied one factor at a time:
+- the input scaling: pmjax standardises with the dataset mean/std
+  (`data.scaling='standardize'`); the original feeds ToTensor's [0, 1]
+  (`'unit'`);
+- F_P's initialisation: Flax's (LeCun normal, zero bias: `mlp`) or PyTorch's
+  nn.Linear default (`mlp_torch_init`);
+- F: trained by pmjax (`configs/mnist.py:stage=base`, on either scaling), or the
+  original's own shipped base-mlp (`--t7`, imported by
+  launch/import_original_base_mlp.py; it reads [0, 1] inputs; needs PyTorch).
+Every parity run has the same seed. Writes ROOT/ablation.{md,json}: test A_d
+(top-1, every test group, each position erased) after 1, 2, 5 and `--epochs`
+epochs. `--smoke` runs it on tiny synthetic MNIST files (for the tests).
+"""
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _config(stage_arg, scaling, a):
+  from configs import mnist  # pylint: disable=import-outside-toplevel
+  c = mnist.get_config(','.join(filter(None, [stage_arg, 'smoke' if a.smoke else ''])))
+  c.data.scaling = scaling
+  c.progress_bar = False
+  if a.manual_dir:
+    c.data.update(dict(manual_dir=a.manual_dir, verify_md5=False, download=False))
+  if a.data_dir:
+    c.data.data_dir = a.data_dir
+  return c
+
+
+def base_models(a):
+  """{label: (workdir, scaling)} of the F's compared."""
+  from pmjax import train  # pylint: disable=import-outside-toplevel
+  out = {}
+  for scaling in ('standardize', 'unit'):
+    w = os.path.join(a.root, f'f_pmjax_{scaling}')
+    train.train_and_evaluate(_config('stage=base', scaling, a), w)
+    out[f'pmjax F ({scaling} inputs)'] = (w, scaling)
+  if a.t7:
+    w = os.path.join(a.root, 'f_original')
+    if not os.path.exists(os.path.join(w, 'config.json')):
+      cmd = [sys.executable, os.path.join(REPO, 'launch', 'import_original_base_mlp.py'),
+             f'--t7={a.t7}', '--dataset=mnist', f'--workdir={w}']
+      if a.manual_dir:
+        cmd += [f'--config_override=data.manual_dir={a.manual_dir}',
+                '--config_override=data.verify_md5=false',
+                '--config_override=data.download=false']
+      if a.data_dir:
+        cmd += [f'--config_override=data.data_dir={a.data_dir}']
+      if a.smoke:
+        cmd += ['--config_override=data.train_limit=512', '--config_override=data.num_val=128',
+                '--config_override=data.test_limit=256']
+      subprocess.run(cmd, check=True, cwd=REPO)
+    out['original F (unit inputs)'] = (w, 'unit')
+  return out
+
+
+def main():
+  p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  p.add_argument('--root', required=True)
+  p.add_argument('--t7', default='', help="the original's mnist/base-mlp/model.t7")
+  p.add_argument('--code', default='sum')
+  p.add_argument('--k', type=int, default=2)
+  p.add_argument('--epochs', type=int, default=10)
+  p.add_argument('--smoke', action='store_true')
+  p.add_argument('--manual_dir', default='')
+  p.add_argument('--data_dir', default='')
+  a = p.parse_args()
+  sys.path.insert(0, REPO)
+  from pmjax import metrics, train  # pylint: disable=import-outside-toplevel
+  rows = []
+  for f_label, (base, scaling) in base_models(a).items():
+    for parity_model, init in (('mlp', 'Flax (LeCun normal)'), ('mlp_torch_init', 'PyTorch')):
+      w = os.path.join(a.root, f'{os.path.basename(base)}__{parity_model}')
+      c = _config(f'stage=parity,code={a.code},k={a.k},epochs={a.epochs},'
+                  f'parity_model={parity_model}', scaling, a)
+      c.base_workdir = base
+      train.train_and_evaluate(c, w)
+      by_epoch = {r['epoch']: r.get('test_A_d_top1') for r in metrics.read_metrics(w)}
+      rows.append({'F': f_label, 'inputs': scaling, 'F_P init': init, 'workdir': w,
+                   'test_A_d_by_epoch': by_epoch})
+  epochs = sorted({e for e in (1, 2, 5, a.epochs) if e <= a.epochs})
+  lines = ['| F | inputs | F_P initialisation | ' +
+           ' | '.join(f'A_d epoch {e}' for e in epochs) + ' |',
+           '|' + '---|' * (3 + len(epochs))]
+  for r in rows:
+    lines.append(f"| {r['F']} | {r['inputs']} | {r['F_P init']} | " + ' | '.join(
+        f"{r['test_A_d_by_epoch'][e]:.4f}" for e in epochs) + ' |')
+  table = '\n'.join(lines)
+  with open(os.path.join(a.root, 'ablation.json'), 'w') as f:
+    json.dump(rows, f, indent=2)
+  with open(os.path.join(a.root, 'ablation.md'), 'w') as f:
+    f.write(table + '\n')
+  print(table)
+
+
+if __name__ == '__main__':
+  main()
