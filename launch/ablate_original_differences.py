@@ -9,8 +9,8 @@ differs from the original artifact is varied one factor at a time:
 - the input scaling: pmjax standardises with the dataset mean/std
   (`data.scaling='standardize'`); the original feeds ToTensor's [0, 1]
   (`'unit'`);
-- F_P's initialisation: Flax's (LeCun normal, zero bias: `mlp`) or PyTorch's
-  nn.Linear default (`mlp_torch_init`);
+- F_P's initialisation: Flax's (LeCun normal, zero bias: `mlp`) or the original's
+  (`util.util.init_weights`: N(0, 0.01^2) weights, zero biases: `mlp_parm_init`);
 - F: trained by pmjax (`configs/mnist.py:stage=base`, on either scaling), or the
   original's own shipped base-mlp (`--t7`, imported by
   launch/import_original_base_mlp.py; it reads [0, 1] inputs; needs PyTorch).
@@ -82,7 +82,8 @@ def main():
   from pmjax import metrics, train  # pylint: disable=import-outside-toplevel
   rows = []
   for f_label, (base, scaling) in base_models(a).items():
-    for parity_model, init in (('mlp', 'Flax (LeCun normal)'), ('mlp_torch_init', 'PyTorch')):
+    for parity_model, init in (('mlp', 'Flax (LeCun normal)'),
+                               ('mlp_parm_init', 'original (N(0, 0.01))')):
       w = os.path.join(a.root, f'{os.path.basename(base)}__{parity_model}')
       c = _config(f'stage=parity,code={a.code},k={a.k},epochs={a.epochs},'
                   f'parity_model={parity_model}', scaling, a)

@@ -128,10 +128,10 @@ def test_ablation_launcher_smoke(mnist_dir, tfds_dir, tmp_path):
   assert out.returncode == 0, out.stderr[-3000:]
   rows = json.load(open(root / 'ablation.json'))
   assert [(r['inputs'], r['F_P init']) for r in rows] == [
-      ('standardize', 'Flax (LeCun normal)'), ('standardize', 'PyTorch'),
-      ('unit', 'Flax (LeCun normal)'), ('unit', 'PyTorch')]
+      ('standardize', 'Flax (LeCun normal)'), ('standardize', 'original (N(0, 0.01))'),
+      ('unit', 'Flax (LeCun normal)'), ('unit', 'original (N(0, 0.01))')]
   assert all(0.0 <= r['test_A_d_by_epoch']['1'] <= 1.0 for r in rows)
   assert 'A_d epoch 1' in (root / 'ablation.md').read_text()
-  # The torch-initialised F_P started elsewhere: a different run with the same seed.
+  # The differently initialised F_P started elsewhere: another run with the same seed.
   a, b = (metrics.read_metrics(r['workdir'])[0]['train_loss'] for r in rows[:2])
   assert a != b
