@@ -20,7 +20,6 @@ epochs. `--smoke` runs it on tiny synthetic MNIST files (for the tests).
 """
 
 import argparse
-import json
 import os
 import subprocess
 import sys
@@ -79,7 +78,7 @@ def main():
   p.add_argument('--data_dir', default='')
   a = p.parse_args()
   sys.path.insert(0, REPO)
-  from pmjax import metrics, train  # pylint: disable=import-outside-toplevel
+  from pmjax import metrics, report, train  # pylint: disable=import-outside-toplevel
   rows = []
   for f_label, (base, scaling) in base_models(a).items():
     for parity_model, init in (('mlp', 'Flax (LeCun normal)'),
@@ -99,12 +98,7 @@ def main():
   for r in rows:
     lines.append(f"| {r['F']} | {r['inputs']} | {r['F_P init']} | " + ' | '.join(
         f"{r['test_A_d_by_epoch'][e]:.4f}" for e in epochs) + ' |')
-  table = '\n'.join(lines)
-  with open(os.path.join(a.root, 'ablation.json'), 'w') as f:
-    json.dump(rows, f, indent=2)
-  with open(os.path.join(a.root, 'ablation.md'), 'w') as f:
-    f.write(table + '\n')
-  print(table)
+  report.write_table(a.root, 'ablation', rows, '\n'.join(lines))
 
 
 if __name__ == '__main__':

@@ -94,18 +94,23 @@ def plots(rows: list, root: str, out_dir: str) -> list:
   return written
 
 
+def write_table(directory: str, name: str, rows: list, table: str):
+  """DIR/NAME.json (the rows) and DIR/NAME.md (the markdown table), then prints the table."""
+  os.makedirs(directory, exist_ok=True)
+  with open(os.path.join(directory, f'{name}.json'), 'w') as f:
+    json.dump(rows, f, indent=2)
+  with open(os.path.join(directory, f'{name}.md'), 'w') as f:
+    f.write(table + '\n')
+  print(table)
+
+
 def summarize_sweep(root: str, plots_dir: str | None = None) -> dict:
   rows = collect(root)
   if not rows:
     raise FileNotFoundError(f'no results.json below {root}; run `python -m pmjax.evaluate '
                             f'--workdir=W` on the runs first (launch/sweep.py does)')
-  table = markdown(rows)
-  with open(os.path.join(root, 'summary.md'), 'w') as f:
-    f.write(table + '\n')
-  with open(os.path.join(root, 'summary.json'), 'w') as f:
-    json.dump(rows, f, indent=2)
+  write_table(root, 'summary', rows, markdown(rows))
   written = plots(rows, root, plots_dir or os.path.join(root, 'plots'))
-  print(table)
   for p in written:
     print('wrote', p)
   return {'rows': rows, 'plots': written}

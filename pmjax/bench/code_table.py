@@ -32,7 +32,7 @@ from absl import app, flags
 import jax
 import numpy as np
 
-from pmjax import codes, inference, metrics, runs
+from pmjax import codes, inference, metrics, report, runs
 from pmjax.bench import codec_cost
 from pmjax.data import builders, pipeline
 
@@ -219,13 +219,7 @@ def main(argv):
                                    protocol=protocol, groups=f.authors_groups))
   for w in filter(None, f.parity_workdirs.split(',')):
     rows.append(parity_row(w))
-  os.makedirs(f.out, exist_ok=True)
-  table = markdown(rows)
-  with open(os.path.join(f.out, 'codes.json'), 'w') as fh:
-    json.dump(rows, fh, indent=2)
-  with open(os.path.join(f.out, 'codes.md'), 'w') as fh:
-    fh.write(table + '\n')
-  print(table)
+  report.write_table(f.out, 'codes', rows, markdown(rows))
 
 
 if __name__ == '__main__':
