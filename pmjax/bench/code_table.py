@@ -9,10 +9,10 @@ are evaluated here on the same trained F (its best checkpoint): every test
 group of k consecutive test images, F run on the coded queries, every pattern
 of missing outputs; or, with `--berrut_protocols=authors`, ApproxIFER's own
 protocol (random groups, S random stragglers per group). Worker nodes:
-ApproxIFER's cos(i pi/N) by default (`--berrut_nodes`). Trained runs (`sum`, `concat`, `linear`, `learned`) are
-read from their workdirs' results.json (`python -m pmjax.evaluate`); their
-codes are loaded (`runs.load_code`) and timed here. Writes DIR/codes.json
-and DIR/codes.md.
+ApproxIFER's cos(i pi/N) by default (`--berrut_nodes`). Trained runs (`sum`,
+`concat`, `linear`, `learned`) are read from their workdirs' results.json
+(`python -m pmjax.evaluate`); their codes are loaded (`runs.load_code`) and timed
+here. Writes DIR/codes.json and DIR/codes.md.
 
 Columns: acc none missing (for non-systematic codes already an
 approximation), A_d with m missing (accuracy of the answers that had to be

@@ -52,8 +52,9 @@ from pmjax.codes.linear import (COEFFICIENTS, PARITY_INPUTS, coefficient_matrix,
 from pmjax.codes.berrut import (authors_nodes, berrut_weights, chebyshev_first,
                                 chebyshev_second)
 
-__all__ = ['CODE_SPECS', 'COEFFICIENTS', 'Code', 'CodeSpec', 'PARITY_INPUTS', 'Param', 'authors_nodes',
-           'berrut_weights', 'chebyshev_first', 'chebyshev_second', 'check_decode_args',
+__all__ = ['CODE_SPECS', 'COEFFICIENTS', 'Code', 'CodeSpec', 'PARITY_INPUTS', 'Param',
+           'authors_nodes', 'berrut_weights', 'chebyshev_first', 'chebyshev_second',
+           'check_decode_args',
            'code_config', 'code_params', 'coefficient_matrix', 'concat_grid',
            'describe_code', 'get_code_spec', 'make_code', 'migrate_code_config',
            'one_parity_per_missing', 'raise_if_undecodable', 'register_code',

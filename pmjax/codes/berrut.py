@@ -124,6 +124,5 @@ def _berrut_code(k, s, image_shape, systematic, nodes='authors'):
 register_code(CodeSpec(
     'berrut', _berrut_code,
     params=(Param('systematic', True, (True, False)),
-            Param('nodes', 'authors', tuple(WORKER_NODES))), max_r=lambda k: 1 << 30, r_rule='r >= 1',
-    trained=False,
-    exact=False))
+            Param('nodes', 'authors', tuple(WORKER_NODES))),
+    max_r=lambda k: 1 << 30, r_rule='r >= 1', trained=False, exact=False))
