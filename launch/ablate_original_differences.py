@@ -20,8 +20,8 @@ epochs. `--smoke` runs it on tiny synthetic MNIST files (for the tests).
 """
 
 import argparse
+import importlib.util
 import os
-import subprocess
 import sys
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -50,18 +50,14 @@ def base_models(a):
   if a.t7:
     w = os.path.join(a.root, 'f_original')
     if not os.path.exists(os.path.join(w, 'config.json')):
-      cmd = [sys.executable, os.path.join(REPO, 'launch', 'import_original_base_mlp.py'),
-             f'--t7={a.t7}', '--dataset=mnist', f'--workdir={w}']
-      if a.manual_dir:
-        cmd += [f'--config_override=data.manual_dir={a.manual_dir}',
-                '--config_override=data.verify_md5=false',
-                '--config_override=data.download=false']
-      if a.data_dir:
-        cmd += [f'--config_override=data.data_dir={a.data_dir}']
-      if a.smoke:
-        cmd += ['--config_override=data.train_limit=512', '--config_override=data.num_val=128',
-                '--config_override=data.test_limit=256']
-      subprocess.run(cmd, check=True, cwd=REPO)
+      from pmjax import import_base  # pylint: disable=import-outside-toplevel
+      spec = importlib.util.spec_from_file_location(
+          'import_original_base_mlp', os.path.join(REPO, 'launch', 'import_original_base_mlp.py'))
+      original = importlib.util.module_from_spec(spec)
+      spec.loader.exec_module(original)
+      import_base.import_base_variables(
+          _config('stage=base', 'unit', a), w,
+          {'params': original.base_mlp_params(original.read_state_dict(a.t7))})
     out['original F (unit inputs)'] = (w, 'unit')
   return out
 

@@ -23,7 +23,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from pmjax import checkpoint, config_utils, metrics, runs, tasks, train
-from pmjax.data import pipeline
+from pmjax.data import builders, pipeline
 
 
 def _tree_mismatch(want, got) -> list:
@@ -46,21 +46,19 @@ def import_base_variables(config, workdir: str, variables: dict) -> dict:
                                    f"stage='base' run")
   if os.path.exists(os.path.join(workdir, 'config.json')):
     raise FileExistsError(f'{workdir} already holds a run; import into a new workdir')
-  spec = runs.builders.get_spec(config.data.name)
+  spec = builders.get_spec(config.data.name)
   model = runs.build_model(config.model, config.data.name)
-  want = tasks.init_variables(model, config.seed, spec.image_shape)
+  init = tasks.init_variables(model, config.seed, spec.image_shape)
+  want = {'params': init['params'], 'batch_stats': init.get('batch_stats', {})}
   got = {'params': variables['params'],
-         'batch_stats': variables.get('batch_stats') or want.get('batch_stats', {})}
-  bad = _tree_mismatch({'params': want['params'], 'batch_stats': want.get('batch_stats', {})},
-                       got)
+         'batch_stats': variables.get('batch_stats') or want['batch_stats']}
+  bad = _tree_mismatch(want, got)
   if bad:
     raise ValueError(f'the imported variables do not fit {config.model} on '
                      f'{config.data.name}:\n  ' + '\n  '.join(bad[:20]) +
                      '\nConvert them to the Flax parameter tree of '
                      f'pmjax.models.get_model({config.model!r}) first.')
-  got = jax.tree.map(lambda w, v: jnp.asarray(v, jnp.asarray(w).dtype),
-                     {'params': want['params'], 'batch_stats': want.get('batch_stats', {})},
-                     got)
+  got = jax.tree.map(lambda w, v: jnp.asarray(v, jnp.asarray(w).dtype), want, got)
   for name, leaf in jax.tree_util.tree_flatten_with_path(got)[0]:
     if not np.all(np.isfinite(np.asarray(leaf))):
       raise ValueError(f'imported parameter {jax.tree_util.keystr(name)} holds NaN or Inf')
@@ -72,8 +70,7 @@ def import_base_variables(config, workdir: str, variables: dict) -> dict:
   row = evaluator(got)
   epochs = config.base.num_epochs
   tx = train.make_optimizer(config.base.optim, max(1, epochs))
-  state = jax.tree.map(jnp.asarray, train.create_state(   # as on device: int32 step
-      model, tx, {'params': got['params'], 'batch_stats': got['batch_stats']}))
+  state = jax.tree.map(jnp.asarray, train.create_state(model, tx, got))  # int32 step
   tree = train.ckpt_tree(state, epochs, row[evaluator.best_key], epochs)
   ckpts = checkpoint.Checkpoints(workdir)
   try:

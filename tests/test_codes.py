@@ -331,8 +331,10 @@ def test_berrut_authors_nodes_leak_half_as_much_at_k8_s1():
   authors = _leakage(make_code('berrut', 8, 1, systematic=False))     # the default
   second = _leakage(make_code('berrut', 8, 1, systematic=False, nodes='second_kind'))
   assert authors < 0.45 and second > 0.8, (authors, second)
-  half = np.arccos(chebyshev_second(9))[1:-1] * 16 / np.pi            # (2j+1) +- 1 ... in 16ths
-  np.testing.assert_allclose(half, np.arange(2, 16, 2), atol=1e-6)
+  # In units of pi/16 the data nodes' angles are odd (2j+1) and the second-kind worker
+  # nodes' even: each inner worker node sits halfway between two data nodes.
+  angles = np.arccos(chebyshev_second(9))[1:-1] * 16 / np.pi
+  np.testing.assert_allclose(angles, np.arange(2, 16, 2), atol=1e-6)
   with pytest.raises(ValueError, match=r"nodes='chebyshev3' is unknown.*'authors', 'second_kind'"):
     make_code('berrut', 8, 1, nodes='chebyshev3')
 

@@ -94,17 +94,23 @@ def _data_overrides(mnist_dir, tfds_dir):
           '--config_override=data.train_limit=256', '--config_override=data.test_limit=100']
 
 
-def test_original_base_mlp_t7_imports_with_the_same_outputs(mnist_dir, tfds_dir, tmp_path):
-  """A BaseMLP state dict saved by PyTorch in the legacy .t7 format (as the original's
-  model.t7 files): the imported F gives PyTorch's logits on [0, 1] inputs."""
-  torch = pytest.importorskip('torch')
+def _write_base_mlp_t7(torch, directory):
+  """A random BaseMLP saved as the original's model.t7 files are (legacy format)."""
   torch.manual_seed(0)
   net = torch.nn.Sequential(torch.nn.Linear(784, 200), torch.nn.ReLU(),
                             torch.nn.Linear(200, 100), torch.nn.ReLU(), torch.nn.Linear(100, 10))
   holder = torch.nn.Module()
   holder.nn = net                     # BaseMLP's attribute name: keys nn.0.weight, ...
-  t7 = str(tmp_path / 'model.t7')
+  t7 = str(directory / 'model.t7')
   torch.save(holder.state_dict(), t7, _use_new_zipfile_serialization=False)
+  return net, t7
+
+
+def test_original_base_mlp_t7_imports_with_the_same_outputs(mnist_dir, tfds_dir, tmp_path):
+  """A BaseMLP state dict saved by PyTorch in the legacy .t7 format (as the original's
+  model.t7 files): the imported F gives PyTorch's logits on [0, 1] inputs."""
+  torch = pytest.importorskip('torch')
+  net, t7 = _write_base_mlp_t7(torch, tmp_path)
   w = str(tmp_path / 'f')
   out = subprocess.run([sys.executable, 'launch/import_original_base_mlp.py', f'--t7={t7}',
                         f'--workdir={w}'] + _data_overrides(mnist_dir, tfds_dir),
@@ -120,16 +126,24 @@ def test_original_base_mlp_t7_imports_with_the_same_outputs(mnist_dir, tfds_dir,
 
 
 def test_ablation_launcher_smoke(mnist_dir, tfds_dir, tmp_path):
+  """The two pmjax F's, and the original's F too where PyTorch can write a .t7 file."""
   root = tmp_path / 'ablation'
-  out = subprocess.run([sys.executable, 'launch/ablate_original_differences.py',
-                        f'--root={root}', '--smoke', '--epochs=1', f'--manual_dir={mnist_dir}',
-                        f'--data_dir={tfds_dir}'], cwd=REPO, capture_output=True, text=True,
-                       timeout=600)
+  cmd = [sys.executable, 'launch/ablate_original_differences.py', f'--root={root}', '--smoke',
+         '--epochs=1', f'--manual_dir={mnist_dir}', f'--data_dir={tfds_dir}']
+  try:
+    import torch  # pylint: disable=import-outside-toplevel
+    cmd.append(f'--t7={_write_base_mlp_t7(torch, tmp_path)[1]}')
+  except ImportError:
+    torch = None
+  out = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=600)
   assert out.returncode == 0, out.stderr[-3000:]
   rows = json.load(open(root / 'ablation.json'))
-  assert [(r['inputs'], r['F_P init']) for r in rows] == [
-      ('standardize', 'Flax (LeCun normal)'), ('standardize', 'original (N(0, 0.01))'),
-      ('unit', 'Flax (LeCun normal)'), ('unit', 'original (N(0, 0.01))')]
+  inits = ['Flax (LeCun normal)', 'original (N(0, 0.01))']
+  fs = [('pmjax F (standardize inputs)', 'standardize'), ('pmjax F (unit inputs)', 'unit')]
+  if torch is not None:
+    fs.append(('original F (unit inputs)', 'unit'))
+  assert [(r['F'], r['inputs'], r['F_P init']) for r in rows] == [
+      (f, scaling, init) for f, scaling in fs for init in inits]
   assert all(0.0 <= r['test_A_d_by_epoch']['1'] <= 1.0 for r in rows)
   assert 'A_d epoch 1' in (root / 'ablation.md').read_text()
   # The differently initialised F_P started elsewhere: another run with the same seed.

@@ -159,9 +159,6 @@ class Inputs(str):
     self.scaling = scaling
     return self
 
-  def __reduce__(self):
-    return (Inputs, (str(self), self.scaling))
-
 
 def inputs_of(data_cfg) -> Inputs:
   """The model inputs of a run's `config.data`: its dataset and `scaling`."""
