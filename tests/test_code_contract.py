@@ -51,8 +51,9 @@ def check_code_contract(code: codes.Code, exact: bool):
   assert p.shape == (B, r, *IMAGE) and p.dtype == jnp.float32
   assert bool(jnp.all(jnp.isfinite(p)))
   y = jnp.asarray(rng.normal(size=(B, k, C)), jnp.float32)
-  z = y[:, :1].repeat(r, 1) if not exact else jax.jit(code.target)(y)
-  assert z.shape == (B, r, C)
+  width = code.parity_width * C   # C numbers per coded output (collage: k * C)
+  z = jnp.tile(y[:, :1], (1, r, code.parity_width)) if not exact else jax.jit(code.target)(y)
+  assert z.shape == (B, r, width)
   decode = jax.jit(code.decode)
   ones_k, ones_r = np.ones((B, k), bool), np.ones((B, r), bool)
   if code.systematic:
@@ -74,13 +75,21 @@ def check_code_contract(code: codes.Code, exact: bool):
       if exact:
         np.testing.assert_allclose(out, y, rtol=1e-3, atol=1e-3)
       code.decode(y, avail, z, zavail)  # concrete masks: no error either
-  # One missing output too many: an error outside jit, NaN rows under it.
+  # One missing output too many: an error outside jit, NaN rows under it. A code that
+  # rebuilds every missing output from one parity fails only without any parity.
   if code.systematic and code.tolerates < k:
-    avail = ones_k.copy()
-    avail[:, :code.tolerates + 1] = False
+    avail, zavail = ones_k.copy(), ones_r.copy()
+    if code.rebuilds_all:
+      avail[:, :k] = False
+      np.testing.assert_allclose(decode(y, avail, z, ones_r[:, :r] & (np.arange(r) == 0)),
+                                 y if exact else decode(y, avail, z, ones_r), atol=1e-5)
+      avail, zavail = ones_k.copy(), np.zeros((B, r), bool)
+      avail[:, 0] = False
+    else:
+      avail[:, :code.tolerates + 1] = False
     with pytest.raises(ValueError):
-      code.decode(y, avail, z, ones_r)
-    assert np.all(np.isnan(np.asarray(decode(y, avail, z, ones_r))[:, 0]))
+      code.decode(y, avail, z, zavail)
+    assert np.all(np.isnan(np.asarray(decode(y, avail, z, zavail))[:, 0]))
   with pytest.raises(ValueError):
     code.decode(y, ones_k[:, :1], z, ones_r)
 

@@ -353,7 +353,7 @@ def test_berrut_bad_arguments():
 
 def test_unknown_code_lists_learned_too():
   with pytest.raises(ValueError, match=r"accepted values: \['sum', 'concat', 'linear', "
-                     r"'berrut'\], and 'learned'"):
+                     r"'collage', 'berrut'\], and 'learned'"):
     make_code('foo', 2)
 
 
@@ -384,3 +384,26 @@ def test_metrics_take_a_tasks_own_score():
   linear = make_code('linear', 2, 2)
   by = metrics.degraded_by_missing(linear, y, linear.target(y), labels, Close())
   assert by['1']['A_d_close'] == pytest.approx(expected)
+
+
+def test_collage_rebuilds_any_missing_answer_from_the_mean_of_available_parities():
+  code = make_code('collage', 4, 2, image_shape=(8, 8, 1))
+  assert (code.r, code.parity_width, code.tolerates, code.rebuilds_all) == (2, 4, 2, True)
+  rng = np.random.default_rng(0)
+  y = jnp.asarray(rng.normal(size=(3, 4, 5)), jnp.float32)
+  z = jnp.asarray(rng.normal(size=(3, 2, 20)), jnp.float32)
+  avail = np.ones((3, 4), bool)
+  avail[:, [0, 2, 3]] = False                         # three missing, more than r
+  out = np.asarray(jax.jit(code.decode)(y, avail, z, np.ones((3, 2), bool)))
+  mean = np.asarray(z).reshape(3, 2, 4, 5).mean(1)
+  np.testing.assert_allclose(out[:, [0, 2, 3]], mean[:, [0, 2, 3]], rtol=1e-6)
+  np.testing.assert_array_equal(out[:, 1], np.asarray(y)[:, 1])
+  only_second = np.array([[False, True]] * 3)
+  out = np.asarray(code.decode(y, avail, z, only_second))
+  np.testing.assert_allclose(out[:, 0], np.asarray(z).reshape(3, 2, 4, 5)[:, 1, 0])
+  with pytest.raises(ValueError, match='none of the r=2 parity outputs available'):
+    code.decode(y, avail, z, np.zeros((3, 2), bool))
+  with pytest.raises(ValueError, match=r'z_BxRx\(4C\)'):
+    code.decode(y, avail, z[:, :, :5], np.ones((3, 2), bool))
+  # The target: each parity model answers every cell with F's own output.
+  np.testing.assert_array_equal(np.asarray(code.target(y))[:, 1].reshape(3, 4, 5), y)

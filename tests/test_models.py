@@ -59,3 +59,27 @@ def test_tilesum_parity_model_sums_a_shared_network_over_tiles():
   np.testing.assert_allclose(out, expected, rtol=1e-5, atol=1e-5)
   with pytest.raises(ValueError, match='needs k and image_shape'):
     get_parity_model('tilesum:mlp', 10)
+
+
+def test_tiles_parity_model_answers_every_cell_on_its_own():
+  """`tiles:NAME` (the collage code's parity model): NAME on each cell, answers side by
+  side; changing one image changes only its own cell's answer."""
+  from pmjax.codes import make_code
+  from pmjax.models import get_parity_model
+  model = get_parity_model('tiles:tilecnn', 10, k=3, image_shape=(28, 28, 1))
+  rng = np.random.default_rng(0)
+  x = jnp.asarray(rng.uniform(size=(2, 3, 28, 28, 1)), jnp.float32)
+  code = make_code('collage', 3, image_shape=(28, 28, 1))
+  p = code.encode(x)[:, 0]
+  v = model.init(jax.random.key(0), p)
+  out = model.apply(v, p)
+  assert out.shape == (2, 30)
+  tiles = [p[:, :14, :14], p[:, :14, 14:], p[:, 14:, :14]]
+  expected = jnp.concatenate(
+      [model.inner.apply({'params': v['params']['inner']}, t) for t in tiles], axis=1)
+  np.testing.assert_allclose(out, expected, rtol=1e-5, atol=1e-5)
+  out2 = model.apply(v, code.encode(x.at[:, 1].set(0.0))[:, 0]).reshape(2, 3, 10)
+  changed = np.abs(np.asarray(out2) - np.asarray(out).reshape(2, 3, 10)).max(axis=(0, 2))
+  assert changed[1] > 0 and changed[0] == 0 and changed[2] == 0
+  with pytest.raises(ValueError, match="unknown prefix 'tile:'"):
+    get_parity_model('tile:mlp', 10, k=3, image_shape=(28, 28, 1))

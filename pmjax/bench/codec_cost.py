@@ -37,6 +37,16 @@ def median_us(fn, calls: int) -> float:
   return 1e6 * float(np.median(times))
 
 
+def forward_flops(model, variables, input_shape) -> float:
+  """FLOPs of one eval-mode forward pass on one input of `input_shape` (H, W, C), by
+  XLA's cost analysis of the compiled function on this backend."""
+  x = jax.numpy.zeros((1, *input_shape), jax.numpy.float32)
+  compiled = jax.jit(lambda v, x: model.apply(v, x, train=False)).lower(variables, x).compile()
+  cost = compiled.cost_analysis()
+  cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+  return float(cost['flops'])
+
+
 def measure(model_name, code_name='concat', k=2, batch_size=1, calls=500):
   shape = (28, 28, 1)
   code = codes.make_code(code_name, k, image_shape=shape)

@@ -29,6 +29,11 @@ is trained towards t_j = sum_i C[j,i] F(X_i), where C (r x k, see
 the small (masked, batched, least-squares when over-determined) system for
 up to r missing outputs. With r = 1, C = ones: exactly ParM.
 
+`collage` (any r >= 1, systematic): the `concat` tiling as parity query, and each
+of the r parity models answers every cell (z_BxRx(K*C), trained towards F's own k
+outputs); a missing answer is the mean of the available parity answers for its cell,
+so one parity output rebuilds any number of missing ones (`Code.rebuilds_all`).
+
 Codes are registered (`register_code(CodeSpec(...))`): a spec names the
 builder, its typed parameters (`config.code = code_config(name, k, r, **params)`
 in a run config: `code_params(config.code)` gives them back, checked),
@@ -49,6 +54,7 @@ from pmjax.codes.core import (CODE_SPECS, Code, CodeSpec, Param, check_decode_ar
 from pmjax.codes.parm import concat_grid, resize_matrix
 from pmjax.codes.linear import (COEFFICIENTS, PARITY_INPUTS, coefficient_matrix,
                                 solve_small)
+from pmjax.codes import collage  # noqa: F401  (registers 'collage')
 from pmjax.codes.berrut import (authors_nodes, berrut_weights, chebyshev_first,
                                 chebyshev_second)
 

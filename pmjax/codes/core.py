@@ -25,6 +25,8 @@ class Code(NamedTuple):
   tolerates: int = 1         # missing outputs per group it rebuilds (make_code's r)
   answered_by: str = 'parity_model'  # who answers the coded queries: 'parity_model' (r
                                      # trained models), 'f' (F itself: training-free codes)
+  parity_width: int = 1      # C-vectors per coded output: z_BxRx(parity_width*C) (collage: k)
+  rebuilds_all: bool = False  # one available coded output rebuilds every missing data output
 
 
 @dataclasses.dataclass(frozen=True)
@@ -184,13 +186,16 @@ def check_x(x, k, image_shape, min_rank=3):
                      f'{image_shape}, the shape the code was made for')
 
 
-def check_decode_args(y_BxKxC, avail_BxK, z_BxRxC, zavail_BxR, k, r):
+def check_decode_args(y_BxKxC, avail_BxK, z_BxRxC, zavail_BxR, k, r, width=1):
+  """Shapes of decode's arguments; `width`: C-vectors per coded output (Code.parity_width)."""
   check_x(y_BxKxC, k, None)
   b, _, c = y_BxKxC.shape
-  if avail_BxK.shape != (b, k) or z_BxRxC.shape != (b, r, c) or zavail_BxR.shape != (b, r):
+  if (avail_BxK.shape != (b, k) or z_BxRxC.shape != (b, r, width * c)
+      or zavail_BxR.shape != (b, r)):
+    z_name = 'z_BxRxC' if width == 1 else f'z_BxRx({width}C)'
     raise ValueError(
         f'decode got y {y_BxKxC.shape}, avail {avail_BxK.shape}, z {z_BxRxC.shape}, '
-        f'zavail {zavail_BxR.shape}; expected y_BxKxC, avail_BxK, z_BxRxC, zavail_BxR '
+        f'zavail {zavail_BxR.shape}; expected y_BxKxC, avail_BxK, {z_name}, zavail_BxR '
         f'with B={b}, K={k}, R={r}, C={c}')
 
 
