@@ -33,6 +33,8 @@ def get_config(arg=None):
   c.out = 'workdirs/serving'    # summary.json, samples.json, latency_cdf.png
   c.cpu_async_dispatch = False  # JAX asynchronous dispatch on CPU (adds ~20 us a call)
   c.policy = policy.default_config()
+  c.false_alarm = 0.01          # policy.verify: the check's threshold gives this rate on
+                                # clean validation groups (collage codes)
   c.faults = ml_collections.ConfigDict(dict(
       slow_instances='',        # comma list of instances given slowdowns (base0, parity0, ...)
       slow_prob=0.0,            # probability a batch of a slow instance is delayed
@@ -41,6 +43,9 @@ def get_config(arg=None):
       fail_instance='',         # instance that fails (fail-stop)
       fail_at_s=1.0,            # when it fails, seconds after start
       net_ms_per_mb=0.0,        # network-style delay per MB of payload
+      wrong_instances='',       # comma list of instances whose outputs are sometimes wrong
+      wrong_prob=0.0,           # probability an output of such an instance is wrong
+      wrong_kind='random',      # noise, random or scaled (pmjax.codes.byzantine.corrupt)
       contention_start_s=0.0,   # background CPU contention start
       contention_s=0.0,         # its duration (0 = none)
       contention_procs=1,       # CPU-burning processes

@@ -31,11 +31,25 @@ def tiny_run(tmp_path_factory, mnist_dir, tfds_dir):
   return w
 
 
+@pytest.fixture(scope='module')
+def tiny_collage(tiny_run, mnist_dir, tfds_dir):
+  """A collage k=2, r=2 parity run (tiles:mlp) on tiny_run's F, evaluated."""
+  from tests.conftest import synthetic_config
+  from pmjax import evaluate
+  c = synthetic_config('stage=parity,code=collage,k=2,r=2,parity_model=tiles:mlp', mnist_dir,
+                       tfds_dir, train_limit=256, test_limit=100)
+  c.base_workdir = os.path.join(tiny_run, 'base')
+  w = os.path.join(tiny_run, 'collage')
+  train.train_and_evaluate(c, w)
+  evaluate.evaluate_workdir(w, verbose=False)
+  return w
+
+
 def _run(cmd):
   return subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300)
 
 
-def test_every_other_entry_point_runs(tiny_run, tmp_path):
+def test_every_other_entry_point_runs(tiny_run, tiny_collage, tmp_path):
   base, parity = os.path.join(tiny_run, 'base'), os.path.join(tiny_run, 'parity')
   py = sys.executable
   commands = {
@@ -49,6 +63,19 @@ def test_every_other_entry_point_runs(tiny_run, tmp_path):
                                f'--scratch={tmp_path}'],
       'bench.code_table': [py, '-m', 'pmjax.bench.code_table', f'--base_workdirs={base}', '--k=2',
                       '--s=1', f'--parity_workdirs={parity}', f'--out={tmp_path / "codes"}'],
+      'bench.goal_table': [py, '-m', 'pmjax.bench.goal_table', f'--base_workdirs={base}',
+                           '--k=2', '--s=1,2', f'--parity_workdirs={tiny_collage},{parity}',
+                           '--authors_groups=20', f'--out={tmp_path / "goal"}'],
+      'bench.byzantine': [py, '-m', 'pmjax.bench.byzantine', f'--base_workdir={base}', '--k=2',
+                          f'--parity_workdirs={tiny_collage}', '--groups=20',
+                          '--false_alarm=0.1', f'--out={tmp_path / "byzantine"}'],
+      'serving.bench (verify)': [py, '-m', 'pmjax.serving.bench', '--config=configs/serving.py:smoke',
+                                 f'--config.workdir={tiny_collage}', '--config.modes=coded',
+                                 '--config.policy.verify=True', '--config.false_alarm=0.1',
+                                 '--config.faults.wrong_instances=base1',
+                                 '--config.faults.wrong_prob=1.0',
+                                 '--config.deadline_ms=2000',
+                                 f'--config.out={tmp_path / "serving_verify"}'],
       'serving.bench': [py, '-m', 'pmjax.serving.bench', '--config=configs/serving.py:smoke',
                         f'--config.workdir={parity}', '--config.modes=coded,equal',
                         '--config.deadline_ms=2000', f'--config.out={tmp_path / "serving"}'],
@@ -66,6 +93,18 @@ def test_every_other_entry_point_runs(tiny_run, tmp_path):
   assert json.loads(results['bench.train_throughput'].stdout.splitlines()[0])[
       'train_groups_per_s'] > 0
   assert os.path.exists(tmp_path / 'codes' / 'codes.md')
+  byz = json.load(open(tmp_path / 'byzantine' / 'byzantine.json'))
+  assert {r['adversary'] for r in byz} == {'none', 'noise', 'random', 'scaled'}
+  assert {r['code'].split()[0].rstrip(',') for r in byz} == {'berrut', 'collage'}
+  verify = json.load(open(tmp_path / 'serving_verify' / 'summary.json'))['results']['coded']
+  assert verify['verified_groups'] > 0 and verify['flagged_groups'] > 0
+  assert verify['lost'] == 0
+  goal = json.load(open(tmp_path / 'goal' / 'goal.json'))
+  # The collage run serves S = 1 (its first parity model) and S = 2; the sum run (r = 1)
+  # S = 1 too (its own code at r = 1).
+  ours = [(r['S'], r['code'].split()[0]) for r in goal if r.get('code')]
+  assert sorted(ours) == [(1, 'collage'), (1, 'sum'), (2, 'collage')]
+  assert all(0 < r['flops_ratio_per_extra_worker'] for r in goal if r.get('code'))
   summary = json.load(open(tmp_path / 'serving' / 'summary.json'))
   assert summary['results']['coded']['lost'] == 0
   assert 'base_service_ms_samples' not in summary['results']['coded']  # raw samples apart

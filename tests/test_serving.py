@@ -531,3 +531,43 @@ def test_a_policy_registered_in_a_test_runs_in_both_drivers():
     assert twice['p99_ms'] < 0.5 * alone['p99_ms']
   finally:
     policy.POLICIES.pop('twice')
+
+
+def test_verifying_loop_flags_groups_with_a_wrong_output_and_blames_its_instance():
+  """policy.verify: every group's parity is computed and each complete group checked
+  (the collage code's consistency check): groups holding an output of the instance
+  that answers wrongly are flagged, and it is blamed where the pattern allows; clean
+  groups are not flagged."""
+  import jax
+  from pmjax.codes import byzantine
+  k = 2
+  code = make_code('collage', k)
+  encode = lambda x: x.reshape(x.shape[0], 1, -1).astype(np.float32)
+
+  def fake_collage(p):      # a parity model that answers every cell as F does
+    return p.reshape(len(p), k, -1)[:, :, :C].reshape(len(p), -1).astype(np.float32)
+  check = lambda y, a, z, za: jax.device_get(byzantine.collage_check(y, a, z, za, 1.0))
+  faults = {'base1': FaultSpec(wrong_prob=1.0, wrong_kind='scaled')}
+  with pytest.raises(ValueError, match='needs check='):
+    Frontend(policy.make_policy('coded', k, 1, 2, verify=True), [fake_f(), fake_f()],
+             [fake_collage], k=k, encode=encode, decode=code.decode, query_shape=SHAPE)
+  fe = Frontend(policy.make_policy('coded', k, 1, 2, verify=True), [fake_f(), fake_f()],
+                [fake_collage], k=k, encode=encode, decode=code.decode, query_shape=SHAPE,
+                faults=faults, check=check).start()
+  futures = []
+  for v in range(3, 23):
+    futures.append(fe.submit(query(v)))
+    time.sleep(0.002)
+  who = [f.result(timeout=5).instance for f in futures]
+  deadline = time.perf_counter() + 5
+  while fe.verified_groups < 10 and time.perf_counter() < deadline:
+    time.sleep(0.01)      # the last parity outputs come after the answers
+  fe.close()
+  s = fe.stats()
+  assert s['verified_groups'] == 10
+  groups = [who[i:i + k] for i in range(0, len(who), k)]
+  assert s['flagged_groups'] == sum('base1' in g for g in groups) > 0
+  assert s['blamed'].get('base1', 0) == sum(g.count('base1') == 1 for g in groups)
+  # Both outputs wrong at k=2: the only parity disagrees with every cell, and is blamed.
+  assert s['blamed'].get('parity0', 0) == sum(g.count('base1') == 2 for g in groups)
+  assert set(s['blamed']) <= {'base1', 'parity0'}

@@ -67,7 +67,7 @@ def make_parts(parity_workdir: str) -> Parts:
 
 
 def build_frontend(mode, m, parts, faults=None, batch_size=1, max_queue=4096, deadline_s=None,
-                   **policy_params):
+                   check=None, **policy_params):
   """A Frontend of `mode` (m base instances of the coded mode, equal resources for the
   others) over a parity workdir's `Parts`; `policy_params` as `policy.make_policy`'s."""
   code = parts.code
@@ -82,12 +82,14 @@ def build_frontend(mode, m, parts, faults=None, batch_size=1, max_queue=4096, de
                   decode=parts.decode, query_shape=parts.splits.test_x.shape[1:],
                   query_dtype=parts.splits.test_x.dtype, batch_size=batch_size,
                   max_queue=max_queue, faults=faults, deadline_s=deadline_s,
-                  flush_timeout_s=policy_params.get('flush_timeout_s', 0.05))
+                  flush_timeout_s=policy_params.get('flush_timeout_s', 0.05),
+                  check=check if getattr(pol, 'verify', False) else None)
 
 
 def fault_specs(faults, m, k, seed) -> dict:
   """FaultSpec per instance name from a serving config's `faults` fields."""
   names = [n for n in (faults.slow_instances or '').split(',') if n]
+  wrong = [n for n in (faults.get('wrong_instances') or '').split(',') if n]
   specs = {}
   for i in range(m + m // k + 1):
     for name in (f'base{i}', f'parity{i}'):
@@ -96,6 +98,8 @@ def fault_specs(faults, m, k, seed) -> dict:
           slow_ms=faults.slow_ms,
           fail_at_s=faults.fail_at_s if name == faults.fail_instance else None,
           net_ms_per_mb=faults.net_ms_per_mb,
+          wrong_prob=faults.get('wrong_prob', 0.0) if name in wrong else 0.0,
+          wrong_kind=faults.get('wrong_kind', 'random'),
           seed=seed * 1000 + zlib.crc32(name.encode()) % 997)
   return specs
 
@@ -103,10 +107,15 @@ def fault_specs(faults, m, k, seed) -> dict:
 def run_mode(mode, parts, c) -> dict:
   """Serves config `c`'s load in `mode`; returns the loadgen summary with the stats."""
   splits = parts.splits
+  params = policy.policy_params(c.policy)
+  check = None
+  if params['verify'] and mode == 'coded':
+    from pmjax.bench import byzantine  # pylint: disable=g-import-not-at-top
+    check = byzantine.make_check(c.workdir, c.get('false_alarm', 0.01))
   fe = build_frontend(mode, c.m, parts, fault_specs(c.faults, c.m, parts.code.k, c.seed),
                       c.batch_size, c.max_queue,
                       deadline_s=c.deadline_ms / 1e3 if c.deadline_ms > 0 else None,
-                      **policy.policy_params(c.policy))
+                      check=check, **params)
   fe.start()
   fc = c.faults
   procs = (start_contention(fc.contention_start_s, fc.contention_s, fc.contention_procs)
@@ -122,6 +131,8 @@ def run_mode(mode, parts, c) -> dict:
              for kind in ('base', 'parity')}
   summary.update(
       mode=mode, instances=stats['instances'], hedges_sent=stats['hedges_sent'],
+      verified_groups=stats['verified_groups'], flagged_groups=stats['flagged_groups'],
+      blamed=stats['blamed'],
       encode_us_per_group=stats['encode_us_per_group'],
       decode_us_per_group=stats['decode_us_per_group'],
       base_inference_ms_per_batch=1e3 * float(np.median(service['base'])),
@@ -193,6 +204,10 @@ def main(argv):
       print(f"{mode}: encode {s['encode_us_per_group']:.0f} us + decode "
             f"{s['decode_us_per_group'] or 0:.0f} us per group; F inference "
             f"{s['base_inference_ms_per_batch']:.3f} ms per batch")
+  for mode, s in results.items():
+    if s['verified_groups']:
+      print(f"{mode}: {s['flagged_groups']} of {s['verified_groups']} groups flagged; "
+            f"blamed: {s['blamed'] or 'none'}")
   print(f'wrote {c.out}/summary.json and {c.out}/latency_cdf.png')
 
 

@@ -7,7 +7,10 @@
     every instance);
 (c) fail-stop: the instance dies at `fail_at_s` after start; its in-flight
     batch is lost;
-(d) network delay: `net_ms_per_mb` per MB of payload, each way it travels.
+(d) network delay: `net_ms_per_mb` per MB of payload, each way it travels;
+(e) wrong outputs (a Byzantine instance): with probability `wrong_prob` an output is
+    replaced as `pmjax.codes.byzantine.corrupt` does (`wrong_kind`: 'noise', 'random',
+    'scaled').
 """
 
 from __future__ import annotations
@@ -27,6 +30,8 @@ class FaultSpec:
   pareto_shape: float = 1.5
   fail_at_s: float | None = None
   net_ms_per_mb: float = 0.0
+  wrong_prob: float = 0.0
+  wrong_kind: str = 'random'
   seed: int = 0
 
   def __post_init__(self):
@@ -35,6 +40,12 @@ class FaultSpec:
                        f"'pareto'")
     if not 0.0 <= self.slow_prob <= 1.0:
       raise ValueError(f'slow_prob={self.slow_prob} must be in [0, 1]')
+    if not 0.0 <= self.wrong_prob <= 1.0:
+      raise ValueError(f'wrong_prob={self.wrong_prob} must be in [0, 1]')
+    from pmjax.codes.byzantine import ADVERSARIES  # pylint: disable=g-import-not-at-top
+    if self.wrong_kind not in ADVERSARIES:
+      raise ValueError(f'wrong_kind={self.wrong_kind!r} is unknown; accepted: '
+                       f'{list(ADVERSARIES)}')
 
 
 class FaultInjector:
@@ -55,6 +66,16 @@ class FaultInjector:
       else:  # Pareto with minimum slow_ms
         delay += s.slow_ms * (1.0 + self.rng.pareto(s.pareto_shape)) / 1e3
     return delay
+
+  def maybe_corrupt(self, out):
+    """`out`, or with probability wrong_prob a wrong output in its place (same shape;
+    'random' logits get the spread of `out`)."""
+    if not self.spec.wrong_prob or self.rng.random() >= self.spec.wrong_prob:
+      return out
+    from pmjax.codes.byzantine import corrupt  # pylint: disable=g-import-not-at-top
+    out = np.asarray(out)
+    return corrupt(out, self.spec.wrong_kind, self.rng,
+                   logit_std=float(np.std(out)) or 1.0).astype(out.dtype)
 
   def failed(self, elapsed_s: float) -> bool:
     return self.spec.fail_at_s is not None and elapsed_s >= self.spec.fail_at_s

@@ -92,7 +92,8 @@ class Frontend:
                query_shape=(28, 28, 1), query_dtype=np.uint8, batch_size: int = 1,
                hedge_delay_s: float = 0.0, max_queue: int = 1024,
                faults: dict | None = None, parity_wait_s: float = 0.0,
-               flush_timeout_s: float = 0.05, deadline_s: float | None = None):
+               flush_timeout_s: float = 0.05, deadline_s: float | None = None,
+               check: Callable | None = None):
     if batch_size < 1:
       raise ValueError(f'batch_size={batch_size} must be >= 1')
     if flush_timeout_s <= 0:
@@ -118,8 +119,14 @@ class Frontend:
     if not coded and parity_predicts:
       raise ValueError(f'mode {self.mode!r} takes no parity instances (equal resources means '
                        f'more base instances instead)')
+    if getattr(self.policy, 'verify', False) and check is None:
+      raise ValueError('a verifying policy (policy.verify=True) needs check=: the code\'s '
+                       'consistency check, e.g. pmjax.codes.byzantine.collage_check with a '
+                       'calibrated threshold')
     self.k, self.r = k, r
-    self.encode, self.decode = encode, decode
+    self.encode, self.decode, self.check = encode, decode, check
+    self.verified_groups = self.flagged_groups = 0
+    self.blamed = {}             # instance name -> groups in which its output was blamed
     self.query_shape, self.query_dtype = tuple(query_shape), np.dtype(query_dtype)
     self.batch_size, self.max_queue = batch_size, max_queue
     self.flush_timeout_s, self.deadline_s = flush_timeout_s, deadline_s
@@ -169,6 +176,8 @@ class Frontend:
         avail = np.ones(y.shape[:2], bool)
         avail[:, 0] = False
         self.decode(y, avail, z, np.ones(z.shape[:2], bool))
+        if self.check is not None:
+          self.check(y, np.ones(y.shape[:2], bool), z, np.ones(z.shape[:2], bool))
     elif self.policy.coded:  # F(0) from the first base instance that runs
       for inst in base:
         try:
@@ -334,6 +343,8 @@ class Frontend:
       elif isinstance(a, policy.Later):
         self._timers.add(a.delay_s,
                          lambda e=a.event: self._carry_out(self.policy.on_timer(e)))
+      elif isinstance(a, policy.Verify):
+        self._verify(a.group)
       elif isinstance(a, policy.Pad):
         for t in a.tasks:
           t.x, t.output = self._zero_batch, self._zero_out
@@ -390,12 +401,37 @@ class Frontend:
     self.decode_s.append(time.perf_counter() - t)
     return yhat
 
+  def _verify(self, group):
+    """Checks a group whose parity outputs are in and whose queries are answered, over
+    the data outputs that arrived: counts it when flagged and the instance whose output
+    is blamed (answers already given are not recalled)."""
+    k = self.k
+    have = [t is not None and t.output is not None and arrived
+            for t, arrived in zip(group.tasks[:k], group.state.arrived)]
+    z = np.stack([t.output for t in group.tasks[k:]], axis=1)
+    b = z.shape[0]
+    like = next((t.output for t, h in zip(group.tasks, have) if h), None)
+    if like is None:
+      return                   # no data output arrived: nothing to check
+    y = np.stack([t.output if h else np.zeros_like(like)
+                  for t, h in zip(group.tasks[:k], have)], axis=1)
+    res = self.check(y, np.broadcast_to(np.array(have), (b, k)), z, np.ones((b, self.r), bool))
+    self.verified_groups += 1
+    if not bool(np.any(res['flagged'])):
+      return
+    self.flagged_groups += 1
+    for data, parity in zip(np.asarray(res['blamed_data']), np.asarray(res['blamed_parity'])):
+      slot = int(data) if data >= 0 else (k + int(parity) if parity >= 0 else None)
+      if slot is not None:
+        name = group.tasks[slot].served_by or f'slot {slot}'
+        self.blamed[name] = self.blamed.get(name, 0) + 1
+
   # ------------------------------------------------------------------ instance callbacks
 
   def _on_output(self, task, out, instance_name):
     with self._lock:
       if not task.done:
-        task.output = out
+        task.output, task.served_by = out, instance_name
       settle = self._carry_out(self.policy.on_output(task), out, instance_name)
     _settle_all(settle)
 
@@ -452,5 +488,7 @@ class Frontend:
         'hedges_sent': 0, 'flushed_groups': 0,
         'flushed_batches': self.flushed_batches,
         'deadlines_missed': self.deadlines_missed,
+        'verified_groups': self.verified_groups, 'flagged_groups': self.flagged_groups,
+        'blamed': dict(self.blamed),
         **self.policy.stats(),
     }

@@ -10,8 +10,8 @@ class Group:
   """A coding group's tasks (k data slots, then r parity slots) and its state."""
   __slots__ = ('state', 'tasks', 'filled')
 
-  def __init__(self, k: int, r: int, parity_wait: bool = False):
-    self.state = CodedGroup(k, r, parity_wait)
+  def __init__(self, k: int, r: int, parity_wait: bool = False, verify: bool = False):
+    self.state = CodedGroup(k, r, parity_wait, verify)
     self.tasks: list = [None] * (k + r)
     self.filled = 0
 
@@ -32,10 +32,13 @@ class CodedGroup:
   Missing data outputs are rebuilt as soon as k of the k+r outputs are in; with
   `parity_wait` (r >= 2), not before every parity output is in or `expire()` is
   called (the caller's timer, started when `start_wait` is returned): the
-  decoder then uses every parity instead of the first ones to arrive.
+  decoder then uses every parity instead of the first ones to arrive. With
+  `verify`, parity outputs are never cancelled: once every parity output is in and
+  every data slot answered, `checkable` is True and the data outputs that arrived
+  can be checked against the parities for a wrong one.
   """
 
-  def __init__(self, k: int, r: int = 1, parity_wait: bool = False):
+  def __init__(self, k: int, r: int = 1, parity_wait: bool = False, verify: bool = False):
     self.k, self.r = k, r
     self.arrived = [False] * (k + r)
     self.failed = [False] * (k + r)  # output will never arrive (its instance failed)
@@ -44,6 +47,8 @@ class CodedGroup:
     self.parity_wait = parity_wait and r > 1
     self.waiting = False             # the wait timer has been started
     self.expired = False
+    self.verify = verify
+    self.verified = False            # the check has run (set by the policy)
 
   def arrive(self, slot: int) -> Arrival:
     if self.arrived[slot]:
@@ -89,9 +94,14 @@ class CodedGroup:
           self.answered[i] = self.reconstructed[i] = True
         cancel = decode
     if all(self.answered):
-      cancel = cancel + tuple(j for j in range(self.k + self.r)
-                              if not self.arrived[j] and j not in cancel)
+      slots = range(self.k) if self.verify else range(self.k + self.r)
+      cancel = cancel + tuple(j for j in slots if not self.arrived[j] and j not in cancel)
     return Arrival(resolve_own, decode, cancel, start_wait)
+
+  @property
+  def checkable(self) -> bool:
+    """Every parity output is in and every data slot answered (own output or rebuilt)."""
+    return all(self.arrived[self.k:]) and all(self.answered)
 
   @property
   def finished(self) -> bool:

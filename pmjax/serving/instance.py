@@ -88,6 +88,7 @@ class ModelInstance:
         self.error = f'{type(e).__name__}: {e}'
         return self._die(task, e)
       self.service_s.append(time.perf_counter() - t)
+      out = self.faults.maybe_corrupt(out)
       if delay:
         time.sleep(delay)
       if self.faults.failed(time.perf_counter() - self._start):

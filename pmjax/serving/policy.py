@@ -16,7 +16,8 @@ Actions: `Send(task, pool)` (pool None: the base instances; j: those serving
 parity slot j), `Answer(task)` (with the output that just arrived),
 `Decode(group, slots)`, `Cancel(tasks)`, `Fail(task, why)`,
 `Later(delay_s, event)`, `Encode(group)`, `Pad(tasks)` (slots of a partial
-group filled with zero queries, whose output F(0) the driver knows).
+group filled with zero queries, whose output F(0) the driver knows),
+`Verify(group)` (its parities are in and its queries answered: check it).
 
 Policies by mode (`POLICIES`, `make_policy`): `none` and `equal` send each
 batch once (`Direct`), `hedge` re-sends a batch not answered within a delay
@@ -45,7 +46,7 @@ class Task:
   `queries` is the driver's (futures, query ids); `x` and `output` its values
   (None in the simulation)."""
   __slots__ = ('group', 'slot', 'x', 'queries', 'output', 'cancelled', 'done', 'copies',
-               'retried')
+               'retried', 'served_by')
 
   def __init__(self, x=None, queries=(), group=None, slot=0):
     self.group, self.slot, self.x, self.queries = group, slot, x, queries
@@ -54,6 +55,7 @@ class Task:
     self.done = False        # answered (a later copy's output is ignored)
     self.copies = 1          # in flight (hedged copies)
     self.retried = False     # re-sent once after an instance failed on it
+    self.served_by = ''      # the instance whose output is `output`
 
 
 @dataclasses.dataclass
@@ -93,6 +95,11 @@ class Later:
 @dataclasses.dataclass
 class Encode:
   group: Any                 # encode the group's k data batches, then call on_encoded
+
+
+@dataclasses.dataclass
+class Verify:
+  group: Any                 # every parity in, every query answered: check the group
 
 
 @dataclasses.dataclass
@@ -232,14 +239,19 @@ class Coded(Policy):
   reconstruction from k of the k+r outputs, whichever is first; work that is no
   longer needed is cancelled. A group not filled within `flush_timeout_s` is
   padded with zero queries (None: never). With `parity_wait_s` > 0 and r >= 2,
-  decoding waits up to that long for every parity output."""
+  decoding waits up to that long for every parity output. With `verify`, every
+  group's parity outputs are computed even when no data output is missing, and
+  a group whose parity outputs are all in and whose queries are all answered is
+  handed to the driver (`Verify`) to check the data outputs that arrived for a
+  wrong one (answers already given are not recalled)."""
 
   coded = True
 
   def __init__(self, k=2, r=1, n_base=1, parity_wait_s: float = 0.0,
-               flush_timeout_s: float | None = 0.05):
+               flush_timeout_s: float | None = 0.05, verify: bool = False):
     super().__init__(k, r, n_base)
     self.parity_wait_s, self.flush_timeout_s = parity_wait_s, flush_timeout_s
+    self.verify = verify
     self._open = None        # the group being filled
     self.flushed_groups = 0
 
@@ -250,7 +262,7 @@ class Coded(Policy):
   def on_batch(self, task):
     acts = []
     if self._open is None:
-      self._open = Group(self.k, self.r, self.parity_wait_s > 0)
+      self._open = Group(self.k, self.r, self.parity_wait_s > 0, self.verify)
       if self.flush_timeout_s is not None:
         acts.append(Later(self.flush_timeout_s, ('flush', self._open)))
     group = self._open
@@ -275,7 +287,7 @@ class Coded(Policy):
     for j in range(self.r):
       task = Task(None if parity_xs is None else parity_xs[j], (), group, self.k + j)
       group.tasks[self.k + j] = task
-      if group.state.finished:
+      if group.state.finished and not self.verify:
         task.cancelled = True
       else:
         acts.append(Send(task, j))
@@ -307,8 +319,8 @@ class Coded(Policy):
     return acts + [Encode(group)]
 
   def needs_parity(self, group) -> bool:
-    """False once every data output is in: encoding the group is wasted work."""
-    return not group.state.finished
+    """False once every data output is in (encoding is wasted work), unless verifying."""
+    return self.verify or not group.state.finished
 
   def _carry_out(self, group, act: 'Arrival', task: Task | None = None) -> list:
     acts = []
@@ -326,6 +338,9 @@ class Coded(Policy):
       acts.append(Cancel(cancel))
     if act.start_wait:
       acts.append(Later(self.parity_wait_s, ('expire', group)))
+    if self.verify and group.state.checkable and not group.state.verified:
+      group.state.verified = True
+      acts.append(Verify(group))
     return acts
 
   def stats(self):
@@ -341,6 +356,7 @@ def default_config():
       hedge_delay_ms=0.0,    # hedge: re-send after this delay (0 = at once)
       parity_wait_ms=0.0,    # coded, r >= 2: wait up to this long for every parity (0 = no)
       flush_ms=50.0,         # coded: pad a coding group not filled within this long
+      verify=False,          # coded: compute every parity and check each complete group
   ))
 
 
@@ -352,7 +368,8 @@ def policy_params(config) -> dict:
                        ('> 0' if name == 'flush_ms' else '>= 0'))
   return {'hedge_delay_s': config.hedge_delay_ms / 1e3,
           'parity_wait_s': config.parity_wait_ms / 1e3,
-          'flush_timeout_s': config.flush_ms / 1e3}
+          'flush_timeout_s': config.flush_ms / 1e3,
+          'verify': bool(config.get('verify', False))}
 
 
 def make_policy(mode: str, k: int = 2, r: int = 1, n_base: int = 1, **params) -> Policy:
