@@ -571,3 +571,25 @@ def test_verifying_loop_flags_groups_with_a_wrong_output_and_blames_its_instance
   # Both outputs wrong at k=2: the only parity disagrees with every cell, and is blamed.
   assert s['blamed'].get('parity0', 0) == sum(g.count('base1') == 2 for g in groups)
   assert set(s['blamed']) <= {'base1', 'parity0'}
+
+
+def test_collage_decodes_with_a_parity_still_missing():
+  """A coded output wider than an answer (collage: k answers): a straggler rebuilt from
+  the first parity while the other is still out (placeholders shaped per kind)."""
+  k = 2
+  code = make_code('collage', k, 2)
+  encode = lambda x: np.repeat(x.reshape(x.shape[0], 1, -1).astype(np.float32), 2, axis=1)
+
+  def fake_collage(delay_s):
+    def predict(p):
+      time.sleep(delay_s)
+      return p.reshape(len(p), k, -1)[:, :, :C].reshape(len(p), -1).astype(np.float32)
+    return predict
+  fe = Frontend('coded', [fake_f(slow_s=1.5), fake_f(slow_s=1.5)],
+                [fake_collage(0.0), fake_collage(1.5)], k=k, r=2, encode=encode,
+                decode=code.decode, query_shape=SHAPE).start()
+  queries = [query(3), query(4, marker=1)]
+  results = [f.result(timeout=3) for f in [fe.submit(q) for q in queries]]
+  fe.close(join_timeout_s=0.1)
+  assert [r.reconstructed for r in results] == [False, True]
+  np.testing.assert_allclose(results[1].output, fake_f()(queries[1][None])[0])

@@ -389,10 +389,15 @@ class Frontend:
     k, r = self.k, self.r
     have = [t is not None and t.output is not None and arrived
             for t, arrived in zip(group.tasks, group.state.arrived)]
-    like = next(t.output for t, h in zip(group.tasks, have) if h)
-    zeros = np.zeros_like(like)
-    outs = [t.output if h else zeros for t, h in zip(group.tasks, have)]
-    b = like.shape[0]
+    # Placeholders for what did not arrive, shaped like the arrived outputs of their kind
+    # (a coded output may be wider than an answer: the collage code's are k answers).
+    like_y = next((t.output for t, h in zip(group.tasks[:k], have[:k]) if h), self._zero_out)
+    like_z = next((t.output for t, h in zip(group.tasks[k:], have[k:]) if h), like_y)
+    if like_y is None:
+      like_y = like_z
+    outs = [t.output if h else np.zeros_like(like_y if i < k else like_z)
+            for i, (t, h) in enumerate(zip(group.tasks, have))]
+    b = like_z.shape[0]
     avail = np.broadcast_to(np.array(have[:k]), (b, k))
     zavail = np.broadcast_to(np.array(have[k:]), (b, r))
     t = time.perf_counter()
