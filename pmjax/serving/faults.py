@@ -54,6 +54,7 @@ class FaultInjector:
   def __init__(self, spec: FaultSpec):
     self.spec = spec
     self.rng = np.random.default_rng(spec.seed)
+    self.corrupted = 0           # outputs replaced by wrong ones
 
   def extra_delay_s(self, payload_bytes: int = 0) -> float:
     s = self.spec
@@ -74,6 +75,7 @@ class FaultInjector:
       return out
     from pmjax.codes.byzantine import corrupt  # pylint: disable=g-import-not-at-top
     out = np.asarray(out)
+    self.corrupted += 1
     return corrupt(out, self.spec.wrong_kind, self.rng,
                    logit_std=float(np.std(out)) or 1.0).astype(out.dtype)
 

@@ -485,7 +485,7 @@ class Frontend:
     return {
         'mode': self.mode,
         'instances': {i.name: {'served': i.served, 'lost': i.lost, 'alive': i.alive,
-                               'error': i.error}
+                               'error': i.error, 'wrong_outputs': i.faults.corrupted}
                       for i in self.instances},
         'encode_us_per_group': 1e6 * float(np.mean(self.encode_s)) if self.encode_s else None,
         'decode_us_per_group': 1e6 * float(np.mean(self.decode_s)) if self.decode_s else None,
