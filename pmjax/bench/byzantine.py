@@ -25,12 +25,11 @@ Writes DIR/byzantine.json and DIR/byzantine.md.
 
 from __future__ import annotations
 
-from absl import app, flags, logging
+from absl import app, flags
 import jax
-import jax.numpy as jnp
 import numpy as np
 
-from pmjax import codes, config_utils, inference, report, runs
+from pmjax import bench, codes, config_utils, inference, report, runs
 from pmjax.codes import byzantine as bz
 from pmjax.data import builders, pipeline
 
@@ -176,10 +175,7 @@ def markdown(rows):
 
 def main(argv):
   del argv
-  f = flags.FLAGS
-  if not f['verbosity'].present:
-    logging.set_verbosity(logging.WARNING)
-  jax.config.update('jax_cpu_enable_async_dispatch', False)
+  f = bench.start_table_bench()
   adversaries = tuple(filter(None, f.adversaries.split(',')))
   for a in adversaries:
     if a not in bz.ADVERSARIES:

@@ -32,7 +32,7 @@ from absl import app, flags
 import jax
 import numpy as np
 
-from pmjax import codes, inference, metrics, report, runs
+from pmjax import bench, codes, inference, metrics, report, runs
 from pmjax.bench import codec_cost
 from pmjax.data import builders, pipeline
 
@@ -205,8 +205,7 @@ def markdown(rows):
 
 def main(argv):
   del argv
-  f = flags.FLAGS
-  jax.config.update('jax_cpu_enable_async_dispatch', False)
+  f = bench.start_table_bench()
   rows = []
   for base in f.base_workdirs.split(','):
     for systematic in (False, True):

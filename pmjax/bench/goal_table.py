@@ -28,12 +28,11 @@ from __future__ import annotations
 
 import os
 
-from absl import app, flags, logging
-import jax
+from absl import app, flags
 import jax.numpy as jnp
 import numpy as np
 
-from pmjax import codes, inference, metrics, models, runs
+from pmjax import bench, codes, inference, metrics, models, report, runs
 from pmjax.bench import code_table, codec_cost
 from pmjax.data import builders, pipeline
 
@@ -140,10 +139,7 @@ def markdown(rows):
 
 def main(argv):
   del argv
-  f = flags.FLAGS
-  if not f['verbosity'].present:
-    logging.set_verbosity(logging.WARNING)  # orbax logs every restore at INFO
-  jax.config.update('jax_cpu_enable_async_dispatch', False)
+  f = bench.start_table_bench()
   s_list = [int(v) for v in f.s.split(',')]
   parity = [row for w in filter(None, f.parity_workdirs.split(','))
             for row in parity_rows(w, s_list)]
@@ -156,7 +152,6 @@ def main(argv):
               if r['base_workdir'] == os.path.abspath(base) and r['S'] == s]
       rows += mine or [{'dataset': config.data.name, 'F': config.model, 'S': s,
                         'code': None, 'berrut': b}]
-  from pmjax import report  # pylint: disable=g-import-not-at-top
   report.write_table(f.out, 'goal', rows, markdown(rows))
 
 
