@@ -593,3 +593,28 @@ def test_collage_decodes_with_a_parity_still_missing():
   fe.close(join_timeout_s=0.1)
   assert [r.reconstructed for r in results] == [False, True]
   np.testing.assert_allclose(results[1].output, fake_f()(queries[1][None])[0])
+
+
+def test_a_failure_while_handling_an_output_fails_its_group_instead_of_hanging(capsys):
+  """A decode that raises (a bug) fails the open queries of its group with a message;
+  the instances keep serving the next groups."""
+  encode, decode = sum_codec(2)
+  calls = []
+
+  def broken_decode(*args):
+    calls.append(1)
+    if len(calls) == 2:     # the warm-up call passes, the first real decode raises
+      raise RuntimeError('decode exploded')
+    return decode(*args)
+  fe = Frontend('coded', [fake_f(slow_s=1.0), fake_f(slow_s=1.0)], [fake_fp()], k=2,
+                encode=encode, decode=broken_decode, query_shape=SHAPE).start()
+  first = [fe.submit(query(3)), fe.submit(query(4, marker=1))]
+  from pmjax.serving.frontend import InstanceError
+  assert first[0].result(timeout=3).output is not None
+  with pytest.raises(InstanceError, match='decode exploded'):
+    first[1].result(timeout=3)
+  again = [fe.submit(query(5)), fe.submit(query(6, marker=1))]
+  assert [f.result(timeout=3).reconstructed for f in again] == [False, True]
+  fe.close(join_timeout_s=0.1)
+  assert all(i['alive'] for i in fe.stats()['instances'].values())
+  assert 'decode exploded' in capsys.readouterr().err

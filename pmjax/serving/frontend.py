@@ -437,8 +437,23 @@ class Frontend:
     with self._lock:
       if not task.done:
         task.output, task.served_by = out, instance_name
-      settle = self._carry_out(self.policy.on_output(task), out, instance_name)
+      try:
+        settle = self._carry_out(self.policy.on_output(task), out, instance_name)
+      except Exception as e:  # pylint: disable=broad-except
+        settle = self._internal_error(task, e)
     _settle_all(settle)
+
+  def _internal_error(self, task, error):
+    """Handling an output raised (a decode or check that failed): the queries of its
+    group (or batch) that are still open fail with the error instead of hanging, and
+    the instance keeps serving."""
+    import traceback  # pylint: disable=g-import-not-at-top
+    traceback.print_exc()
+    why = (f'the frontend failed while handling an output of this query\'s coding group '
+           f'({type(error).__name__}: {error}); this is a bug: please report it')
+    tasks = [t for t in (task.group.tasks if task.group is not None else [task])
+             if t is not None and t.queries]
+    return [(t.queries, InstanceError(why), False, '') for t in tasks]
 
   def _on_instance_dead(self, instance, task, error):
     """An instance stopped: its batch (if it raised) is re-sent once or given up; when
