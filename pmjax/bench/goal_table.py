@@ -18,6 +18,10 @@ For each F (a base workdir) and each S:
   group had to rebuild, every such pattern), and pooled over every pattern of S
   missing among the K+S outputs that misses a data output (`metrics.degraded_by_missing`).
 
+Beside it, the accuracy of all K answers of a group with S data outputs missing (ours:
+K - S of them F's own, exact; Berrut's: every answer interpolated, which is what
+ApproxIFER's protocol scores).
+
 Compute: FLOPs of one parity model on one coded query / FLOPs of F on one query, by
 XLA's cost analysis (`codec_cost.forward_flops`); Berrut's extra workers each run F
 (1.0). The margin is ours minus the better of Berrut's two protocols, in points; the
@@ -91,8 +95,11 @@ def parity_rows(workdir, s_list, batch=1000):
     by_m = metrics.degraded_by_missing(code, jnp.asarray(logits), jnp.asarray(z[:, :s]),
                                        jnp.asarray(y_GxK))[str(s)]
     strict = by_m['by_kind'][f'{s} data missing, {s} of {s} parities in']
-    rows.append({'dataset': config.data.name, 'F': config.model,
-                 'A_a': float(np.mean(np.argmax(logits, -1) == y_GxK)), 'S': s,
+    acc_a = float(np.mean(np.argmax(logits, -1) == y_GxK))
+    rows.append({'dataset': config.data.name, 'F': config.model, 'A_a': acc_a, 'S': s,
+                 # All K answers of a group with S data outputs missing, every pattern:
+                 # each position is available in (K-S)/K of the patterns (F's own answer).
+                 'all_answers_S_missing': ((k - s) * acc_a + s * strict) / k,
                  'code': codes.describe_code(config.code.name, s,
                                              codes.code_params(config.code)),
                  'parity_model': runs.model_names(config)[1],
@@ -120,12 +127,12 @@ def markdown(rows):
   lines = ['| dataset (F, its accuracy) | S | code | parity model (copies) | epochs (best) | '
            'FLOPs per extra worker / F | ours: A_d, S data missing | ours: A_d pooled over '
            'S of K+S missing | Berrut: ApproxIFER protocol | Berrut: every pattern | margin '
-           '(points) | +5? |', '|' + '---|' * 12]
+           '(points) | +5? | all K answers, S missing: ours / Berrut |', '|' + '---|' * 13]
   for r in rows:
     b = r['berrut']
     if r.get('code') is None:   # a cell with no parity run
       lines.append(f"| {r['dataset']} ({r['F']}, {b['A_a']:.4f}) | {r['S']} | - | - | - | 1.00 "
-                   f"(Berrut) | | | {b['authors']:.4f} | {b['every_pattern']:.4f} | | no run |")
+                   f"(Berrut) | | | {b['authors']:.4f} | {b['every_pattern']:.4f} | | no run | |")
       continue
     margin = 100 * (r['A_d_S_data_missing'] - max(b['authors'], b['every_pattern']))
     lines.append(
@@ -133,7 +140,8 @@ def markdown(rows):
         f"{r['parity_model']} ({r['copies']}) | {r['epochs']} ({r['best_epoch']}) | "
         f"{r['flops_ratio_per_extra_worker']:.2f} | **{r['A_d_S_data_missing']:.4f}** | "
         f"{r['A_d_pooled_S_missing']:.4f} | {b['authors']:.4f} | {b['every_pattern']:.4f} | "
-        f"{margin:+.1f} | {'yes' if margin >= 5 else 'no'} |")
+        f"{margin:+.1f} | {'yes' if margin >= 5 else 'no'} | "
+        f"{r['all_answers_S_missing']:.4f} / {b['authors']:.4f} |")
   return '\n'.join(lines)
 
 
