@@ -164,7 +164,7 @@ def parity_row(workdir):
   avail = np.ones((1, code.k), bool)
   avail[0, 0] = False
   y = np.zeros((1, code.k, spec.num_classes), np.float32)
-  z = np.zeros((1, code.r, spec.num_classes), np.float32)
+  z = np.zeros((1, code.r, code.parity_width * spec.num_classes), np.float32)
   enc_us, dec_us = _codec_us(jax.jit(partial(inference.encode_raw, code, res['dataset'])),
                              jax.jit(code.decode),
                              np.zeros((1, code.k, *spec.image_shape), np.uint8), y, z, avail)
