@@ -8,6 +8,9 @@
 `modes` ('all' or a comma list of coded, equal, hedge, none) serves the same
 open-loop Poisson load over the test set with the same faults. `smoke` (as
 `--config=configs/serving.py:smoke`): a few hundred queries, for tests.
+`--config.policy.verify=True` (a `collage` workdir) checks every coding group for a
+wrong output and counts the flagged groups; `faults.wrong_instances` makes instances
+answer wrongly with probability `faults.wrong_prob`.
 """
 
 import ml_collections

@@ -45,6 +45,7 @@ from __future__ import annotations
 import queue
 import threading
 import time
+import traceback
 from concurrent.futures import Future, InvalidStateError
 from typing import Callable, Sequence
 
@@ -447,7 +448,6 @@ class Frontend:
     """Handling an output raised (a decode or check that failed): the queries of its
     group (or batch) that are still open fail with the error instead of hanging, and
     the instance keeps serving."""
-    import traceback  # pylint: disable=g-import-not-at-top
     traceback.print_exc()
     why = (f'the frontend failed while handling an output of this query\'s coding group '
            f'({type(error).__name__}: {error}); this is a bug: please report it')
