@@ -36,7 +36,7 @@ policy's actions with real queues, threads and futures, and owns what only
 a live server has (deadlines, shutdown, dead instances). Delayed callbacks
 live in `timers.py`, the instances in `instance.py`, the errors in `errors.py`.
 A policy object can be passed as `mode` (any registered or custom one). About
-450 lines: the life cycle, batching, the actions and the failure paths all read
+510 lines: the life cycle, batching, the actions and the failure paths all read
 and change one set of queues and futures under one lock.
 """
 
