@@ -17,6 +17,11 @@ parity, so the decoder uses all of them); queued work that is no longer needed
 is cancelled. `equal` and `none` have no redundancy;
 `hedge` re-sends a batch not answered within `hedge_delay_s` while the extra
 capacity allows, and the first answer wins.
+With a verifying policy (`Coded(verify=True)`) every group's parities are
+computed and `check(y, avail, z, zavail)` (e.g. `pmjax.codes.byzantine.collage_check`)
+runs on each group once its parities are in: `stats()` counts the flagged groups and
+the instances blamed. An exception while handling an output fails the open queries
+of its group with that error rather than leaving them pending.
 
 No query is stranded: a partial batch or coding group is flushed after
 `flush_timeout_s` (padded with zero queries, whose outputs F(0) are known, so
