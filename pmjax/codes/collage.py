@@ -21,18 +21,11 @@ import jax.numpy as jnp
 
 from pmjax.codes.core import (Code, CodeSpec, check_decode_args, check_x, raise_if_undecodable,
                               register_code)
-from pmjax.codes.parm import _concat_encoder, concat_grid
+from pmjax.codes.parm import concat_copies
 
 
 def _collage_code(k, r, image_shape):
-  if image_shape is not None:
-    concat_grid(k, image_shape)   # fail at construction, not at first call
-  tile = _concat_encoder(k, image_shape)
-
-  def encode(x_BxKx):
-    """The concat tiling, one copy per parity model: p_BxRx..."""
-    p = tile(x_BxKx)
-    return jnp.broadcast_to(p, (p.shape[0], r, *p.shape[2:]))
+  encode = concat_copies(k, r, image_shape)
 
   def target(y_BxKxC):
     """Each parity model answers every cell: t_BxRx(K*C), F's k outputs in cell order."""

@@ -12,7 +12,7 @@ import numpy as np
 
 from pmjax.codes.core import (Code, CodeSpec, Param, check_decode_args, matrix_encoder,
                               matrix_target, one_parity_per_missing, register_code)
-from pmjax.codes.parm import _concat_encoder, concat_grid
+from pmjax.codes.parm import concat_copies
 
 PARITY_INPUTS = ('concat', 'sum')   # the parity query
 
@@ -80,14 +80,7 @@ def _linear_code(k, r, image_shape, parity_input, coefficients):
                      f'{list(PARITY_INPUTS)}')
   c_rxk = coefficient_matrix(k, r, coefficients)
   if parity_input == 'concat':
-    if image_shape is not None:
-      concat_grid(k, image_shape)
-    tile = _concat_encoder(k, image_shape)
-
-    def encode(x_BxKx):
-      """The concat tiling, one copy per parity model: p_BxRx..."""
-      p = tile(x_BxKx)
-      return jnp.broadcast_to(p, (p.shape[0], r, *p.shape[2:]))
+    encode = concat_copies(k, r, image_shape)
   else:
     encode = matrix_encoder(c_rxk, k, image_shape)
   target = matrix_target(c_rxk, k)

@@ -90,6 +90,19 @@ def _concat_encoder(k, image_shape):
   return encode
 
 
+def concat_copies(k, r, image_shape):
+  """The concat tiling, one copy per parity model: x_BxKx... -> p_BxRx... (`linear` and
+  `collage` with r parity models on the same tiled query)."""
+  if image_shape is not None:
+    concat_grid(k, image_shape)   # fail at construction, not at first call
+  tile = _concat_encoder(k, image_shape)
+
+  def encode(x_BxKx):
+    p = tile(x_BxKx)
+    return jnp.broadcast_to(p, (p.shape[0], r, *p.shape[2:]))
+  return encode
+
+
 def _sum_target(k):
   def target(y_BxKxC):
     """What F_P must output: the sum of the k outputs."""
