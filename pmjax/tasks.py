@@ -190,12 +190,17 @@ class ParityTask(_CodeTask):
   over random groups; best by validation reconstruction accuracy."""
 
   def __init__(self, config, splits, eval_batch_size: int, base):
+    # The code and its parity model first: a model that cannot answer the code's coded
+    # queries is refused before F's outputs are computed for every split.
+    self.spec = builders.get_spec(pipeline.inputs_of(config.data))
+    self.code = runs.make_code(config)
+    parity_name = runs.model_names(config)[1]
+    self.model = runs.build_model(parity_name, pipeline.inputs_of(config.data), self.code.r,
+                                  self.code.k)
+    self._check_output_width(parity_name, config.model)
     super().__init__(config, splits, eval_batch_size, base)
     if self.augment:
       self.data['base_vars'] = self.base_vars   # F runs inside the step on augmented X
-    self.code = runs.make_code(config)
-    parity_name = runs.model_names(config)[1]
-    self.model = runs.build_model(parity_name, self.dataset, self.code.r, self.code.k)
     self.loss_fn = parity_loss
     self.batch_fn = partial(parity_batch, dataset=self.dataset, augment=self.augment,
                             code=self.code, base_apply=self.base_model.apply)
@@ -204,10 +209,28 @@ class ParityTask(_CodeTask):
                                      self.base_logits, self.score)
     self.unroll_model = parity_name
 
-  def init_variables(self, seed: int) -> dict:
+  def _input_shape(self):
     r = self.code.r   # r > 1: the r stacked parity models take p_GxRx...
-    shape = self.spec.image_shape if r == 1 else (r, *self.spec.image_shape)
-    return init_variables(self.model, seed, shape)
+    return self.spec.image_shape if r == 1 else (r, *self.spec.image_shape)
+
+  def _check_output_width(self, parity_name, base_name):
+    """The parity model must answer with what the code's target holds per coded query
+    (C numbers; k*C for collage), checked on shapes only before any training."""
+    x = jax.ShapeDtypeStruct((1, *self._input_shape()), jnp.float32)
+    out, _ = jax.eval_shape(partial(self.model.init_with_output, train=False),
+                            jax.random.key(0), x)
+    width = out.shape[-1]
+    want = self.code.parity_width * self.spec.num_classes
+    if width != want:
+      hint = (f" (code {self.code.name!r} answers every cell: use a 'tiles:NAME' parity "
+              f"model, e.g. parity_model=tiles:{base_name})"
+              if self.code.parity_width > 1 else '')
+      raise config_utils.ConfigError(
+          f'parity model {parity_name!r} outputs {width} numbers per coded query; code '
+          f'{self.code.name!r} with k={self.code.k} trains it towards {want}{hint}')
+
+  def init_variables(self, seed: int) -> dict:
+    return init_variables(self.model, seed, self._input_shape())
 
 
 class LearnedTask(_CodeTask):

@@ -401,3 +401,20 @@ def test_linear_coefficients_are_part_of_a_runs_identity(tmp_path):
     runs.write_config(str(tmp_path), c)
   c.code.coefficients = 'cauchy'
   runs.write_config(str(tmp_path), c)
+
+
+def test_a_parity_model_that_cannot_answer_the_code_is_refused_before_training(
+    smoke_config, base_dir, tmp_path):
+  """collage needs k answers per coded query: a copy of F (C outputs) is refused with
+  the fix named, before anything is trained; tiles:mlp trains."""
+  from pmjax.config_utils import ConfigError
+  c = smoke_config('stage=parity,code=collage,k=2,r=2,epochs=1')
+  c.base_workdir = base_dir
+  w = str(tmp_path / 'collage')
+  with pytest.raises(ConfigError, match=r"outputs 10 numbers per coded query; code "
+                     r"'collage' with k=2 trains it towards 20 .*parity_model=tiles:mlp"):
+    train.train_and_evaluate(c, w)
+  assert not os.path.exists(os.path.join(w, 'checkpoints'))
+  c = smoke_config('stage=parity,code=collage,k=2,r=2,epochs=1,parity_model=tiles:mlp')
+  c.base_workdir = base_dir
+  assert train.train_and_evaluate(c, str(tmp_path / 'tiles'))['epoch'] == 1
