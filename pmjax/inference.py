@@ -86,6 +86,25 @@ def batched(fn, variables, x_Nx, batch_size: int) -> np.ndarray:
   return out[:n]
 
 
+def group_outputs(predict, variables, x_GxKx, batch_size: int) -> np.ndarray:
+  """`predict` on every query of the groups x_GxKx... (batched): y_GxKxC."""
+  g, k = x_GxKx.shape[:2]
+  return batched(predict, variables, x_GxKx.reshape(g * k, *x_GxKx.shape[2:]),
+                 batch_size).reshape(g, k, -1)
+
+
+def make_f_on_coded(model, code, dataset: str):
+  """(variables, x_uint8_GxKx...) -> z_GxRxC: F itself on the code's coded queries (the
+  training-free codes, e.g. Berrut, whose workers all run F)."""
+  encode = jax.jit(lambda x: encode_raw(code, dataset, x))
+  apply = make_apply(model)
+
+  def f_on_coded(variables, x_GxKx):
+    p = encode(x_GxKx)
+    return apply(variables, p.reshape(-1, *p.shape[2:])).reshape(p.shape[0], p.shape[1], -1)
+  return f_on_coded
+
+
 def fixed_groups(x_Nx, labels_N, k: int):
   """Consecutive groups of k (the tail that does not fill a group is dropped)."""
   g = x_Nx.shape[0] // k

@@ -36,11 +36,8 @@ from pmjax.data import builders, pipeline
 
 def _f_logits(run_or_base, x_GxK, batch=1000):
   config, model, variables, _ = run_or_base
-  dataset = pipeline.inputs_of(config.data)
-  predict = inference.make_predict(model, dataset)
-  g, k = x_GxK.shape[:2]
-  return inference.batched(predict, variables, x_GxK.reshape(g * k, *x_GxK.shape[2:]),
-                           batch).reshape(g, k, -1)
+  predict = inference.make_predict(model, pipeline.inputs_of(config.data))
+  return inference.group_outputs(predict, variables, x_GxK, batch)
 
 
 def _accuracy(yhat_GxKxC, y_GxK):
@@ -61,13 +58,8 @@ def berrut_rows(base_workdir, k, adversaries, groups, e_max, seed=0, batch=500):
                   for _ in range(groups)])
   x_GxK, y_GxK = splits.test_x[idx], splits.test_y[idx]
   clean = _f_logits(base, x_GxK)
-  encode = jax.jit(lambda x: inference.encode_raw(code, dataset, x))
-  apply = inference.make_apply(model)
-
-  def coded(v, x_chunk):
-    p = encode(x_chunk)
-    return apply(v, p.reshape(-1, *p.shape[2:])).reshape(p.shape[0], p.shape[1], -1)
-  z = inference.batched(coded, base[2], x_GxK, max(1, batch // n))               # G x N x C
+  z = inference.batched(inference.make_f_on_coded(model, code, dataset), base[2], x_GxK,
+                        max(1, batch // n))                                       # G x N x C
   returned = np.arange(n)
   plain = jax.jit(code.decode)
   none_k, all_n = np.zeros((groups, k), bool), np.ones((groups, n), bool)

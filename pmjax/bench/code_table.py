@@ -87,16 +87,11 @@ def berrut_row(base_workdir, k, s, systematic, batch=500, outputs='logits', node
   idx_GxK = _groups(len(splits.test_y), k, protocol, groups, seed)
   x_GxK, y_GxK = splits.test_x[idx_GxK], splits.test_y[idx_GxK]
   g = x_GxK.shape[0]
-  predict = inference.make_predict(model, dataset)
-  apply = inference.make_apply(model)
-  logits = inference.batched(predict, variables, x_GxK.reshape(g * k, *x_GxK.shape[2:]),
-                             batch).reshape(g, k, -1)
+  logits = inference.group_outputs(inference.make_predict(model, dataset), variables, x_GxK,
+                                  batch)
+  z = inference.batched(inference.make_f_on_coded(model, code, dataset), variables, x_GxK,
+                        max(1, batch // code.r))
   encode = jax.jit(partial(inference.encode_raw, code, dataset))
-
-  def coded_outputs(v, x_chunk):
-    p = encode(x_chunk)
-    return apply(v, p.reshape(-1, *p.shape[2:])).reshape(p.shape[0], p.shape[1], -1)
-  z = inference.batched(coded_outputs, variables, x_GxK, max(1, batch // code.r))
   if outputs == 'softmax':
     logits, z = np.asarray(jax.nn.softmax(logits, -1)), np.asarray(jax.nn.softmax(z, -1))
   decode = jax.jit(code.decode)

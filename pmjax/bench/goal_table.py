@@ -75,16 +75,14 @@ def parity_rows(workdir, s_list, batch=1000):
   splits = pipeline.load_splits(config.data)
   x_GxK, y_GxK = inference.fixed_groups(splits.test_x, splits.test_y, config.code.k)
   g, k = y_GxK.shape
-  logits = inference.batched(inference.make_predict(run.base_model, run.dataset),
-                             run.base_vars, x_GxK.reshape(g * k, *x_GxK.shape[2:]), batch)
-  logits = logits.reshape(g, k, -1)
+  logits = inference.group_outputs(inference.make_predict(run.base_model, run.dataset),
+                                  run.base_vars, x_GxK, batch)
   _, z = run.parity_outputs(batch)(x_GxK)
   shape = builders.get_spec(config.data.name).image_shape
-  apply_fn, slot_vars = run.parity_predicts()
+  slot_vars = run.parity_predicts()[1]     # one parity model's variables
   one = run.parity_model.base if isinstance(run.parity_model, models.Stacked) \
       else run.parity_model
   ratio = _flops(one, slot_vars[0], shape) / _flops(run.base_model, run.base_vars, shape)
-  del apply_fn
   rows_m = metrics.read_metrics(workdir)
   epochs = rows_m[-1]['epoch'] if rows_m else None
   rows = []
