@@ -397,10 +397,14 @@ def test_coded_instance_that_raises_is_decoded():
 def test_when_every_instance_raises_every_query_fails_and_new_ones_are_refused(mode):
   from pmjax.serving.frontend import InstanceError, NoInstanceError
   if mode == 'coded':
-    fe = coded([raising_f(), raising_f()], [raising_f()]).start(warmup=False)
+    fe = coded([raising_f(), raising_f()], [raising_f()])
   else:
-    fe = Frontend('equal', [raising_f(), raising_f()], query_shape=SHAPE).start(warmup=False)
-  futs = [fe.submit(query(i + 2)) for i in range(6)]
+    fe = Frontend('equal', [raising_f(), raising_f()], query_shape=SHAPE)
+  # Queued before the instances start: every one is accepted, then each fails (submitted
+  # while they run, a later query could already be refused with NoInstanceError).
+  with fe._lock:  # pylint: disable=protected-access
+    fe.start(warmup=False)
+    futs = [fe.submit(query(i + 2)) for i in range(6)]
   assert _all_settled(futs)   # none pending
   for f in futs:
     with pytest.raises(InstanceError):
@@ -618,3 +622,29 @@ def test_a_failure_while_handling_an_output_fails_its_group_instead_of_hanging(c
   fe.close(join_timeout_s=0.1)
   assert all(i['alive'] for i in fe.stats()['instances'].values())
   assert 'decode exploded' in capsys.readouterr().err
+
+
+def test_deferred_parity_is_sent_only_for_groups_still_missing_an_output():
+  calls = []
+
+  def counting_fp(p):
+    calls.append(len(p))
+    return fake_fp()(p)
+  pol = policy.make_policy('coded', 2, 1, 2, parity_delay_s=0.2, flush_timeout_s=0.05)
+  encode, decode = sum_codec(2)
+  with Frontend(pol, [fake_f(1.5), fake_f(1.5)], [counting_fp], k=2, encode=encode,
+                decode=decode, query_shape=SHAPE) as fe:
+    warm = len(calls)                                  # start() warms the parity once
+    a, b = fe.submit(query(3)), fe.submit(query(4))    # both outputs come in time
+    assert not a.result(timeout=2).reconstructed and not b.result(timeout=2).reconstructed
+    time.sleep(0.4)
+    assert len(calls) == warm                          # its parity was never computed
+    fe.submit(query(3))
+    t = time.perf_counter()
+    r1 = fe.submit(query(5, marker=1)).result(timeout=3)   # a straggler: parity sent late
+    elapsed = time.perf_counter() - t
+  assert r1.reconstructed and 0.19 < elapsed < 1.2
+  np.testing.assert_allclose(r1.output, fake_f()(query(5, marker=1)[None])[0], atol=1e-5)
+  assert len(calls) == warm + 1
+  stats = fe.stats()   # held: groups encoded before their outputs were all in
+  assert stats['parity_held'] - stats['parity_skipped'] == 1

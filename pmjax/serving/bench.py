@@ -30,7 +30,7 @@ import jax
 import numpy as np
 
 from pmjax import cli, config_utils, inference, plotting, runs
-from pmjax.data import pipeline
+from pmjax.data import builders, pipeline
 from pmjax.serving import loadgen, policy
 from pmjax.serving.faults import FaultSpec, start_contention
 from pmjax.serving.frontend import Frontend
@@ -48,11 +48,14 @@ class Parts:
   code: Any
   encode: Callable           # jitted, raw queries -> coded queries
   decode: Callable           # jitted
-  splits: Any
+  splits: Any                # the data splits (None with `with_data=False`)
+  query_shape: tuple = ()    # one raw query (uint8 image)
+  query_dtype: Any = np.uint8
 
 
-def make_parts(parity_workdir: str) -> Parts:
-  """F, the parity networks and the code of a parity workdir (`runs.load_run`)."""
+def make_parts(parity_workdir: str, with_data: bool = True) -> Parts:
+  """F, the parity networks and the code of a parity workdir (`runs.load_run`), and its
+  data splits unless `with_data=False` (a model replica needs no data)."""
   config = runs.read_config(parity_workdir)
   if config.stage != 'parity':
     raise config_utils.ConfigError(
@@ -63,7 +66,9 @@ def make_parts(parity_workdir: str) -> Parts:
   return Parts(config, inference.make_predict(run.base_model, run.dataset), run.base_vars,
                parity_fn, parity_vars, run.code,
                jax.jit(partial(inference.encode_raw, run.code, run.dataset)),
-               jax.jit(run.code.decode), pipeline.load_splits(config.data))
+               jax.jit(run.code.decode),
+               pipeline.load_splits(config.data) if with_data else None,
+               tuple(builders.get_spec(config.data.name).image_shape), np.uint8)
 
 
 def build_frontend(mode, m, parts, faults=None, batch_size=1, max_queue=4096, deadline_s=None,
@@ -79,8 +84,8 @@ def build_frontend(mode, m, parts, faults=None, batch_size=1, max_queue=4096, de
                             devices[(n_base + i) % len(devices)]) for i in range(n_parity)]
   pol = policy.make_policy(mode, code.k, code.r, n_base, **policy_params)
   return Frontend(pol, base, parity, k=code.k, r=code.r, encode=parts.encode,
-                  decode=parts.decode, query_shape=parts.splits.test_x.shape[1:],
-                  query_dtype=parts.splits.test_x.dtype, batch_size=batch_size,
+                  decode=parts.decode, query_shape=parts.query_shape,
+                  query_dtype=parts.query_dtype, batch_size=batch_size,
                   max_queue=max_queue, faults=faults, deadline_s=deadline_s,
                   flush_timeout_s=policy_params.get('flush_timeout_s', 0.05),
                   check=check if getattr(pol, 'verify', False) else None)

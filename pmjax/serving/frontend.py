@@ -30,7 +30,9 @@ or per query in `submit`) fails a query with `DeadlineExceededError` when it
 passes. An instance whose predict raises is marked dead; its batch is
 re-queued once to another live instance, otherwise failed with
 `InstanceError` (coded mode: treated as a missing output and decoded when k
-outputs are in). When no base instance is alive, `submit` refuses new queries
+outputs are in). `instance_cls` (default `ModelInstance`) runs each instance: the Ray
+Serve backend's `RayInstance` sends its batches to replicas instead
+(`pmjax.serving.cluster`), with the same policy, queues and futures. When no base instance is alive, `submit` refuses new queries
 with `NoInstanceError`. A silent fail-stop (injected fault) loses the batch in
 flight, as a crashed machine would: `deadline_s` bounds the wait for it.
 
@@ -99,7 +101,7 @@ class Frontend:
                hedge_delay_s: float = 0.0, max_queue: int = 1024,
                faults: dict | None = None, parity_wait_s: float = 0.0,
                flush_timeout_s: float = 0.05, deadline_s: float | None = None,
-               check: Callable | None = None):
+               check: Callable | None = None, instance_cls=ModelInstance):
     if batch_size < 1:
       raise ValueError(f'batch_size={batch_size} must be >= 1')
     if flush_timeout_s <= 0:
@@ -141,12 +143,12 @@ class Frontend:
     self.parity_queues = [queue.Queue(max_queue) for _ in range(r if coded else 0)]
     faults = faults or {}
     self.instances = (
-        [ModelInstance(f'base{i}', p, self.base_queue, self._on_output,
-                       faults.get(f'base{i}', FaultSpec(seed=i)), self._on_instance_dead)
+        [instance_cls(f'base{i}', p, self.base_queue, self._on_output,
+                      faults.get(f'base{i}', FaultSpec(seed=i)), self._on_instance_dead)
          for i, p in enumerate(base_predicts)] +
-        [ModelInstance(f'parity{i}', p, self.parity_queues[i % r], self._on_output,
-                       faults.get(f'parity{i}', FaultSpec(seed=1000 + i)),
-                       self._on_instance_dead)
+        [instance_cls(f'parity{i}', p, self.parity_queues[i % r], self._on_output,
+                      faults.get(f'parity{i}', FaultSpec(seed=1000 + i)),
+                      self._on_instance_dead)
          for i, p in enumerate(parity_predicts)])
     self._lock = threading.RLock()
     self._pending = []           # (x, future) waiting to fill a batch

@@ -7,6 +7,10 @@ An instance whose predict raises is dead: it stops, records the error and
 hands its batch back to the frontend (`on_dead`), which re-queues or fails it.
 An injected fail-stop is silent (a crashed machine): the in-flight batch is
 lost, and the frontend only learns that the instance is gone.
+A subclass may name `transient_errors`: such an error loses only the batch (handed to
+`on_dead` while the instance stays alive, so the frontend re-sends or decodes it) and
+the instance keeps serving, e.g. a Ray Serve replica that died and is being replaced
+(`pmjax.serving.cluster.RayInstance`, which also overrides `_call`).
 """
 
 from __future__ import annotations
@@ -49,6 +53,8 @@ class CompiledPredict:
 class ModelInstance:
   """Serves `predict` on its own thread, pulling from `task_queue`."""
 
+  transient_errors: tuple = ()   # errors that lose one batch, not the instance
+
   def __init__(self, name: str, predict: CompiledPredict, task_queue: queue.Queue,
                on_output: Callable, faults: FaultSpec | None = None,
                on_dead: Callable | None = None):
@@ -83,10 +89,16 @@ class ModelInstance:
       delay = self.faults.extra_delay_s(task.x.nbytes)
       t = time.perf_counter()
       try:
-        out = self.predict(task.x)
+        out = self._call(task)
+      except self.transient_errors as e:
+        self.lost += 1
+        self.on_dead(self, task, e)   # still alive: the batch is re-sent or decoded
+        continue
       except Exception as e:  # pylint: disable=broad-except
         self.error = f'{type(e).__name__}: {e}'
         return self._die(task, e)
+      if out is None:
+        continue                  # cancelled while in flight (a subclass's `_call`)
       self.service_s.append(time.perf_counter() - t)
       out = self.faults.maybe_corrupt(out)
       if delay:
@@ -95,6 +107,10 @@ class ModelInstance:
         return self._die(None, None)
       self.served += 1
       self.on_output(task, out, self.name)
+
+  def _call(self, task):
+    """The output of `task`'s batch (None: the task was cancelled while in flight)."""
+    return self.predict(task.x)
 
   def _die(self, task, error):
     """Stops serving. `task` (when the predict raised) goes back to the frontend; with a

@@ -243,17 +243,25 @@ class Coded(Policy):
   group's parity outputs are computed even when no data output is missing, and
   a group whose parity outputs are all in and whose queries are all answered is
   handed to the driver (`Verify`) to check the data outputs that arrived for a
-  wrong one (answers already given are not recalled)."""
+  wrong one (answers already given are not recalled). With `parity_delay_s` > 0 a
+  group's encoded parity batches are held that long and sent only if a data output
+  is still missing then (at once when one fails): the parity work is done for the
+  groups that need it, at the cost of that delay on their reconstructions (for a
+  machine whose instances share cores, where eager parity work slows the data)."""
 
   coded = True
 
   def __init__(self, k=2, r=1, n_base=1, parity_wait_s: float = 0.0,
-               flush_timeout_s: float | None = 0.05, verify: bool = False):
+               flush_timeout_s: float | None = 0.05, verify: bool = False,
+               parity_delay_s: float = 0.0):
     super().__init__(k, r, n_base)
     self.parity_wait_s, self.flush_timeout_s = parity_wait_s, flush_timeout_s
     self.verify = verify
+    self.parity_delay_s = 0.0 if verify else parity_delay_s
     self._open = None        # the group being filled
+    self._held = {}          # group -> its parity tasks, held for parity_delay_s
     self.flushed_groups = 0
+    self.parity_held = self.parity_skipped = 0
 
   @staticmethod
   def instance_counts(m, k, r):
@@ -280,18 +288,28 @@ class Coded(Policy):
     return self._carry_out(task.group, task.group.state.arrive(task.slot), task)
 
   def _give_up(self, task, why):
-    return self._carry_out(task.group, task.group.state.fail(task.slot))
+    return self._release(task.group) + self._carry_out(task.group,
+                                                       task.group.state.fail(task.slot))
 
   def on_encoded(self, group, parity_xs=None):
     acts = []
+    tasks = []
     for j in range(self.r):
       task = Task(None if parity_xs is None else parity_xs[j], (), group, self.k + j)
       group.tasks[self.k + j] = task
       if group.state.finished and not self.verify:
         task.cancelled = True
       else:
-        acts.append(Send(task, j))
-    return acts
+        tasks.append(task)
+    if tasks and self.parity_delay_s > 0:
+      self._held[group] = tasks
+      self.parity_held += 1
+      return [Later(self.parity_delay_s, ('parity', group))]
+    return [Send(t, t.slot - self.k) for t in tasks]
+
+  def _release(self, group) -> list:
+    """Sends a group's held parity batches (none held: nothing)."""
+    return [Send(t, t.slot - self.k) for t in self._held.pop(group, ()) if not t.cancelled]
 
   def on_parity_unavailable(self, group):
     acts = []
@@ -303,6 +321,15 @@ class Coded(Policy):
     kind, group = event
     if kind == 'expire':
       return self._carry_out(group, group.state.expire())
+    if kind == 'parity':
+      if group not in self._held:
+        return []                # already sent (a data output failed)
+      if group.state.finished:   # every data output came in time: no parity work
+        for t in self._held.pop(group):
+          t.cancelled = True
+        self.parity_skipped += 1
+        return []
+      return self._release(group)
     if kind != 'flush' or self._open is not group:
       return []
     # Pad the partial group with zero queries (their outputs F(0) are known) and encode.
@@ -344,7 +371,8 @@ class Coded(Policy):
     return acts
 
   def stats(self):
-    return {'flushed_groups': self.flushed_groups}
+    return {'flushed_groups': self.flushed_groups, 'parity_held': self.parity_held,
+            'parity_skipped': self.parity_skipped}
 
 
 
@@ -356,20 +384,23 @@ def default_config():
       hedge_delay_ms=0.0,    # hedge: re-send after this delay (0 = at once)
       parity_wait_ms=0.0,    # coded, r >= 2: wait up to this long for every parity (0 = no)
       flush_ms=50.0,         # coded: pad a coding group not filled within this long
+      parity_delay_ms=0.0,   # coded: hold a group's parity this long; send it only if a
+                             # data output is still missing then (0 = send at once)
       verify=False,          # coded: compute every parity and check each complete group
   ))
 
 
 def policy_params(config) -> dict:
   """`make_policy` keyword arguments (seconds) from a serving config's `policy` fields."""
-  for name in ('hedge_delay_ms', 'parity_wait_ms', 'flush_ms'):
-    if config[name] < 0 or (name == 'flush_ms' and config[name] == 0):
+  for name in ('hedge_delay_ms', 'parity_wait_ms', 'flush_ms', 'parity_delay_ms'):
+    if config.get(name, 0.0) < 0 or (name == 'flush_ms' and config[name] == 0):
       raise ValueError(f'policy.{name}={config[name]} must be ' +
                        ('> 0' if name == 'flush_ms' else '>= 0'))
   return {'hedge_delay_s': config.hedge_delay_ms / 1e3,
           'parity_wait_s': config.parity_wait_ms / 1e3,
           'flush_timeout_s': config.flush_ms / 1e3,
-          'verify': bool(config.get('verify', False))}
+          'verify': bool(config.get('verify', False)),
+          'parity_delay_s': config.get('parity_delay_ms', 0.0) / 1e3}
 
 
 def make_policy(mode: str, k: int = 2, r: int = 1, n_base: int = 1, **params) -> Policy:

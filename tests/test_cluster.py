@@ -1,0 +1,286 @@
+"""Coded serving on Ray Serve (`pmjax.serving.cluster`), on one local multi-node cluster.
+
+One `ray.cluster_utils.Cluster` for the module (a head node holding the frontend and the
+parity replica, two nodes for the two base replicas, placed by failure domain) and one
+coded application of a tiny synthetic-MNIST run, shared by the tests in file order: HTTP
+answers, bad requests, a straggler, a killed replica, a removed node; then the two
+command-line modules against the same cluster.
+"""
+
+import asyncio
+import io
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import types
+
+import numpy as np
+import pytest
+
+pytest.importorskip('ray.serve')
+httpx = pytest.importorskip('httpx')
+
+from pmjax import train  # noqa: E402
+from pmjax.serving import bench, cluster, cluster_bench  # noqa: E402
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _free_port():
+  with socket.socket() as s:
+    s.bind(('127.0.0.1', 0))
+    return s.getsockname()[1]
+
+
+@pytest.fixture(scope='module')
+def workdir(tmp_path_factory, mnist_dir, tfds_dir):
+  from tests.conftest import synthetic_config
+  c = synthetic_config('code=sum', mnist_dir, tfds_dir, train_limit=256, test_limit=100)
+  w = str(tmp_path_factory.mktemp('ray_tiny'))
+  train.train_and_evaluate(c, w)
+  return os.path.join(w, 'parity')
+
+
+@pytest.fixture(scope='module')
+def served(workdir):
+  """(local cluster, port, ingress handle, parts) of a coded app on 2 + 1 replicas."""
+  local = cluster_bench.LocalCluster(data_nodes=2, head_cpus=4)
+  port = _free_port()
+  cluster.init_ray(local.address, port=port)
+  settings = cluster.ServeSettings(workdir=workdir, mode='coded', m=2, replica_cpus=1,
+                                   frontend_cpus=0.5, placement='domains',
+                                   max_replicas_per_node=1, deadline_ms=20_000,
+                                   health_check_period_s=1.0)
+  handle = cluster.deploy(settings)
+  parts = bench.make_parts(workdir)
+  yield types.SimpleNamespace(local=local, port=port, handle=handle, parts=parts,
+                              url=f'http://127.0.0.1:{port}/predict')
+  cluster.serve.shutdown()
+  cluster.ray.shutdown()
+  local.shutdown()
+
+
+def _npy(x):
+  buf = io.BytesIO()
+  np.save(buf, x)
+  return buf.getvalue()
+
+
+def _post_many(url, xs, gap_s=0.02):
+  """Concurrent HTTP queries sent gap_s apart -> list of (status, json)."""
+  async def go():
+    async with httpx.AsyncClient(timeout=60) as client:
+      async def one(i, x):
+        await asyncio.sleep(i * gap_s)
+        r = await client.post(url, content=_npy(x),
+                              headers={'content-type': cluster.NPY_TYPE})
+        return r.status_code, r.json()
+      return await asyncio.gather(*[one(i, x) for i, x in enumerate(xs)])
+  return asyncio.run(go())
+
+
+def _f_labels(parts, xs):
+  from pmjax.serving.instance import CompiledPredict
+  f = CompiledPredict(parts.base_fn, parts.base_vars)
+  return np.argmax(f(np.asarray(xs)), -1)
+
+
+def test_http_answers_are_fs_own(served):
+  xs = served.parts.splits.test_x[:12]
+  want = _f_labels(served.parts, xs)
+  with httpx.Client(timeout=60) as client:
+    assert client.get(f'http://127.0.0.1:{served.port}/healthz').json()['ok']
+    got_json = [client.post(served.url, json={'x': x.tolist()}).json() for x in xs[:4]]
+  got = _post_many(served.url, xs)
+  assert all(status == 200 for status, _ in got)
+  assert [a['label'] for _, a in got] == want.tolist()
+  assert [a['label'] for a in got_json] == want[:4].tolist()
+  assert all(not a['reconstructed'] and a['latency_ms'] > 0 for _, a in got)
+  # the Python handle API answers the same
+  a = served.handle.predict.remote(xs[0]).result()
+  assert a['label'] == want[0] and len(a['logits']) == 10
+
+
+def test_bad_requests_are_400s_and_the_server_keeps_serving(served):
+  shape = served.parts.query_shape
+  x = np.zeros(shape, np.uint8)
+  bad = {
+      'shape': (json.dumps({'x': [1, 2, 3]}), 'application/json', 'shape'),
+      'not json': ('{"x": [1, 2', 'application/json', 'neither JSON'),
+      'no x': (json.dumps({'y': 1}), 'application/json', '"x"'),
+      'range': (json.dumps({'x': np.full(shape, 300).tolist()}), 'application/json', '[0, 255]'),
+      'floats': (json.dumps({'x': np.full(shape, 0.5).tolist()}), 'application/json', 'integers'),
+      'nan': (json.dumps({'x': np.full(shape, np.nan).tolist()}), 'application/json', 'NaN'),
+      'npy dtype': (_npy(x.astype(np.float32)), cluster.NPY_TYPE, 'dtype'),
+      'npy garbage': (b'\x93NUMPY garbage', cluster.NPY_TYPE, '.npy'),
+      'too big': (b'0' * 10_000_000, 'application/json', 'over the limit'),
+  }
+  with httpx.Client(timeout=60) as client:
+    for name, (body, ctype, words) in bad.items():
+      r = client.post(served.url, content=body, headers={'content-type': ctype})
+      assert r.status_code == 400, (name, r.status_code, r.text)
+      assert words in r.json()['error'], (name, r.text)
+    r = client.post(served.url, content=_npy(x), headers={'content-type': cluster.NPY_TYPE})
+    assert r.status_code == 200
+  with pytest.raises(Exception, match='shape'):
+    served.handle.predict.remote(np.zeros((3, 3), np.uint8)).result()
+
+
+def test_a_straggling_replica_is_reconstructed(served):
+  infos = cluster.set_faults({'BaseModel': {0: dict(slow_prob=1.0, slow_ms=3000)}})
+  assert {(i['kind'], i['rank']) for i in infos} == {('base', 0), ('base', 1), ('parity', 0)}
+  try:
+    xs = served.parts.splits.test_x[:10]
+    got = _post_many(served.url, xs, gap_s=0.05)
+  finally:
+    cluster.set_faults({})
+  assert all(status == 200 for status, _ in got)
+  recon = [a for _, a in got if a['reconstructed']]
+  assert recon, 'no query was answered by the decoder'
+  # every answer came well before the straggler's 3 s
+  assert max(a['latency_ms'] for _, a in got) < 2500
+  time.sleep(3.5)  # the slow replica finishes what it started
+
+
+def _wait_for_replacement(before, timeout_s=120):
+  deadline = time.time() + timeout_s
+  while time.time() < deadline:
+    try:
+      infos = cluster.replica_infos()
+    except Exception:  # pylint: disable=broad-except
+      infos = []  # a broadcast racing a dying replica
+    new = [i for i in infos if i['kind'] == 'base' and i['replica'] not in before]
+    if new and len([i for i in infos if i['kind'] == 'base']) == 2:
+      return new[0]
+    time.sleep(0.5)
+  raise AssertionError('no replacement base replica came up')
+
+
+def _replacement_serves(served, new):
+  xs = served.parts.splits.test_x[:40]
+  for _ in range(5):
+    got = _post_many(served.url, xs, gap_s=0.01)
+    assert all(status == 200 for status, _ in got)
+    info = next(i for i in cluster.replica_infos() if i['replica'] == new['replica'])
+    if info['served'] > 0:
+      return info
+  raise AssertionError('the replacement replica never served')
+
+
+def test_a_killed_base_replica_loses_no_query_and_its_replacement_serves(served):
+  before = {i['replica'] for i in cluster.replica_infos()}
+  cluster.set_faults({'BaseModel': {0: dict(fail_at_s=0.3)}})
+  xs = served.parts.splits.test_x[:60]
+  got = _post_many(served.url, xs, gap_s=0.03)          # ~1.8 s of load across the death
+  assert [s for s, _ in got] == [200] * len(xs), [a for s, a in got if s != 200][:3]
+  want = _f_labels(served.parts, xs)
+  assert all(a['label'] == y for (_, a), y in zip(got, want) if not a['reconstructed'])
+  new = _wait_for_replacement(before)
+  _replacement_serves(served, new)
+
+
+def test_a_removed_node_loses_no_query_and_a_new_node_takes_over(served):
+  infos = cluster.replica_infos()
+  before = {i['replica'] for i in infos}
+  victim = next(i['node'] for i in infos if i['kind'] == 'base' and i['rank'] == 0)
+  head = served.local.cluster.head_node.node_id
+  assert victim != head and all(i['node'] == head for i in infos if i['kind'] == 'parity')
+  xs = served.parts.splits.test_x[:80]
+
+  async def load_and_kill():
+    loop = asyncio.get_running_loop()
+    kill = loop.run_in_executor(None, lambda: (time.sleep(0.5), served.local.remove(victim)))
+    answers = await loop.run_in_executor(None, _post_many, served.url, xs, 0.03)
+    await kill
+    return answers
+  got = asyncio.run(load_and_kill())
+  assert [s for s, _ in got] == [200] * len(xs), [a for s, a in got if s != 200][:3]
+  served.local.add_data_node()     # the replacement node
+  new = _wait_for_replacement(before)
+  assert new['node'] != victim
+  _replacement_serves(served, new)
+
+
+def test_group_router_sends_a_group_to_distinct_replicas():
+  router = cluster.GroupRouter.__new__(cluster.GroupRouter)
+  router.initialize_state()
+  router._replica_queue_len_cache = types.SimpleNamespace(get=lambda rid: 0)  # pylint: disable=protected-access
+  replicas = [types.SimpleNamespace(replica_id=f'r{i}') for i in range(3)]
+
+  def request(rid, group):
+    return types.SimpleNamespace(kwargs={'group': group},
+                                 metadata=types.SimpleNamespace(internal_request_id=rid))
+
+  def choose(rid, group):
+    return asyncio.run(router.choose_replicas(replicas, request(rid, group)))[0][0].replica_id
+
+  for g in range(50):  # three queries of a group, all in flight: three replicas
+    chosen = [choose(f'{g}-{q}', f'g{g}') for q in range(3)]
+    assert len(set(chosen)) == 3, chosen
+    for q, rid in enumerate(chosen):
+      router.on_request_completed(rid, f'{g}-{q}')
+  assert not any(router._groups.values())  # pylint: disable=protected-access
+  # a fourth query of a group on three replicas must repeat one; ungrouped: any
+  chosen = [choose(f'x{q}', 'gx') for q in range(4)]
+  assert len(set(chosen)) == 3
+  assert choose('free', None) in {'r0', 'r1', 'r2'}
+
+
+def test_cluster_bench_and_cli_run_against_the_cluster(served, workdir, tmp_path):
+  address = served.local.address
+  out = tmp_path / 'bench'
+  env = dict(os.environ, PYTHONPATH=REPO)
+  bench_cmd = [sys.executable, '-m', 'pmjax.serving.cluster_bench', f'--workdir={workdir}',
+               '--mode=coded,equal', '--rate=40', '--queries=30', '--warmup=5', '--slow=base0',
+               '--slow_prob=0.5', '--slow_ms=1000', f'--address={address}',
+               f'--port={served.port}', '--replica_cpus=0', f'--out={out}']
+  r = subprocess.run(bench_cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=400)
+  assert r.returncode == 0, r.stderr[-3000:]
+  summary = json.load(open(out / 'summary.json'))['results']
+  assert summary['coded']['lost'] == 0 and summary['coded']['answered'] == 30
+  assert summary['coded']['frac_reconstructed'] > 0
+  assert summary['equal']['answered'] == 30
+  assert len([i for i in summary['equal']['replicas'] if i['kind'] == 'base']) == 3
+  assert os.path.exists(out / 'latency_cdf.png')
+
+  cli = subprocess.Popen(
+      [sys.executable, '-m', 'pmjax.serving.cluster', f'--workdir={workdir}', '--mode=coded',
+       f'--address={address}', f'--port={served.port}', '--name=cli', '--route_prefix=/cli',
+       '--replica_cpus=0', '--frontend_cpus=0'],
+      cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+  try:
+    deadline = time.time() + 300
+    line = ''
+    while time.time() < deadline and 'serving' not in line:
+      line = cli.stdout.readline()
+      assert line or cli.poll() is None, 'the CLI exited before serving'
+    x = served.parts.splits.test_x[0]
+    with httpx.Client(timeout=60) as client:
+      a = client.post(f'http://127.0.0.1:{served.port}/cli/predict', json={'x': x.tolist()})
+    assert a.status_code == 200 and a.json()['label'] == _f_labels(served.parts, x[None])[0]
+  finally:
+    cli.send_signal(signal.SIGINT)
+    rest, _ = cli.communicate(timeout=120)
+  assert "application 'cli' deleted" in rest
+  # the module's application still serves
+  with httpx.Client(timeout=60) as client:
+    r = client.post(served.url, content=_npy(np.zeros(served.parts.query_shape, np.uint8)),
+                    headers={'content-type': cluster.NPY_TYPE})
+  assert r.status_code == 200
+
+
+def test_the_serve_config_builds_the_application(workdir, tmp_path):
+  import yaml
+  from ray.serve.schema import ServeDeploySchema
+  doc = yaml.safe_load(open(os.path.join(REPO, 'configs', 'serve_cluster.yaml')))
+  schema = ServeDeploySchema.parse_obj(doc)
+  spec = schema.applications[0]
+  assert spec.import_path == 'pmjax.serving.cluster:app_builder'
+  app = cluster.app_builder(dict(spec.args, workdir=workdir))
+  assert type(app).__name__ == 'Application'
+  with pytest.raises(ValueError, match='placement'):
+    cluster.app_builder(dict(spec.args, workdir=workdir, placement='everywhere'))
