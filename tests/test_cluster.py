@@ -237,7 +237,7 @@ def test_cluster_bench_and_cli_run_against_the_cluster(served, workdir, tmp_path
   bench_cmd = [sys.executable, '-m', 'pmjax.serving.cluster_bench', f'--workdir={workdir}',
                '--mode=coded,equal', '--rate=40', '--queries=30', '--warmup=5', '--slow=base0',
                '--slow_prob=0.5', '--slow_ms=1000', f'--address={address}',
-               f'--port={served.port}', '--replica_cpus=0', f'--out={out}']
+               f'--port={served.port}', '--replica_cpus=0', '--reference', f'--out={out}']
   r = subprocess.run(bench_cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=400)
   assert r.returncode == 0, r.stderr[-3000:]
   summary = json.load(open(out / 'summary.json'))['results']
@@ -246,6 +246,8 @@ def test_cluster_bench_and_cli_run_against_the_cluster(served, workdir, tmp_path
   assert summary['equal']['answered'] == 30
   assert len([i for i in summary['equal']['replicas'] if i['kind'] == 'base']) == 3
   assert os.path.exists(out / 'latency_cdf.png')
+  ref = json.load(open(out / 'reference.json'))
+  assert 0 <= ref['A_d'] <= 1 and ref['queries'] == 35 and ref['groups'] == 17
 
   cli = subprocess.Popen(
       [sys.executable, '-m', 'pmjax.serving.cluster', f'--workdir={workdir}', '--mode=coded',

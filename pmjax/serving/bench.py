@@ -169,6 +169,16 @@ def plot_cdf(results: dict, path: str, title: str):
   plotting.save(fig, path)
 
 
+def parse_modes(text: str) -> tuple:
+  """'all' or a comma list of serving modes -> the modes (UsageError naming unknown ones)."""
+  modes = tuple(policy.POLICIES) if text == 'all' else tuple(text.split(','))
+  unknown = [m for m in modes if m not in policy.POLICIES]
+  if unknown:
+    raise app.UsageError(f'unknown mode(s) {unknown}; accepted: \'all\' or a comma list of '
+                         f'{list(policy.POLICIES)}')
+  return modes
+
+
 def main(argv):
   del argv
   c = flags.FLAGS.config
@@ -176,11 +186,7 @@ def main(argv):
   jax.config.update('jax_cpu_enable_async_dispatch', c.cpu_async_dispatch)
   if not c.workdir:
     raise app.UsageError('--config.workdir is required (a parity workdir)')
-  modes = tuple(policy.POLICIES) if c.modes == 'all' else tuple(c.modes.split(','))
-  unknown = [m for m in modes if m not in policy.POLICIES]
-  if unknown:
-    raise app.UsageError(f'unknown mode(s) {unknown} in config.modes; accepted: '
-                         f"'all' or a comma list of {list(policy.POLICIES)}")
+  modes = parse_modes(c.modes)
   with cli.user_errors():
     parts = make_parts(c.workdir)
   results = {mode: run_mode(mode, parts, c) for mode in modes}

@@ -48,6 +48,7 @@ import asyncio
 import collections
 import concurrent.futures
 import dataclasses
+import gc
 import io
 import os
 import random
@@ -137,6 +138,7 @@ class ModelReplica:
       self._predict = CompiledPredict(parts.parity_fn, parts.parity_vars[slot])
       zeros = np.repeat(_coded_query_zeros(parts, slot), batch_size, axis=0)
     self._predict(zeros)                     # compile before the first query
+    gc.freeze()   # what start-up made is never collected: no long collector pauses later
     self.kind, self.slot = kind, slot
     ctx = serve.get_replica_context()
     self.rank, self.replica = ctx.rank.rank, ctx.replica_tag
@@ -357,6 +359,7 @@ class CodedFrontend:
   def _start(self):
     try:
       self.frontend.start()
+      gc.freeze()   # start-up's objects (JAX, the models) out of the collector's sweeps
     except Exception as e:  # pylint: disable=broad-except
       self.error = f'{type(e).__name__}: {e}'
     self.ready.set()
@@ -406,14 +409,7 @@ class CodedFrontend:
     return x.astype(want)
 
   def check(self, x):
-    if x.shape != self.query_shape:
-      raise ValueError(f'query has shape {x.shape}; this server expects {self.query_shape} '
-                       f'({self.query_dtype})')
-    if x.dtype != self.query_dtype:
-      raise ValueError(f'query has dtype {x.dtype}; this server expects {self.query_dtype}')
-    if np.issubdtype(x.dtype, np.floating) and not np.all(np.isfinite(x)):
-      raise ValueError('query contains NaN or Inf values')
-    return x
+    return self.frontend.validate(x)
 
   async def _answer(self, x) -> dict:
     t0 = time.perf_counter()

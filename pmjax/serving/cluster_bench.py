@@ -26,6 +26,7 @@ import logging
 import io
 import json
 import os
+import threading
 import time
 
 from absl import app, flags
@@ -65,6 +66,8 @@ flags.DEFINE_string('replica_env', '{"XLA_FLAGS": "--xla_cpu_multi_thread_eigen=
 flags.DEFINE_integer('parity_nice', 0, 'CPU niceness of the parity replicas (> 0 on a '
                      'small machine shared by every replica: their work does not slow the '
                      'base replicas, as on separate machines).')
+flags.DEFINE_bool('reference', False, 'Also compute, in-process, F\'s accuracy and the A_d '
+                  'of the served queries in groups of k, for the HTTP accuracy to match.')
 flags.DEFINE_string('out', 'workdirs/cluster_bench', 'summary.json and latency_cdf.png.')
 
 
@@ -91,15 +94,19 @@ def encode_body(x, body: str) -> tuple:
   return buf.getvalue(), cluster.NPY_TYPE
 
 
-async def _drive(url, bodies, labels, rate, n, warmup, seed, timeout_s, events=()):
-  """Open-loop Poisson load over HTTP; one record per query after the warm-up (the
-  in-process loadgen's fields). `events`: (at_s, blocking callable) run off the loop."""
-  import httpx  # pylint: disable=g-import-not-at-top
+def arrivals(seed, rate, n, num_bodies) -> tuple:
+  """The load's gaps between queries (s) and the order it sends the test queries in."""
   rng = np.random.default_rng(seed)
-  gaps = rng.exponential(1.0 / rate, n)
-  order = rng.permutation(len(bodies))
+  return rng.exponential(1.0 / rate, n), rng.permutation(num_bodies)
+
+
+async def _drive(url, bodies, labels, rate, n, warmup, seed, timeout_s):
+  """Open-loop Poisson load over HTTP; one record per query after the warm-up (the
+  in-process loadgen's fields, with the server's latency_ms, the answering instance and
+  the send time)."""
+  import httpx  # pylint: disable=g-import-not-at-top
+  gaps, order = arrivals(seed, rate, n, len(bodies))
   records = [None] * n
-  loop = asyncio.get_running_loop()
   limits = httpx.Limits(max_connections=1000, max_keepalive_connections=1000)
 
   start = time.perf_counter()
@@ -126,14 +133,9 @@ async def _drive(url, bodies, labels, rate, n, warmup, seed, timeout_s, events=(
       records[i] = {'latency_ms': None, 'reconstructed': False, 'correct': False,
                     'error': type(e).__name__}
 
-  async def at(delay_s, fn):
-    await asyncio.sleep(delay_s)
-    await loop.run_in_executor(None, fn)
-
   async with httpx.AsyncClient(timeout=timeout_s, limits=limits) as client:
     for _ in range(4):  # connections and the path warm before the clock starts
       await client.post(url, content=bodies[0][0], headers={'content-type': bodies[0][1]})
-    side = [asyncio.create_task(at(t, fn)) for t, fn in events]
     tasks, start = [], time.perf_counter()
     next_t = start
     for i in range(n):
@@ -142,9 +144,7 @@ async def _drive(url, bodies, labels, rate, n, warmup, seed, timeout_s, events=(
       if sleep > 0:
         await asyncio.sleep(sleep)
       tasks.append(asyncio.create_task(one(client, i)))
-    done, _ = await asyncio.wait(tasks, timeout=timeout_s)
-    for t in side:
-      await t
+    await asyncio.wait(tasks, timeout=timeout_s)
   return [r if r is not None else {'latency_ms': None, 'reconstructed': False,
                                    'correct': False, 'error': 'lost'}
           for r in records[warmup:]]
@@ -198,8 +198,17 @@ def run_mode(mode, f, bodies, labels, local=None) -> dict:
               (f.kill_at_s + f.recover_s, local.add_data_node)]
   url = f'http://127.0.0.1:{f.port}/{name}/predict'
   t0 = time.time()
-  records = asyncio.run(_drive(url, bodies, labels, f.rate, f.queries + f.warmup, f.warmup,
-                               f.seed, f.timeout_s, events))
+  out = {}
+  # The load runs on its own thread; node events on this one (Ray's node start and stop
+  # install signal handlers, which only the main thread may).
+  load = threading.Thread(target=lambda: out.update(records=asyncio.run(_drive(
+      url, bodies, labels, f.rate, f.queries + f.warmup, f.warmup, f.seed, f.timeout_s))))
+  load.start()
+  for at_s, fn in events:
+    time.sleep(max(0.0, at_s - (time.time() - t0)))
+    fn()
+  load.join()
+  records = out['records']
   wall_s = time.time() - t0
   summary = loadgen.summarize(records)
   server = [r['server_ms'] for r in records if r.get('server_ms') is not None]
@@ -220,17 +229,35 @@ def run_mode(mode, f, bodies, labels, local=None) -> dict:
 RAW = ('latencies_ms', 'records')
 
 
+def reference_accuracy(workdir, xs, ys, order, k) -> dict:
+  """F's accuracy on the served queries and evaluate's A_d over the same queries grouped
+  as served (consecutive k of the query order), computed in-process: what the HTTP
+  figures should match."""
+  from pmjax.serving.instance import CompiledPredict  # pylint: disable=g-import-not-at-top
+  parts = bench.make_parts(workdir, with_data=False)
+  f = CompiledPredict(parts.base_fn, parts.base_vars)
+  fp = CompiledPredict(parts.parity_fn, parts.parity_vars[0])
+  batches = lambda fn, a: np.concatenate([fn(a[i:i + 256]) for i in range(0, len(a), 256)])
+  out = batches(f, xs)
+  groups = order[:len(order) // k * k].reshape(-1, k)
+  z = batches(fp, np.asarray(parts.encode(xs[groups]))[:, 0])[:, None]
+  hits = []
+  for miss in range(k):
+    avail = np.ones(groups.shape, bool)
+    avail[:, miss] = False
+    yhat = np.asarray(parts.decode(out[groups], avail, z, np.ones((len(groups), 1), bool)))
+    hits.append(yhat[:, miss].argmax(-1) == ys[groups[:, miss]])
+  return {'A_a': float(np.mean(out.argmax(-1) == ys)), 'A_d': float(np.mean(hits)),
+          'queries': int(len(xs)), 'groups': int(len(groups))}
+
+
 def main(argv):
   del argv
   f = flags.FLAGS
   logging.getLogger('httpx').setLevel(logging.WARNING)   # no line per request
   if not f.workdir:
     raise app.UsageError('--workdir is required (a parity workdir)')
-  modes = tuple(policy.POLICIES) if f.mode == 'all' else tuple(f.mode.split(','))
-  unknown = [m for m in modes if m not in policy.POLICIES]
-  if unknown:
-    raise app.UsageError(f'unknown mode(s) {unknown}; accepted: all or a comma list of '
-                         f'{list(policy.POLICIES)}')
+  modes = bench.parse_modes(f.mode)
   if f.kill == 'node' and f.address:
     raise app.UsageError('--kill=node removes a node of a local ray.cluster_utils.Cluster; '
                          'leave --address empty')
@@ -278,6 +305,13 @@ def main(argv):
   for mode, s in results.items():
     cells = [f'{s[c]:.4g}' if isinstance(s[c], float) else str(s[c]) for c in cols]
     print(f'| {mode} | ' + ' | '.join(cells) + f" | {s['errors'] or 0} |")
+  if f.reference:
+    order = arrivals(f.seed, f.rate, f.queries + f.warmup, n)[1]
+    ref = reference_accuracy(f.workdir, splits.test_x[:n], labels, order, code.k)
+    print(f"reference (in-process, the same {ref['queries']} queries): F's accuracy "
+          f"{ref['A_a']:.4f}, A_d over {ref['groups']} groups of them {ref['A_d']:.4f}")
+    with open(os.path.join(f.out, 'reference.json'), 'w') as fh:
+      json.dump(ref, fh, indent=2)
   print(f'wrote {f.out}/summary.json and {f.out}/latency_cdf.png')
 
 

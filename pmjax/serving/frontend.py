@@ -249,7 +249,9 @@ class Frontend:
 
   # ------------------------------------------------------------------ submit and batching
 
-  def _validate(self, x):
+  def validate(self, x):
+    """A copy of query `x` if it has the server's shape and dtype and no NaN or Inf;
+    else ValueError naming the problem."""
     x = np.array(x, copy=True)  # the caller may reuse its buffer once submit returns
     if x.shape != self.query_shape:
       raise ValueError(f'query has shape {x.shape}; this server expects {self.query_shape} '
@@ -271,7 +273,7 @@ class Frontend:
     """
     future = Future()
     try:
-      x = self._validate(x)
+      x = self.validate(x)
     except ValueError as e:
       future.set_exception(e)
       return future
