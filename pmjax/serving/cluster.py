@@ -601,8 +601,12 @@ def main(argv):
   except KeyboardInterrupt:
     pass
   finally:
-    serve.delete(f.name)
-    print(f'application {f.name!r} deleted', flush=True)
+    serve.delete(f.name, _blocking=False)
+    deadline = time.time() + 60
+    while time.time() < deadline and f.name in serve.status().applications:
+      time.sleep(0.5)
+    gone = f.name not in serve.status().applications
+    print(f"application {f.name!r} {'deleted' if gone else 'still being deleted'}", flush=True)
 
 
 def define_flags():
