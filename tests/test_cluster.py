@@ -11,7 +11,6 @@ import asyncio
 import io
 import json
 import os
-import signal
 import socket
 import subprocess
 import sys
@@ -267,7 +266,9 @@ def test_cluster_bench_and_cli_run_against_the_cluster(served, workdir, tmp_path
       a = client.post(f'http://127.0.0.1:{served.port}/cli/predict', json={'x': x.tolist()})
     assert a.status_code == 200 and a.json()['label'] == _f_labels(served.parts, x[None])[0]
   finally:
-    cli.send_signal(signal.SIGINT)
+    # SIGTERM: a child of a process that ignores SIGINT (as pytest's can be, after other
+    # tests) starts with SIGINT ignored, and Python then installs no handler for it.
+    cli.terminate()
     rest, _ = cli.communicate(timeout=180)
   assert cli.returncode == 0 and "application 'cli'" in rest
   # the module's application still serves

@@ -594,7 +594,9 @@ def main(argv):
   deploy(settings, f.name, prefix or '/')
   print(f'serving {f.workdir} ({f.mode}) at http://{f.host}:{f.port}{prefix}/predict '
         f'(application {f.name!r}); Ctrl-C stops', flush=True)
+  # SIGTERM and SIGINT both stop it (SIGINT even when inherited as ignored).
   signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
+  signal.signal(signal.SIGINT, signal.default_int_handler)
   try:
     while True:
       time.sleep(3600)
