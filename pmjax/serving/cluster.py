@@ -22,7 +22,8 @@ One Serve application (`build_app`) of a parity workdir:
   as ParM's frontend did; its instances are `RayInstance`s, one per replica, which send
   their batches through Serve handles instead of calling F. A query resolves with its
   own output or the reconstruction, whichever is first; a task that is no longer needed
-  is dropped where it waits, and cancelled at Serve when already sent.
+  is dropped where it waits (the frontend's queue, or Serve's queue at the caller); one
+  already running on a replica is left to finish, as in the in-process loop.
 - `GroupRouter` (Serve's `RequestRouter`, alpha API): the data queries of one coding
   group go to distinct replicas (the replica is reserved in `choose_replicas`; no
   `FIFOMixin`, which hands the chosen replica to the oldest pending request instead).
