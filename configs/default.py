@@ -18,8 +18,9 @@ from pmjax.codes import code_config
 from pmjax.config_utils import parse_arg
 
 
-def get_config(arg=None, dataset='mnist', model='mlp', base_epochs=30, base_batch_size=64):
-  a = parse_arg(arg, stage='base_and_parity', code='concat', k=2, r=1, model=model, parity_model='',
+def get_config(arg=None, dataset='mnist', model='mlp', base_epochs=30, base_batch_size=64,
+               code='concat'):
+  a = parse_arg(arg, stage='base_and_parity', code=code, k=2, r=1, model=model, parity_model='',
                 epochs=0, base_epochs=0, smoke=False, seed=0)
   c = ml_collections.ConfigDict()
   c.stage = a.stage
@@ -39,9 +40,11 @@ def get_config(arg=None, dataset='mnist', model='mlp', base_epochs=30, base_batc
   c.data.data_dir = ''     # prepared tfds files; '' = $PMJAX_DATA_DIR or ~/.cache/pmjax/tfds
   c.data.download = True   # fetch missing raw files from their canonical URLs
   c.data.verify_md5 = True # False accepts custom/synthetic idx files
-  c.data.num_val = 5000    # validation = the last 5,000 training examples
+  c.data.num_val = 5000    # validation = the last 5,000 training examples (unused where
+                           #   the dataset has its own validation split: Speech Commands)
   c.data.train_limit = 0   # 0 = all
   c.data.test_limit = 0
+  c.data.val_limit = 0     # cuts a dataset's own validation split (0 = all)
   c.data.augment = False
   c.data.scaling = 'standardize'  # or 'unit': x/255 as torchvision's ToTensor (the original's)
   c.data.pipeline = 'auto'       # 'device' (whole set on device), 'stream' (read per call:

@@ -5,8 +5,10 @@
 For a parity workdir: loads F_P's best checkpoint and F's (from the run's
 base_workdir), evaluates every group of k consecutive examples of the split
 with each position erased in turn, and writes W/results.json with dataset,
-model, code, k, r, epochs, A_a, A_d_top1, A_d_top5, recon_top1,
-A_d_by_position and A_o (f_u -> overall accuracy); `epochs` is the number of
+model, code, k, r, epochs, A_a, A_a_top5, A_d_top1, A_d_top5, recon_top1,
+A_d_by_position and A_o (f_u -> overall accuracy) (a localisation run: A_a,
+A_a_iou, A_d_iou50, A_d_iou, recon_iou50, recon_iou: IoU >= 0.5 fractions and
+mean IoUs); `epochs` is the number of
 epochs trained, `best_epoch` the one whose checkpoint was evaluated. For a base workdir: A_a
 only. For a workdir of stage `all`: evaluates W/parity, writes W/results.json.
 `--split=val` writes W/results_val.json instead. `--sweep=ROOT` summarises
@@ -46,14 +48,14 @@ def evaluate_workdir(workdir: str, split: str = 'test', batch_size: int = 1000,
              'dataset': config.data.name, 'model': config.model,
              'stage': config.stage, 'num_examples': int(x.shape[0])}
   score = tasks.task_score(config)
-  results['A_a'] = metrics.accuracy_metrics(logits, y, score)['A_a']
+  results.update(metrics.accuracy_metrics(logits, y, score))   # A_a, A_a_top5 / A_a_iou
   if run.code is None:
     results.update(epochs=_epochs_trained(workdir, run.epoch), best_epoch=run.epoch)
     return _finish(workdir, results, write, verbose)
 
   x_GxK, y_GxK = inference.fixed_groups(x, y, config.code.k)
   code, z = run.parity_outputs(batch_size)(x_GxK)
-  logits_GxKxC = logits[:x_GxK.shape[0] * code.k].reshape(*y_GxK.shape, -1)
+  logits_GxKxC = logits[:x_GxK.shape[0] * code.k].reshape(*y_GxK.shape[:2], -1)
   degraded = metrics.degraded_metrics(code, jnp.asarray(logits_GxKxC), jnp.asarray(z),
                                       jnp.asarray(y_GxK), score)
   parity_name = runs.model_names(config)[1]
@@ -106,7 +108,7 @@ def format_table(results: dict) -> str:
   if 'code' in results:
     rows.append(('code', f"{results['code']} (k={results['k']}, r={results['r']})"))
   rows.append(('epochs', f"{results['epochs']} (best: {results['best_epoch']})"))
-  rows.append(('A_a', f"{results['A_a']:.4f}"))
+  rows += [(key, f'{v:.4f}') for key, v in results.items() if key.startswith('A_a')]
   if 'A_d_by_position' in results:   # a parity run: every criterion of its score
     def label(key):  # 'A_d_top1' -> 'A_d top-1'
       head, _, criterion = key.rpartition('_')

@@ -110,4 +110,5 @@ def fixed_groups(x_Nx, labels_N, k: int):
   g = x_Nx.shape[0] // k
   if g == 0:
     raise ValueError(f'{x_Nx.shape[0]} examples cannot form one group of k={k}')
-  return (x_Nx[:g * k].reshape(g, k, *x_Nx.shape[1:]), labels_N[:g * k].reshape(g, k))
+  return (x_Nx[:g * k].reshape(g, k, *x_Nx.shape[1:]),
+          labels_N[:g * k].reshape(g, k, *labels_N.shape[1:]))

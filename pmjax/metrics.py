@@ -5,12 +5,14 @@ decoded answer against the true label; "reconstruction accuracy" compares it
 with F's own answer instead. A_o(f_u) = (1 - f_u) A_a + f_u A_d.
 
 What "correct" means is a `Score`: `correct(outputs, labels)` gives one boolean
-per example for each of its criteria (classification: the label is the top-1,
-and among the top-5, outputs), the first one primary (A_a, A_o, the best
-checkpoint); `agree(outputs, reference)` says whether a reconstruction gives F's
-answer. A task that is not classification (a box scored by IoU >= 0.5, say)
-brings its own Score (`pmjax.tasks`: `task.score`); the metric functions below
-take any.
+(or number: a mean IoU) per example for each of its criteria (classification: the
+label is the top-1, and among the top-5, outputs), the first one primary (A_a,
+A_o, the best checkpoint); `agree(outputs, reference)` says whether a
+reconstruction gives F's answer (an array, for the primary criterion, or a dict
+of criteria). Localisation (`BoxIoU`: a box is correct at IoU >= 0.5 with the
+true one; mean IoU; recon IoU against F's box) is the other score here; a task
+brings its own (`pmjax.tasks`: the dataset's objective), and the metric
+functions below take any.
 """
 
 from __future__ import annotations
@@ -55,30 +57,99 @@ class TopK:
     return {'top1': topk_correct(outputs_NxC, labels_N, 1),
             'top5': topk_correct(outputs_NxC, labels_N, 5)}
 
-  def agree(self, outputs_NxC, reference_NxC):
-    return jnp.argmax(outputs_NxC, -1) == jnp.argmax(reference_NxC, -1)
+  def correct_one(self, output_C, label) -> bool:
+    """numpy, one query (the serving load generator's check)."""
+    return int(np.argmax(output_C)) == int(label)
+
+  def agree(self, outputs_NxC, reference_NxC) -> dict:
+    return {'top1': jnp.argmax(outputs_NxC, -1) == jnp.argmax(reference_NxC, -1)}
 
 
 CLASSIFICATION = TopK()
 
 
+def model_box_to_unit(out_Nx4, xp=jnp):
+  """A localisation model's output, the original's box coordinates (2x-1, 2y-1, 2w, 2h)
+  of an (x, y, w, h) box in fractions of the image, -> that (x, y, w, h) box, cropped
+  to the image as the original's `crop_boxes` (corners clipped to [0, 1])."""
+  x, y, w, h = ((out_Nx4[..., 0] + 1) / 2, (out_Nx4[..., 1] + 1) / 2,
+                out_Nx4[..., 2] / 2, out_Nx4[..., 3] / 2)
+  x1, y1 = xp.clip(x, 0, 1), xp.clip(y, 0, 1)
+  x2, y2 = xp.clip(x + w, 0, 1), xp.clip(y + h, 0, 1)
+  return xp.stack([x1, y1, x2 - x1, y2 - y1], -1)
+
+
+def unit_box_to_model(box_Nx4, xp=jnp):
+  """(x, y, w, h) in fractions of the image -> the model's (2x-1, 2y-1, 2w, 2h)."""
+  return box_Nx4 * 2 - xp.asarray([1.0, 1.0, 0.0, 0.0], box_Nx4.dtype)
+
+
+def box_iou(a_Nx4, b_Nx4, xp=jnp):
+  """IoU of (x, y, w, h) boxes (continuous coordinates: x2 = x + w); 0 for empty boxes."""
+  iw = xp.clip(xp.minimum(a_Nx4[..., 0] + a_Nx4[..., 2], b_Nx4[..., 0] + b_Nx4[..., 2])
+               - xp.maximum(a_Nx4[..., 0], b_Nx4[..., 0]), 0, None)
+  ih = xp.clip(xp.minimum(a_Nx4[..., 1] + a_Nx4[..., 3], b_Nx4[..., 1] + b_Nx4[..., 3])
+               - xp.maximum(a_Nx4[..., 1], b_Nx4[..., 1]), 0, None)
+  inter = iw * ih
+  union = (xp.clip(a_Nx4[..., 2], 0, None) * xp.clip(a_Nx4[..., 3], 0, None)
+           + xp.clip(b_Nx4[..., 2], 0, None) * xp.clip(b_Nx4[..., 3], 0, None) - inter)
+  return xp.where(union > 0, inter / xp.where(union > 0, union, 1), 0.0)
+
+
+class BoxIoU:
+  """Localisation: an output box (the model's coordinates, `model_box_to_unit`) is correct
+  when its IoU with the true box (x, y, w, h in fractions of the image) is >= `threshold`
+  ('iou50'); 'iou' is the IoU itself (means give mean IoU). A reconstruction agrees with
+  F's own box by the same two criteria (recon_iou50, recon_iou)."""
+  keys = ('iou50', 'iou')
+
+  def __init__(self, threshold: float = 0.5):
+    self.threshold = threshold
+
+  def correct(self, outputs_Nx4, boxes_Nx4) -> dict:
+    iou = box_iou(model_box_to_unit(outputs_Nx4), boxes_Nx4)
+    return {'iou50': iou >= self.threshold, 'iou': iou}
+
+  def agree(self, outputs_Nx4, reference_Nx4) -> dict:
+    iou = box_iou(model_box_to_unit(outputs_Nx4), model_box_to_unit(reference_Nx4))
+    return {'iou50': iou >= self.threshold, 'iou': iou}
+
+  def correct_one(self, output_4, box_4) -> bool:
+    """numpy, one query (the serving load generator's check)."""
+    out = model_box_to_unit(np.asarray(output_4, np.float32)[None], np)
+    return bool(box_iou(out, np.asarray(box_4, np.float32)[None], np)[0] >= self.threshold)
+
+  def __hash__(self):
+    return hash(('BoxIoU', self.threshold))
+
+  def __eq__(self, other):
+    return isinstance(other, BoxIoU) and other.threshold == self.threshold
+
+
+LOCALIZATION = BoxIoU(0.5)
+
+
 @partial(jax.jit, static_argnums=3)
 def _degraded(decoded_GxKxC, y_GxKxC, labels_GxK, score):
-  c = decoded_GxKxC.shape[-1]
+  g, k, c = decoded_GxKxC.shape
   flat = decoded_GxKxC.reshape(-1, c)
-  correct = score.correct(flat, labels_GxK.reshape(-1))
-  primary = correct[score.keys[0]].reshape(labels_GxK.shape)
+  correct = score.correct(flat, labels_GxK.reshape(g * k, *labels_GxK.shape[2:]))
+  primary = correct[score.keys[0]].reshape(g, k)
   agree = score.agree(flat, y_GxKxC.reshape(-1, c))
-  return ({k: v.mean() for k, v in correct.items()}, agree.mean(), primary.mean(axis=0))
+  if not isinstance(agree, dict):   # one criterion: the primary one's
+    agree = {score.keys[0]: agree}
+  return ({n: v.mean() for n, v in correct.items()}, {n: v.mean() for n, v in agree.items()},
+          primary.mean(axis=0))
 
 
 def degraded_metrics(code, y_GxKxC, z_GxRxC, labels_GxK, score=CLASSIFICATION) -> dict:
-  """A_d for each of the score's criteria (A_d_top1, A_d_top5), reconstruction
-  (recon_top1: agreement with F) and A_d by erased position (primary criterion)."""
+  """A_d for each of the score's criteria (A_d_top1, A_d_top5; boxes: A_d_iou50, A_d_iou),
+  reconstruction (agreement with F: recon_top1; boxes: recon_iou50, recon_iou) and A_d
+  by erased position (primary criterion). Labels are GxK classes or GxKx4 boxes."""
   decoded = decoded_per_erasure(code, y_GxKxC, z_GxRxC)
   means, agree, by_pos = jax.device_get(_degraded(decoded, y_GxKxC, labels_GxK, score))
-  return {**{f'A_d_{k}': float(means[k]) for k in score.keys},
-          f'recon_{score.keys[0]}': float(agree),
+  return {**{f'A_d_{n}': float(means[n]) for n in score.keys},
+          **{f'recon_{n}': float(v) for n, v in agree.items()},
           'A_d_by_position': [float(v) for v in by_pos]}
 
 
@@ -184,7 +255,7 @@ def degraded_by_missing(code, y_GxKxC, z_GxRxC, labels_GxK, score=CLASSIFICATION
       undecodable += int(not np.all(np.isfinite(yhat)))
       hits = int(np.sum(np.asarray(score.correct(
           jnp.asarray(yhat.reshape(-1, yhat.shape[-1])),
-          jnp.asarray(labels[:, data].reshape(-1)))[score.keys[0]])))
+          jnp.asarray(labels[:, data].reshape(-1, *labels.shape[2:])))[score.keys[0]])))
       correct += hits
       total += yhat.shape[0] * len(data)
       kind = f'{len(data)} data missing, {int(zavail[0].sum())} of {r} parities in'

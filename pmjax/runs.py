@@ -105,7 +105,7 @@ RENAMED_FIELDS = {'log_every_steps': 'steps_per_call'}
 # Config values renamed: field -> {old value: new value}.
 RENAMED_VALUES = {'stage': {'all': 'base_and_parity'}}
 # Config fields added since: field -> the value that means what runs did before.
-ADDED_FIELDS = {'data.scaling': 'standardize'}
+ADDED_FIELDS = {'data.scaling': 'standardize', 'data.val_limit': 0}
 
 
 def migrate_config(config: dict) -> dict:

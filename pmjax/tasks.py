@@ -10,13 +10,20 @@ kinds of training, so the loop has no branch on the stage or the code:
   task.loss_fn(apply_fn, params, batch_stats, batch) -> (loss, new batch stats)
   task.batch_fn(data, idx_BxG, keys_BxG) -> batch     (pure, inside the jitted step)
   task.evaluator(variables) -> {metric: value}, with evaluator.best_key
-  task.score               what "correct" means (metrics.Score; classification here)
+  task.score               what "correct" means (metrics.Score: the objective's)
   task.unroll_model        the model name that decides the CPU scan unroll
 
-Tasks are registered by name (`TASKS`): `base` (F, cross-entropy), `parity`
-(hand-designed codes: F_P trained with MSE towards code.target(F(X))) and
-`learned` (an encoder and decoder trained through the frozen F). A code's
-`CodeSpec.task` names the task that trains it; `task_name(config)` picks.
+Tasks are registered by name (`TASKS`): `base` (F, trained with its objective's
+loss), `parity` (hand-designed codes: F_P trained with MSE towards
+code.target(F(X))) and `learned` (an encoder and decoder trained through the
+frozen F). A code's `CodeSpec.task` names the task that trains it;
+`task_name(config)` picks.
+
+What F predicts is the dataset's objective (`OBJECTIVES`, named by the dataset
+spec's `target`): 'classification' (cross-entropy; top-1 / top-5) or 'box'
+(CUB localisation: the 4 box coordinates, the original's smooth-L1 loss; scored
+by IoU >= 0.5 and mean IoU). A parity model is trained the same way for both:
+MSE towards the sum of F's outputs.
 """
 
 from __future__ import annotations
@@ -41,6 +48,43 @@ def init_variables(model, seed: int, input_shape) -> dict:
 
 
 # ---------------------------------------------------------------------------
+# Objectives: what F predicts, its loss and its score.
+# ---------------------------------------------------------------------------
+
+class Objective:
+  """What F is trained to output: `loss(outputs, labels)` (mean over the batch) and
+  `score` (metrics.Score: what "correct" means, for A_a, A_d and the best checkpoint)."""
+
+  def __init__(self, name, loss, score, learned_codes: bool = True):
+    self.name, self.loss, self.score = name, loss, score
+    self.learned_codes = learned_codes  # whether code 'learned' (class-probability losses) applies
+
+
+def cross_entropy(logits_BxC, labels_B):
+  return optax.softmax_cross_entropy_with_integer_labels(logits_BxC, labels_B).mean()
+
+
+def box_smooth_l1(out_Bx4, boxes_Bx4):
+  """The original CUB script's loss: SmoothL1Loss (beta 1, mean) between F's output and
+  the true box in its coordinates (2x-1, 2y-1, 2w, 2h)."""
+  return optax.huber_loss(out_Bx4, metrics.unit_box_to_model(boxes_Bx4), delta=1.0).mean()
+
+
+CLASSIFICATION = Objective('classification', cross_entropy, metrics.CLASSIFICATION)
+BOX = Objective('box', box_smooth_l1, metrics.LOCALIZATION, learned_codes=False)
+OBJECTIVES = {o.name: o for o in (CLASSIFICATION, BOX)}
+
+
+def objective_of(dataset: str) -> Objective:
+  """The objective of a dataset (its spec's `target`)."""
+  spec = builders.get_spec(dataset)
+  if spec.target not in OBJECTIVES:
+    raise ValueError(f'dataset {spec.name!r} names target {spec.target!r}, which is not '
+                     f'registered; known: {sorted(OBJECTIVES)}')
+  return OBJECTIVES[spec.target]
+
+
+# ---------------------------------------------------------------------------
 # Losses and batches (pure, module level).
 # ---------------------------------------------------------------------------
 
@@ -53,11 +97,10 @@ def _apply_train(apply_fn, params, batch_stats, x):
   return apply_fn({'params': params}, x, train=True), batch_stats
 
 
-def base_loss(apply_fn, params, batch_stats, batch):
-  """Cross-entropy of F on a batch {'x', 'label'}."""
-  logits, new_bs = _apply_train(apply_fn, params, batch_stats, batch['x'])
-  loss = optax.softmax_cross_entropy_with_integer_labels(logits, batch['label']).mean()
-  return loss, new_bs
+def base_loss(apply_fn, params, batch_stats, batch, objective=None):
+  """F's loss on a batch {'x', 'label'}: its objective's (cross-entropy by default)."""
+  out, new_bs = _apply_train(apply_fn, params, batch_stats, batch['x'])
+  return (objective or CLASSIFICATION).loss(out, batch['label']), new_bs
 
 
 def parity_loss(apply_fn, params, batch_stats, batch):
@@ -123,7 +166,7 @@ class ParityEvaluator:
     for name in ('val', 'test'):
       x, y = getattr(splits, f'{name}_x'), getattr(splits, f'{name}_y')
       x_GxK, y_GxK = inference.fixed_groups(x, y, k)
-      logits = base_logits[name][:x_GxK.shape[0] * k].reshape(*y_GxK.shape, -1)
+      logits = base_logits[name][:x_GxK.shape[0] * k].reshape(*y_GxK.shape[:2], -1)
       self.groups[name] = (x_GxK, y_GxK, logits)
 
   def __call__(self, variables) -> dict:
@@ -144,17 +187,19 @@ class ParityEvaluator:
 # ---------------------------------------------------------------------------
 
 class BaseTask:
-  """F trained with cross-entropy on single examples; best by validation accuracy."""
-  score = metrics.CLASSIFICATION
+  """F trained with its objective's loss (cross-entropy; smooth L1 for boxes) on single
+  examples; best by the validation score (accuracy; fraction of boxes at IoU >= 0.5)."""
 
   def __init__(self, config, splits, eval_batch_size: int, base=None):
     del base
     dataset = pipeline.inputs_of(config.data)
     self.spec = builders.get_spec(dataset)
+    self.objective = objective_of(dataset)
+    self.score = self.objective.score
     self.model = runs.build_model(config.model, dataset)
     self.group_size = 1
     self.data = {}
-    self.loss_fn = base_loss
+    self.loss_fn = partial(base_loss, objective=self.objective)
     self.batch_fn = partial(base_batch, dataset=dataset,
                             augment=bool(config.data.get('augment', False)))
     self.evaluator = BaseEvaluator(self.model, dataset, splits, eval_batch_size, self.score)
@@ -167,11 +212,11 @@ class BaseTask:
 class _CodeTask:
   """What the tasks that train a code share: the frozen F, its outputs on every split
   (targets precomputed once when there is no augmentation), groups of k."""
-  score = metrics.CLASSIFICATION
 
   def __init__(self, config, splits, eval_batch_size: int, base):
     self.dataset = pipeline.inputs_of(config.data)
     self.spec = builders.get_spec(self.dataset)
+    self.score = objective_of(self.dataset).score
     self.base_model, self.base_vars = base
     self.augment = bool(config.data.get('augment', False))
     self.group_size = config.code.k
@@ -239,6 +284,11 @@ class LearnedTask(_CodeTask):
 
   def __init__(self, config, splits, eval_batch_size: int, base):
     # Refused before F's outputs are computed for every split.
+    if not objective_of(config.data.name).learned_codes:
+      raise config_utils.ConfigError(
+          f"code 'learned' trains towards F's class probabilities; dataset "
+          f"{config.data.name!r} is a {objective_of(config.data.name).name!r} task. Use "
+          f"code=sum or code=concat")
     if config.data.get('augment', False):
       raise config_utils.ConfigError("code 'learned' does not support augmentation yet "
                                      "(--config.data.augment=False)")
@@ -275,9 +325,9 @@ def task_name(config) -> str:
   return 'base' if config.stage == 'base' else codes.get_code_spec(config.code.name).task
 
 
-def task_score(config) -> metrics.TopK:
-  """What "correct" means for a run of this config (its task's score)."""
-  return TASKS[task_name(config)].score
+def task_score(config):
+  """What "correct" means for a run of this config (its dataset's objective's score)."""
+  return objective_of(config.data.name).score
 
 
 def make_task(config, splits, eval_batch_size: int, base=None):

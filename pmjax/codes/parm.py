@@ -41,19 +41,22 @@ def concat_grid(k: int, image_shape) -> tuple:
   rows divide H and cols divide W, the one with the fewest empty cells, then
   the squarest. k=2 -> 1x2 (each image H x W/2, side by side); k=3 and k=4 ->
   2x2 (H/2 x W/2 quadrants TL, TR, BL, BR; k=3 leaves BR zero); on 28x28,
-  k=5..8 -> 2x4; on 36x36, k=5 -> 2x3, k=9 -> 3x3. Cells fill row-major.
+  k=5..8 -> 2x4; on 36x36, k=5 -> 2x3, k=9 -> 3x3. Cells fill row-major. When
+  no such grid divides the image (a 161x101 spectrogram), the same choice among
+  all grids: cells are floor(H/rows) x floor(W/cols) and the rows and columns
+  left over (at the bottom and right) are zero.
   """
   if len(image_shape) != 3:
     raise ValueError(f'image_shape={tuple(image_shape)} must be (H, W, C) for code concat')
   h, w, _ = image_shape
   grids = [(rows, cols) for cols in range(1, k + 1) for rows in range(1, cols + 1)
-           if rows * cols >= k and (rows - 1) * cols < k and h % rows == 0 and w % cols == 0]
+           if rows * cols >= k and (rows - 1) * cols < k and rows <= h and cols <= w]
+  dividing = [(rows, cols) for rows, cols in grids if h % rows == 0 and w % cols == 0]
   if not grids:
     raise ValueError(
-        f'code concat with k={k} has no grid of at most k columns that divides '
-        f'image_shape={tuple(image_shape)} (rows must divide H={h} and columns W={w}). '
-        f'Choose another k, or resize the images.')
-  return min(grids, key=lambda g: (g[0] * g[1] - k, g[1] - g[0]))
+        f'code concat with k={k} has no grid of at most k columns for '
+        f'image_shape={tuple(image_shape)}. Choose a smaller k.')
+  return min(dividing or grids, key=lambda g: (g[0] * g[1] - k, g[1] - g[0]))
 
 
 @functools.lru_cache(maxsize=None)
@@ -86,7 +89,10 @@ def _concat_encoder(k, image_shape):
     if empty:
       cells = jnp.concatenate([cells, jnp.zeros((b, empty, ch, cw, c), cells.dtype)], 1)
     grid = cells.reshape(b, rows, cols, ch, cw, c).transpose(0, 1, 3, 2, 4, 5)
-    return grid.reshape(b, 1, h, w, c).astype(x_BxKxHxWxC.dtype)
+    grid = grid.reshape(b, 1, rows * ch, cols * cw, c)
+    if (rows * ch, cols * cw) != (h, w):   # a grid that does not divide the image
+      grid = jnp.pad(grid, ((0, 0), (0, 0), (0, h - rows * ch), (0, w - cols * cw), (0, 0)))
+    return grid.astype(x_BxKxHxWxC.dtype)
   return encode
 
 

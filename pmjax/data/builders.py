@@ -43,7 +43,17 @@ class RawFile(NamedTuple):
 
 
 class DatasetSpec(NamedTuple):
-  """Everything pmjax knows of a dataset; `register_dataset` makes it usable by name."""
+  """Everything pmjax knows of a dataset; `register_dataset` makes it usable by name.
+
+  An example is an input (`image_shape`, stored as `dtype`: uint8 images, or float32
+  features such as Speech Commands' spectrograms, stored ready for the model) and a
+  label: a class (`label_shape=()`) or a float32 target (`label_shape=(4,)`, CUB's
+  normalised box). `num_classes` is the number of outputs F has (classes, or 4 box
+  coordinates); `target` names the objective that trains and scores F
+  (`pmjax.tasks.OBJECTIVES`: 'classification', 'box'). A reader may return a
+  'validation' split beside 'train' and 'test' (an official validation list); the
+  runs then validate on it instead of on the end of the training split.
+  """
   name: str
   image_shape: tuple
   num_classes: int
@@ -55,6 +65,9 @@ class DatasetSpec(NamedTuple):
                     # (x, y arrays, or an iterable of (image, label) examples)
   system_dirs: tuple = ()  # where a system package puts the raw files (manual-dir fallback)
   augment: str = 'crop_flip'  # training augmentation (pmjax.data.pipeline.AUGMENTATIONS)
+  dtype: str = 'uint8'        # stored inputs: 'uint8' images, or 'float32' features
+  label_shape: tuple = ()     # () a class index; (4,) a float32 box
+  target: str = 'classification'  # the objective (pmjax.tasks.OBJECTIVES)
 
 
 _MNIST_URLS = ('https://storage.googleapis.com/cvdf-datasets/mnist/',
@@ -219,10 +232,12 @@ def read_cifar_dataset(spec, manual_dir, download=True, verify_md5=True, *, memb
 
 class Examples:
   """An iterable of (image, label) examples read one at a time (data larger than memory);
-  `skipped` lists the files left out (unreadable or not an image), filled as it runs."""
+  `skipped` lists the files left out (unreadable or not an image; `what` says which kind
+  in the printed count), filled as it runs."""
 
-  def __init__(self, generate: Callable[['Examples'], Iterator]):
-    self._generate, self.skipped, self.total = generate, [], 0
+  def __init__(self, generate: Callable[['Examples'], Iterator],
+               what: str = 'files (not a JPEG, or not decodable), as tfds does'):
+    self._generate, self.skipped, self.total, self.what = generate, [], 0, what
 
   def __iter__(self):
     return self._generate(self)
@@ -318,8 +333,11 @@ class _RawFileBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
         builder=self,
         description=f'{self.SPEC.name} from its canonical raw files.',
         features=tfds.features.FeaturesDict({
-            'image': tfds.features.Tensor(shape=self.SPEC.image_shape, dtype=np.uint8),
-            'label': tfds.features.ClassLabel(num_classes=self.SPEC.num_classes),
+            'image': tfds.features.Tensor(shape=self.SPEC.image_shape,
+                                          dtype=np.dtype(self.SPEC.dtype)),
+            'label': (tfds.features.ClassLabel(num_classes=self.SPEC.num_classes)
+                      if self.SPEC.label_shape == () else
+                      tfds.features.Tensor(shape=self.SPEC.label_shape, dtype=np.float32)),
         }),
         supervised_keys=('image', 'label'),
         disable_shuffling=True,  # keep the canonical order: validation = last examples
@@ -332,17 +350,19 @@ class _RawFileBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
     return {split: (self._generate_stream(split, v) if isinstance(v, Examples)
                     else self._generate_examples(*v)) for split, v in raw.items()}
 
+  def _label(self, label):
+    return int(label) if self.SPEC.label_shape == () else np.asarray(label, np.float32)
+
   def _generate_examples(self, images, labels) -> Iterator:
     for i in range(images.shape[0]):
-      yield i, {'image': images[i], 'label': int(labels[i])}
+      yield i, {'image': images[i], 'label': self._label(labels[i])}
 
   def _generate_stream(self, split, examples: Examples) -> Iterator:
     for i, (image, label) in enumerate(examples):
-      yield i, {'image': image, 'label': int(label)}
+      yield i, {'image': image, 'label': self._label(label)}
     if examples.skipped:
       print(f'{self.SPEC.name} {split}: skipped {len(examples.skipped)} of {examples.total} '
-            f'files (not a JPEG, or not decodable), as tfds does; first: '
-            f'{examples.skipped[:3]}', flush=True)
+            f'{examples.what}; first: {examples.skipped[:3]}', flush=True)
 
 
 def _make_builder_class(spec):

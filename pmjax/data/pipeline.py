@@ -24,7 +24,8 @@ _REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__f
 
 
 class Splits(NamedTuple):
-  """uint8 images NxHxWxC and int32 labels N for each split (the training split as
+  """Inputs NxHxWxC (uint8 images; float32 features for a spec with dtype float32) and
+  labels (int32 N classes; float32 Nx4 boxes) for each split (the training split as
   `stream.SourceArray` views when it is streamed)."""
   train_x: np.ndarray
   train_y: np.ndarray
@@ -82,7 +83,9 @@ def load_splits(data_cfg) -> Splits:
   """Loads train / val / test as numpy from the prepared tfds data source.
 
   Validation is the last `num_val` training examples (as the original
-  artifact); `train_limit` / `test_limit` (0 = all) cut subsets for smoke runs.
+  artifact), or the dataset's own 'validation' split where its reader gives one
+  (Speech Commands' validation list; `num_val` is then unused); `train_limit` /
+  `test_limit` / `val_limit` (0 = all) cut subsets for smoke runs.
   """
   name = data_cfg.name
   manual_dir = data_cfg.get('manual_dir') or default_manual_dir(name)
@@ -94,13 +97,16 @@ def load_splits(data_cfg) -> Splits:
                                    download_raw=data_cfg.get('download', True),
                                    verify_md5=data_cfg.get('verify_md5', True))
   source = builder.as_data_source()
+  spec = builders.get_spec(name)
+  x_dtype = np.dtype(spec.dtype)
+  y_dtype = np.dtype(np.int32 if spec.label_shape == () else np.float32)
 
   def read(split, indices=None):
     try:
       ds = source[split]
       records = ds.__getitems__(list(range(len(ds))) if indices is None else list(indices))
-      x = np.stack([r['image'] for r in records]).astype(np.uint8)
-      y = np.asarray([r['label'] for r in records], np.int32)
+      x = np.stack([r['image'] for r in records]).astype(x_dtype)
+      y = np.asarray([r['label'] for r in records], y_dtype)
     except Exception as e:  # pylint: disable=broad-except
       raise _unreadable(name, builder.data_dir, split, e) from None
     return x, y
@@ -109,23 +115,29 @@ def load_splits(data_cfg) -> Splits:
     n_all = len(source['train'])
   except Exception as e:  # pylint: disable=broad-except
     raise _unreadable(name, builder.data_dir, 'train', e) from None
-  num_val = int(data_cfg.get('num_val', 5000))
-  if not 0 < num_val < n_all:
+  own_val = 'validation' in source    # the dataset's official validation split
+  num_val = 0 if own_val else int(data_cfg.get('num_val', 5000))
+  if not own_val and not 0 < num_val < n_all:
     raise ValueError(f'config.data.num_val={num_val} must be in (0, {n_all}), '
                      f'the size of the {name} training set')
   n_train = n_all - num_val
   if data_cfg.get('train_limit'):
     n_train = min(n_train, data_cfg.train_limit)
-  image_shape = builders.get_spec(name).image_shape
-  if stream.wants_stream(data_cfg, n_train * int(np.prod(image_shape))):
+  if stream.wants_stream(data_cfg, n_train * int(np.prod(spec.image_shape)) * x_dtype.itemsize):
     # The training set stays in its files: SourceArray views read it by index.
-    train = stream.TrainSource(source['train'], 0, n_train, image_shape)
+    train = stream.TrainSource(source['train'], 0, n_train, spec.image_shape, x_dtype,
+                               spec.label_shape)
     train_x, train_y = stream.SourceArray(train, 0), stream.SourceArray(train, 1)
-    val_x, val_y = read('train', range(n_all - num_val, n_all))
+    val_x, val_y = (None, None) if own_val else read('train', range(n_all - num_val, n_all))
   else:
-    all_x, all_y = read('train')
-    val_x, val_y = all_x[-num_val:], all_y[-num_val:]
+    all_x, all_y = read('train', range(n_train) if own_val else None)
+    val_x, val_y = all_x[n_all - num_val:], all_y[n_all - num_val:]
     train_x, train_y = all_x[:n_train], all_y[:n_train]
+  if own_val:
+    n_val = len(source['validation'])
+    if data_cfg.get('val_limit'):
+      n_val = min(n_val, data_cfg.val_limit)
+    val_x, val_y = read('validation', range(n_val))
   test_x, test_y = read('test')
   if data_cfg.get('test_limit'):
     test_x, test_y = test_x[:data_cfg.test_limit], test_y[:data_cfg.test_limit]
@@ -167,11 +179,14 @@ def inputs_of(data_cfg) -> Inputs:
 
 def normalize(x_uint8, dataset: str):
   """uint8 images (..., H, W, C) -> float32 model inputs: per-channel standardised, or
-  in [0, 1] for `Inputs(name, 'unit')`."""
+  in [0, 1] for `Inputs(name, 'unit')`. A dataset stored as float features (its spec's
+  dtype, e.g. z-scored spectrograms) is already the model's input: only cast."""
+  spec = builders.get_spec(dataset)
+  if spec.dtype != 'uint8':
+    return x_uint8.astype(jnp.float32)
   x = x_uint8.astype(jnp.float32) / 255.0
   if getattr(dataset, 'scaling', 'standardize') == 'unit':
     return x
-  spec = builders.get_spec(dataset)
   return (x - jnp.asarray(spec.mean)) / jnp.asarray(spec.std)
 
 

@@ -39,23 +39,29 @@ BLOCK = 256   # records per grain read
 class TrainSource:
   """The training examples [start, stop) of a tfds split's data source, read by index."""
 
-  def __init__(self, source, start: int, stop: int, image_shape: tuple):
+  def __init__(self, source, start: int, stop: int, image_shape: tuple,
+               dtype='uint8', label_shape: tuple = ()):
     self.source, self.start, self.stop = source, start, stop
     self.image_shape = tuple(image_shape)
+    self.dtype = np.dtype(dtype)                 # the stored inputs (uint8 images, ...)
+    self.label_shape = tuple(label_shape)        # () class indices; (4,) float boxes
+    self.label_dtype = np.dtype(np.int32 if self.label_shape == () else np.float32)
 
   def __len__(self):
     return self.stop - self.start
 
   def read(self, indices) -> tuple:
-    """(images uint8 NxHxWxC, labels int32 N) of training examples `indices`."""
+    """(inputs NxHxWxC, labels N or Nx4) of training examples `indices`, in the
+    dataset's stored dtypes (uint8 images and int32 classes for an image classifier)."""
     indices = np.asarray(indices, np.int64)
     if indices.size and (indices.min() < 0 or indices.max() >= len(self)):
       raise IndexError(f'training example indices must be in [0, {len(self)})')
     records = self.source.__getitems__([int(i) + self.start for i in indices])
     if not records:
-      return (np.zeros((0, *self.image_shape), np.uint8), np.zeros((0,), np.int32))
-    return (np.stack([r['image'] for r in records]).astype(np.uint8),
-            np.asarray([r['label'] for r in records], np.int32))
+      return (np.zeros((0, *self.image_shape), self.dtype),
+              np.zeros((0, *self.label_shape), self.label_dtype))
+    return (np.stack([r['image'] for r in records]).astype(self.dtype),
+            np.asarray([r['label'] for r in records], self.label_dtype))
 
 
 class SourceArray:
@@ -64,8 +70,8 @@ class SourceArray:
 
   def __init__(self, source: TrainSource, field: int):
     self.source, self.field = source, field   # 0: images, 1: labels
-    self.dtype = np.dtype(np.uint8 if field == 0 else np.int32)
-    self.shape = (len(source), *source.image_shape) if field == 0 else (len(source),)
+    self.dtype = source.dtype if field == 0 else source.label_dtype
+    self.shape = (len(source), *(source.image_shape if field == 0 else source.label_shape))
     self.ndim = len(self.shape)
     self.nbytes = math.prod(self.shape) * self.dtype.itemsize
 

@@ -29,7 +29,7 @@ from absl import app, flags
 import jax
 import numpy as np
 
-from pmjax import cli, config_utils, inference, plotting, runs
+from pmjax import cli, config_utils, inference, plotting, runs, tasks
 from pmjax.data import builders, pipeline
 from pmjax.serving import loadgen, policy
 from pmjax.serving.faults import FaultSpec, start_contention
@@ -41,7 +41,7 @@ from pmjax.serving.instance import CompiledPredict
 class Parts:
   """What a serving run needs from a parity workdir, loaded once."""
   config: Any
-  base_fn: Callable          # F's predict (raw uint8 queries -> outputs)
+  base_fn: Callable          # F's predict (raw queries -> outputs)
   base_vars: dict
   parity_fn: Callable        # what answers a coded query
   parity_vars: list          # its variables for each coded-query slot j < code.r
@@ -49,7 +49,7 @@ class Parts:
   encode: Callable           # jitted, raw queries -> coded queries
   decode: Callable           # jitted
   splits: Any                # the data splits (None with `with_data=False`)
-  query_shape: tuple = ()    # one raw query (uint8 image)
+  query_shape: tuple = ()    # one raw query (a uint8 image; float32 features for speech)
   query_dtype: Any = np.uint8
 
 
@@ -68,7 +68,8 @@ def make_parts(parity_workdir: str, with_data: bool = True) -> Parts:
                jax.jit(partial(inference.encode_raw, run.code, run.dataset)),
                jax.jit(run.code.decode),
                pipeline.load_splits(config.data) if with_data else None,
-               tuple(builders.get_spec(config.data.name).image_shape), np.uint8)
+               tuple(builders.get_spec(config.data.name).image_shape),
+               np.dtype(builders.get_spec(config.data.name).dtype))
 
 
 def build_frontend(mode, m, parts, faults=None, batch_size=1, max_queue=4096, deadline_s=None,
@@ -126,7 +127,8 @@ def run_mode(mode, parts, c) -> dict:
   procs = (start_contention(fc.contention_start_s, fc.contention_s, fc.contention_procs)
            if fc.contention_s > 0 else [])
   records = loadgen.run_poisson(fe, splits.test_x, splits.test_y, c.rate, c.queries + c.warmup,
-                                warmup=c.warmup, seed=c.seed, timeout_s=c.timeout_s)
+                                warmup=c.warmup, seed=c.seed, timeout_s=c.timeout_s,
+                                score=tasks.task_score(parts.config))
   fe.close()
   for p in procs:
     p.join()

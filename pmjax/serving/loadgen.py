@@ -2,8 +2,9 @@
 
 Arrivals follow a Poisson process at `rate_qps` regardless of how fast the
 server answers (open loop); each query records its latency, whether it was
-reconstructed, and whether its answer is correct. The first `warmup` queries
-are discarded from the summary.
+reconstructed, and whether its answer is correct (the task's score: the top-1
+class, or a box at IoU >= 0.5 with the true one). The first `warmup` queries are
+discarded from the summary.
 """
 
 from __future__ import annotations
@@ -17,10 +18,13 @@ from pmjax.serving.errors import OverloadError
 
 
 def run_poisson(frontend, xs_NxD, labels_N, rate_qps: float, num_queries: int,
-                warmup: int = 0, seed: int = 0, timeout_s: float = 30.0) -> list:
+                warmup: int = 0, seed: int = 0, timeout_s: float = 30.0, score=None) -> list:
   """Submits `num_queries` queries (cycling through xs) at Poisson times; returns
   one record per query after the warm-up: latency_ms (None if lost), reconstructed,
-  correct, error."""
+  correct (by `score.correct_one`; default: the top-1 class), error."""
+  if score is None:
+    from pmjax import metrics  # pylint: disable=g-import-not-at-top
+    score = metrics.CLASSIFICATION
   if rate_qps <= 0 or num_queries < 1:
     raise ValueError(f'rate_qps={rate_qps} must be > 0 and num_queries={num_queries} >= 1')
   rng = np.random.default_rng(seed)
@@ -34,7 +38,7 @@ def run_poisson(frontend, xs_NxD, labels_N, rate_qps: float, num_queries: int,
       try:
         resp = future.result()
         records[i] = {'latency_ms': latency, 'reconstructed': resp.reconstructed,
-                      'correct': int(np.argmax(resp.output)) == int(label), 'error': None}
+                      'correct': score.correct_one(resp.output, label), 'error': None}
       except Exception as e:  # pylint: disable=broad-except
         records[i] = {'latency_ms': None, 'reconstructed': False, 'correct': False,
                       'error': type(e).__name__}
