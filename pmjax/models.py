@@ -135,6 +135,42 @@ class VGG(nn.Module):
     return nn.Dense(self.num_classes)(x)
 
 
+class SpeechVGG(nn.Module):
+  """The original's speech `vgg11` (GCommandsPytorch's): VGG-11 convolutions (3x3 +
+  BN + ReLU, 5 max-pools) on 161x101x1 spectrograms -> 5x3x512, flattened (7680),
+  then FC 7680->512->classes with no non-linearity between the two FCs."""
+  num_classes: int = 30
+  layers: Sequence = (64, 'M', 128, 'M', 256, 256, 'M', 512, 512, 'M', 512, 512, 'M')
+  hidden: int = 512
+
+  @nn.compact
+  def __call__(self, x, train: bool = False):
+    for v in self.layers:
+      if v == 'M':
+        x = nn.max_pool(x, (2, 2), (2, 2))
+      else:
+        x = nn.Conv(v, (3, 3), padding=1)(x)
+        x = nn.relu(_batch_norm(train)()(x))
+    x = nn.Dense(self.hidden)(x.reshape(x.shape[0], -1))
+    return nn.Dense(self.num_classes)(x)
+
+
+class SpeechLeNet(nn.Module):
+  """The original's speech `lenet`: conv5x5 1->20, max-pool 2, ReLU, conv5x5 20->20,
+  max-pool 2, ReLU (unpadded: 161x101 -> 37x22x20 = 16280), FC 16280->1000, ReLU,
+  FC->classes. Its dropout is off in the original (`self.dropout = False`)."""
+  num_classes: int = 30
+  widths: Sequence[int] = (20, 20)
+  hidden: int = 1000
+
+  @nn.compact
+  def __call__(self, x, train: bool = False):
+    for w in self.widths:
+      x = nn.relu(nn.max_pool(nn.Conv(w, (5, 5), padding='VALID')(x), (2, 2), (2, 2)))
+    x = nn.relu(nn.Dense(self.hidden)(x.reshape(x.shape[0], -1)))
+    return nn.Dense(self.num_classes)(x)
+
+
 MODELS = {
     'mlp': MLP,
     'mlp_parm_init': partial(MLP, initializer='parm'),   # the original's F_P initialisation
@@ -152,6 +188,12 @@ MODELS = {
     'resnet8_imagenet': partial(ResNet, blocks=(1, 1, 1, 1), widths=(16, 32, 64, 128),
                                 stem='imagenet'),
     'vgg11': VGG,
+    # Speech Commands (161x101x1 spectrograms): the original's two models, and a
+    # narrow VGG for smoke tests.
+    'vgg11_speech': SpeechVGG,
+    'vgg11_speech_narrow': partial(SpeechVGG, layers=(8, 'M', 16, 'M', 16, 'M', 32, 'M',
+                                                      32, 'M'), hidden=64),
+    'lenet_speech': SpeechLeNet,
 }
 
 
@@ -207,7 +249,8 @@ class TileSum(nn.Module):
   @nn.compact
   def __call__(self, x_BxHxWxC, train: bool = False):
     b, h, w, c = x_BxHxWxC.shape
-    ch, cw = h // self.rows, w // self.cols
+    ch, cw = h // self.rows, w // self.cols   # a grid that does not divide: the padding
+    x_BxHxWxC = x_BxHxWxC[:, :self.rows * ch, :self.cols * cw]   # rows/columns are dropped
     tiles = x_BxHxWxC.reshape(b, self.rows, ch, self.cols, cw, c).transpose(0, 1, 3, 2, 4, 5)
     tiles = tiles.reshape(b * self.rows * self.cols, ch, cw, c)
     out = self.inner(tiles, train).reshape(b, self.rows * self.cols, -1)

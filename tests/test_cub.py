@@ -1,0 +1,147 @@
+"""CUB-200-2011 localisation: the builder on tiny synthetic archives in the canonical
+layouts, its errors, the box score (IoU), and smoke runs base -> parity -> evaluate
+and the serving bench on a localisation workdir."""
+
+import json
+import os
+
+import numpy as np
+import pytest
+
+from pmjax import metrics
+from pmjax.data import builders, cub, pipeline
+from tests import speech_fixtures as sf
+
+
+def _cub_tar(path, files):
+  return sf.write_tar(path, files, prefix=f'{cub.FOLDER}/')
+
+
+@pytest.fixture(scope='module')
+def cub_raw(tmp_path_factory):
+  raw = tmp_path_factory.mktemp('cub_raw')
+  _cub_tar(str(raw / cub.ARCHIVE), sf.cub_files(n_classes=4, per_class=12))
+  return str(raw)
+
+
+def _cfg(raw, tfds_dir, arg='smoke', **data):
+  from configs import cub_localization
+  c = cub_localization.get_config(arg)
+  c.data.update(dict(manual_dir=raw, data_dir=tfds_dir, download=False, **data))
+  c.progress_bar = False
+  return c
+
+
+def test_box_iou_and_the_model_coordinates():
+  a = np.array([[0.1, 0.2, 0.4, 0.4], [0.0, 0.0, 0.5, 0.5], [0.0, 0.0, 0.2, 0.2]], np.float32)
+  b = np.array([[0.1, 0.2, 0.4, 0.4], [0.25, 0.0, 0.5, 0.5], [0.5, 0.5, 0.2, 0.2]], np.float32)
+  np.testing.assert_allclose(metrics.box_iou(a, b), [1.0, 0.125 / 0.375, 0.0], atol=1e-6)
+  out = metrics.unit_box_to_model(a)
+  np.testing.assert_allclose(metrics.model_box_to_unit(out), a, atol=1e-6)
+  # A box reaching outside the image is cropped to it before its IoU is taken.
+  wide = metrics.unit_box_to_model(np.array([[-0.5, 0.0, 1.0, 1.0]], np.float32))
+  np.testing.assert_allclose(metrics.model_box_to_unit(wide), [[0.0, 0.0, 0.5, 1.0]], atol=1e-6)
+  score = metrics.LOCALIZATION
+  got = score.correct(out, b)
+  assert list(np.asarray(got['iou50'])) == [True, False, False]
+  assert score.correct_one(out[0], b[0]) and not score.correct_one(out[1], b[1])
+
+
+def test_builder_resizes_and_normalises_boxes_official_split(cub_raw, tmp_path):
+  c = _cfg(cub_raw, str(tmp_path / 'tfds'), train_limit=0, test_limit=0, num_val=4)
+  s = pipeline.load_splits(c.data)
+  # 4 classes x 12: every 3rd image of a class is test (16), the rest train (28 + 4 val).
+  assert s.test_x.shape == (16, 224, 224, 3) and len(s.train_x) + len(s.val_x) == 32
+  assert s.train_y.dtype == np.float32 and s.train_y.shape[1:] == (4,)
+  # Boxes match the bright rectangle drawn at them, after the resize to 224x224.
+  for x, box in zip(s.test_x, s.test_y):
+    x0, y0, w, h = box * 224
+    inside = x[int(y0) + 3:int(y0 + h) - 3, int(x0) + 3:int(x0 + w) - 3].mean()
+    assert inside > 180 and x.mean() < inside
+  # Training is interleaved over the classes: the validation tail spans all four.
+  train_classes = [i % 4 for i in range(32)]
+  assert sorted(set(train_classes[-4:])) == [0, 1, 2, 3]
+  # The folder layout gives the same data.
+  sf.write_folder(str(tmp_path / 'raw' / cub.FOLDER), sf.cub_files(n_classes=4, per_class=12))
+  c = _cfg(str(tmp_path / 'raw'), str(tmp_path / 'tfds2'), train_limit=0, test_limit=0, num_val=4)
+  s2 = pipeline.load_splits(c.data)
+  np.testing.assert_array_equal(s.test_y, s2.test_y)
+  np.testing.assert_array_equal(s.train_x, s2.train_x)
+
+
+@pytest.mark.parametrize('damage,match', [
+    ('box', r'bounding_boxes.txt, image id 2 \(001.Bird_0/Bird_0_0001_2.jpg\): box .* lies '
+            r'outside its'),
+    ('no_split', r'CUB_200_2011.tgz is corrupt \(it has no CUB_200_2011/train_test_split.txt'),
+    ('no_image', r'images.txt names 1 image\(s\) it does not hold'),
+])
+def test_bad_archives_are_named(tmp_path, damage, match):
+  files = sf.cub_files(n_classes=1, per_class=3)
+  if damage == 'box':
+    rows = files['bounding_boxes.txt'].decode().splitlines()
+    rows[1] = '2 10.0 10.0 5000.0 20.0'
+    files['bounding_boxes.txt'] = '\n'.join(rows).encode()
+  elif damage == 'no_split':
+    del files['train_test_split.txt']
+  else:
+    del files[next(n for n in files if n.endswith('_2.jpg'))]
+  _cub_tar(str(tmp_path / cub.ARCHIVE), files)
+  with pytest.raises(builders.RawFileError, match=match):
+    for examples in builders.read_raw('cub_localization', str(tmp_path), download=False).values():
+      list(examples)
+
+
+def test_missing_text_file_in_a_folder_is_named(tmp_path):
+  files = sf.cub_files(n_classes=1, per_class=3)
+  del files['bounding_boxes.txt']
+  sf.write_folder(str(tmp_path / cub.FOLDER), files)
+  with pytest.raises(builders.RawFileError, match=r'CUB_200_2011/bounding_boxes.txt is missing'):
+    builders.read_raw('cub_localization', str(tmp_path), download=False)
+
+
+def test_learned_code_is_refused_for_boxes(cub_raw, tmp_path):
+  from pmjax import config_utils, tasks
+  c = _cfg(cub_raw, str(tmp_path / 'tfds'), 'smoke,stage=parity,code=learned')
+  with pytest.raises(config_utils.ConfigError, match="trains towards F's class prob"):
+    tasks.LearnedTask(c, None, 16, None)
+
+
+@pytest.fixture(scope='module')
+def cub_run(cub_raw, tmp_path_factory):
+  from pmjax import train
+  root = tmp_path_factory.mktemp('cub_run')
+  c = _cfg(cub_raw, str(root / 'tfds'))
+  res = train.train_and_evaluate(c, str(root / 'w'))
+  return str(root), c, res
+
+
+def test_cub_smoke_base_parity_evaluate_scores_boxes(cub_run):
+  root, c, res = cub_run
+  saved = json.load(open(os.path.join(root, 'w', 'results.json')))
+  assert saved['dataset'] == 'cub_localization' and saved['code'] == 'sum'
+  for key in ('A_a', 'A_a_iou', 'A_d_iou50', 'A_d_iou', 'recon_iou50', 'recon_iou'):
+    assert 0.0 <= saved[key] <= 1.0, key
+  assert set(saved['A_o']) and len(saved['A_d_by_position']) == 2
+  rows = [json.loads(l) for l in open(os.path.join(root, 'w', 'parity', 'metrics.jsonl'))]
+  assert all('val_recon_iou50' in r and 'val_A_d_iou' in r for r in rows)
+  base_rows = [json.loads(l) for l in open(os.path.join(root, 'w', 'base', 'metrics.jsonl'))]
+  assert all(np.isfinite(r['train_loss']) and 'val_A_a_iou' in r for r in base_rows)
+
+
+def test_serving_bench_on_a_localization_workdir(cub_run, tmp_path):
+  import subprocess
+  import sys
+  root, c, _ = cub_run
+  out = tmp_path / 'serve'
+  cmd = [sys.executable, '-m', 'pmjax.serving.bench', '--config=configs/serving.py',
+         f'--config.workdir={os.path.join(root, "w", "parity")}', f'--config.out={out}',
+         '--config.modes=coded,equal', '--config.queries=60', '--config.warmup=4',
+         '--config.rate=60', '--config.m=2', '--config.faults.slow_instances=base0',
+         '--config.faults.slow_prob=0.3', '--config.faults.slow_ms=200']
+  p = subprocess.run(cmd, capture_output=True, text=True, timeout=300,
+                     cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+  assert p.returncode == 0, p.stderr[-3000:]
+  summary = json.load(open(out / 'summary.json'))['results']
+  coded = summary['coded']
+  assert coded['lost'] == 0 and coded['num_reconstructed'] > 0
+  assert 0.0 <= coded['accuracy'] <= 1.0 and coded['accuracy_reconstructed'] is not None
