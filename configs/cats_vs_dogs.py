@@ -29,11 +29,5 @@ def get_config(arg=None):
                            weight_decay=1e-4, schedule='cosine'))
   c.eval_batch_size = min(c.eval_batch_size, 100)
   if c.smoke:
-    if c.model == 'resnet18_imagenet':
-      c.model = 'resnet8_imagenet'
-    c.data.num_val = 8
-    c.data.train_limit, c.data.test_limit = 32, 16
-    c.base.batch_size, c.parity.batch_size = 8, 4
-    c.eval_batch_size = 16
-    c.scan_unroll = 1   # a rolled scan compiles once per stage: faster for a few steps
+    default.smoke_224px(c)
   return c

@@ -34,11 +34,5 @@ def get_config(arg=None):
   c.data.num_val = 600
   c.eval_batch_size = min(c.eval_batch_size, 100)
   if c.smoke:
-    if c.model == 'resnet18_imagenet':
-      c.model = 'resnet8_imagenet'
-    c.data.num_val = 8
-    c.data.train_limit, c.data.test_limit = 32, 16
-    c.base.batch_size, c.parity.batch_size = 8, 4
-    c.eval_batch_size = 16
-    c.scan_unroll = 1
+    default.smoke_224px(c)
   return c

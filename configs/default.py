@@ -83,3 +83,16 @@ def get_config(arg=None, dataset='mnist', model='mlp', base_epochs=30, base_batc
     c.steps_per_call = 4
     c.eval_batch_size = 128
   return c
+
+
+def smoke_224px(c):
+  """The `smoke` of the 224x224 ResNet-18 configs (Cat v Dog, CUB): a narrow
+  resnet8_imagenet on a few images, seconds on a CPU."""
+  if c.model == 'resnet18_imagenet':
+    c.model = 'resnet8_imagenet'
+  c.data.num_val = 8
+  c.data.train_limit, c.data.test_limit = 32, 16
+  c.base.batch_size, c.parity.batch_size = 8, 4
+  c.eval_batch_size = 16
+  c.scan_unroll = 1   # a rolled scan compiles once per stage: faster for a few steps
+  return c

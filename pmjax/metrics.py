@@ -61,6 +61,10 @@ class TopK:
     """numpy, one query (the serving load generator's check)."""
     return int(np.argmax(output_C)) == int(label)
 
+  def describe(self, output_C) -> dict:
+    """What a server answers for one output: its class."""
+    return {'label': int(np.argmax(output_C))}
+
   def agree(self, outputs_NxC, reference_NxC) -> dict:
     return {'top1': jnp.argmax(outputs_NxC, -1) == jnp.argmax(reference_NxC, -1)}
 
@@ -118,6 +122,11 @@ class BoxIoU:
     """numpy, one query (the serving load generator's check)."""
     out = model_box_to_unit(np.asarray(output_4, np.float32)[None], np)
     return bool(box_iou(out, np.asarray(box_4, np.float32)[None], np)[0] >= self.threshold)
+
+  def describe(self, output_4) -> dict:
+    """What a server answers for one output: the box (x, y, w, h) in fractions of the
+    image, cropped to it."""
+    return {'box': model_box_to_unit(np.asarray(output_4, np.float32)[None], np)[0].tolist()}
 
   def __hash__(self):
     return hash(('BoxIoU', self.threshold))

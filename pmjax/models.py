@@ -119,9 +119,13 @@ class ResNet(nn.Module):
 
 
 class VGG(nn.Module):
-  """VGG with batch norm, CIFAR-style (one linear classifier)."""
+  """VGG with batch norm. `hidden=0` (CIFAR-style): global average pooling and one
+  linear classifier. `hidden > 0`: the feature map flattened, then FC -> hidden ->
+  classes with no non-linearity between the two, the original's speech `vgg11`
+  (GCommandsPytorch's: 161x101x1 spectrograms -> 5x3x512 = 7680 -> 512 -> 30)."""
   num_classes: int
   layers: Sequence = (64, 'M', 128, 'M', 256, 256, 'M', 512, 512, 'M', 512, 512, 'M')
+  hidden: int = 0
 
   @nn.compact
   def __call__(self, x, train: bool = False):
@@ -131,27 +135,10 @@ class VGG(nn.Module):
       else:
         x = nn.Conv(v, (3, 3), padding=1)(x)
         x = nn.relu(_batch_norm(train)()(x))
-    x = jnp.mean(x, axis=(1, 2))
-    return nn.Dense(self.num_classes)(x)
-
-
-class SpeechVGG(nn.Module):
-  """The original's speech `vgg11` (GCommandsPytorch's): VGG-11 convolutions (3x3 +
-  BN + ReLU, 5 max-pools) on 161x101x1 spectrograms -> 5x3x512, flattened (7680),
-  then FC 7680->512->classes with no non-linearity between the two FCs."""
-  num_classes: int = 30
-  layers: Sequence = (64, 'M', 128, 'M', 256, 256, 'M', 512, 512, 'M', 512, 512, 'M')
-  hidden: int = 512
-
-  @nn.compact
-  def __call__(self, x, train: bool = False):
-    for v in self.layers:
-      if v == 'M':
-        x = nn.max_pool(x, (2, 2), (2, 2))
-      else:
-        x = nn.Conv(v, (3, 3), padding=1)(x)
-        x = nn.relu(_batch_norm(train)()(x))
-    x = nn.Dense(self.hidden)(x.reshape(x.shape[0], -1))
+    if self.hidden:
+      x = nn.Dense(self.hidden)(x.reshape(x.shape[0], -1))
+    else:
+      x = jnp.mean(x, axis=(1, 2))
     return nn.Dense(self.num_classes)(x)
 
 
@@ -190,9 +177,9 @@ MODELS = {
     'vgg11': VGG,
     # Speech Commands (161x101x1 spectrograms): the original's two models, and a
     # narrow VGG for smoke tests.
-    'vgg11_speech': SpeechVGG,
-    'vgg11_speech_narrow': partial(SpeechVGG, layers=(8, 'M', 16, 'M', 16, 'M', 32, 'M',
-                                                      32, 'M'), hidden=64),
+    'vgg11_speech': partial(VGG, hidden=512),
+    'vgg11_speech_narrow': partial(VGG, layers=(8, 'M', 16, 'M', 16, 'M', 32, 'M', 32, 'M'),
+                                   hidden=64),
     'lenet_speech': SpeechLeNet,
 }
 

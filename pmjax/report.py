@@ -28,25 +28,35 @@ def collect(root: str) -> list:
   return rows
 
 
+def criteria(r: dict) -> list:
+  """The A_d keys of a parity run's results, primary first: ['A_d_top1', 'A_d_top5'] for
+  classification, ['A_d_iou50', 'A_d_iou'] for localisation; [] for a base run."""
+  return [key for key, v in r.items() if key.startswith('A_d_') and isinstance(v, float)]
+
+
 def markdown(rows: list) -> str:
-  head = ('| dataset | model | code | k | epochs | A_a | A_d top-1 | A_d top-5 | recon top-1 '
-          '| A_o(0.1) |')
+  head = '| dataset | model | code | k | epochs | A_a | A_d | A_d 2nd | recon | A_o(0.1) |'
   lines = [head, '|' + '---|' * 10]
   for r in sorted(rows, key=lambda r: (r['dataset'], r['model'], r.get('code', ''),
                                        r.get('k', 0))):
-    if 'A_d_top1' not in r:
+    keys = criteria(r)
+    if not keys:
       lines.append(f"| {r['dataset']} | {r['model']} | (base) | | {r['epochs']} | "
                    f"{r['A_a']:.4f} | | | | |")
       continue
+    second = f'{r[keys[1]]:.4f}' if len(keys) > 1 else ''
+    recon = r.get('recon_' + keys[0][len('A_d_'):])
     lines.append(f"| {r['dataset']} | {r['model']} | {r['code']} | {r['k']} | {r['epochs']} | "
-                 f"{r['A_a']:.4f} | {r['A_d_top1']:.4f} | {r['A_d_top5']:.4f} | "
-                 f"{r['recon_top1']:.4f} | {r['A_o']['0.1']:.4f} |")
+                 f"{r['A_a']:.4f} | {r[keys[0]]:.4f} | {second} | "
+                 f"{'' if recon is None else f'{recon:.4f}'} | {r['A_o']['0.1']:.4f} |")
+  lines.append('\nA_d: top-1 accuracy (a localisation run: boxes at IoU >= 0.5); A_d 2nd: '
+               'top-5 (mean IoU); recon: agreement with F by the first criterion.')
   return '\n'.join(lines)
 
 
 def plots(rows: list, root: str, out_dir: str) -> list:
   plt = plotting.pyplot()
-  parity = [r for r in rows if 'A_d_top1' in r]
+  parity = [r for r in rows if criteria(r)]
   datasets = sorted({r['dataset'] for r in parity})
   if not parity:
     return []
@@ -59,10 +69,10 @@ def plots(rows: list, root: str, out_dir: str) -> list:
   fig, axes = grid(len(datasets))
   for ax, ds in zip(axes, datasets):
     for key in sorted({(r['model'], r['code']) for r in parity if r['dataset'] == ds}):
-      pts = sorted((r['k'], r['A_d_top1']) for r in parity
+      pts = sorted((r['k'], r[criteria(r)[0]]) for r in parity
                    if r['dataset'] == ds and (r['model'], r['code']) == key)
       ax.plot(*zip(*pts), 'o-', label=f'{key[0]} {key[1]}')
-    ax.set(title=ds, xlabel='k', ylabel='A_d top-1 (test)')
+    ax.set(title=ds, xlabel='k', ylabel='A_d (test; top-1, or IoU >= 0.5)')
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
   written.append(plotting.save(fig, os.path.join(out_dir, 'ad_vs_k.png'), dpi=110))
@@ -72,7 +82,7 @@ def plots(rows: list, root: str, out_dir: str) -> list:
   for ax, ds in zip(axes, datasets):
     for r in sorted((r for r in parity if r['dataset'] == ds),
                     key=lambda r: (r['code'], r['k'])):
-      ax.plot(f_us, (1 - f_us) * r['A_a'] + f_us * r['A_d_top1'],
+      ax.plot(f_us, (1 - f_us) * r['A_a'] + f_us * r[criteria(r)[0]],
               label=f"{r['code']} k={r['k']}")
     ax.set(title=ds, xlabel='f_u (fraction of answers decoded)', ylabel='A_o')
     ax.grid(alpha=0.3)
@@ -83,11 +93,11 @@ def plots(rows: list, root: str, out_dir: str) -> list:
   for ax, ds in zip(axes, datasets):
     for r in sorted((r for r in parity if r['dataset'] == ds),
                     key=lambda r: (r['code'], r['k'])):
-      m = [x for x in metrics.read_metrics(os.path.join(root, r['workdir']))
-           if 'test_A_d_top1' in x]
-      ax.plot([x['epoch'] for x in m], [x['test_A_d_top1'] for x in m],
+      key = 'test_' + criteria(r)[0]
+      m = [x for x in metrics.read_metrics(os.path.join(root, r['workdir'])) if key in x]
+      ax.plot([x['epoch'] for x in m], [x[key] for x in m],
               label=f"{r['code']} k={r['k']}")
-    ax.set(title=ds, xlabel='epoch', ylabel='test A_d top-1')
+    ax.set(title=ds, xlabel='epoch', ylabel='test A_d (top-1, or IoU >= 0.5)')
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7, ncol=2)
   written.append(plotting.save(fig, os.path.join(out_dir, 'training_curves.png'), dpi=110))

@@ -10,7 +10,7 @@ import pytest
 
 from pmjax import metrics
 from pmjax.data import builders, cub, pipeline
-from tests import speech_fixtures as sf
+from tests import archives as sf
 
 
 def _cub_tar(path, files):
@@ -26,10 +26,7 @@ def cub_raw(tmp_path_factory):
 
 def _cfg(raw, tfds_dir, arg='smoke', **data):
   from configs import cub_localization
-  c = cub_localization.get_config(arg)
-  c.data.update(dict(manual_dir=raw, data_dir=tfds_dir, download=False, **data))
-  c.progress_bar = False
-  return c
+  return sf.data_config(cub_localization, raw, tfds_dir, arg, **data)
 
 
 def test_box_iou_and_the_model_coordinates():
@@ -145,3 +142,21 @@ def test_serving_bench_on_a_localization_workdir(cub_run, tmp_path):
   coded = summary['coded']
   assert coded['lost'] == 0 and coded['num_reconstructed'] > 0
   assert 0.0 <= coded['accuracy'] <= 1.0 and coded['accuracy_reconstructed'] is not None
+
+
+def test_sweep_summary_reads_box_metrics(cub_run, tmp_path):
+  from pmjax import report
+  root, _, _ = cub_run
+  out = report.summarize_sweep(os.path.join(root, 'w'), str(tmp_path / 'plots'))
+  table = open(os.path.join(root, 'w', 'summary.md')).read()
+  row = next(l for l in table.splitlines() if '| cub_localization |' in l and '| sum |' in l)
+  saved = json.load(open(os.path.join(root, 'w', 'results.json')))
+  assert f"| {saved['A_d_iou50']:.4f} | {saved['A_d_iou']:.4f} |" in row
+  assert len(out['plots']) == 3
+
+
+def test_servers_describe_a_box_answer_and_score_it():
+  out = metrics.unit_box_to_model(np.array([[0.1, 0.2, 0.5, 0.6]], np.float32))[0]
+  d = metrics.LOCALIZATION.describe(np.asarray(out))
+  np.testing.assert_allclose(d['box'], [0.1, 0.2, 0.5, 0.6], atol=1e-6)
+  assert metrics.CLASSIFICATION.describe(np.array([0.1, 2.0, 0.3])) == {'label': 1}

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from pmjax.data import builders, pipeline, speech_commands as sc
-from tests import speech_fixtures as sf
+from tests import archives as sf
 
 
 def _direct_spectrogram(y, sr=16000):
@@ -74,10 +74,7 @@ def speech_raw(tmp_path_factory):
 
 def _cfg(raw, tfds_dir, arg='smoke', **data):
   from configs import speech_commands
-  c = speech_commands.get_config(arg)
-  c.data.update(dict(manual_dir=raw, data_dir=tfds_dir, download=False, **data))
-  c.progress_bar = False
-  return c
+  return sf.data_config(speech_commands, raw, tfds_dir, arg, **data)
 
 
 def test_builder_splits_by_the_official_lists_archive_and_folder_agree(speech_raw, tmp_path):
@@ -151,13 +148,55 @@ def test_concat_tiles_spectrograms_whose_size_no_grid_divides():
   assert codes.concat_grid(2, (28, 28, 1)) == (1, 2)      # dividing grids are unchanged
 
 
-def test_speech_smoke_base_parity_evaluate(speech_raw, tmp_path):
+@pytest.fixture(scope='module')
+def speech_run(speech_raw, tmp_path_factory):
   from pmjax import train
-  c = _cfg(speech_raw, str(tmp_path / 'tfds'))
+  root = tmp_path_factory.mktemp('gsc_run')
+  c = _cfg(speech_raw, str(root / 'tfds'))
   c.data.device_limit_mb = 0   # stream, as the full training split would
-  res = train.train_and_evaluate(c, str(tmp_path / 'w'))
-  saved = json.load(open(tmp_path / 'w' / 'results.json'))
+  return root, train.train_and_evaluate(c, str(root / 'w'))
+
+
+def test_speech_smoke_base_parity_evaluate(speech_run):
+  root, res = speech_run
+  saved = json.load(open(root / 'w' / 'results.json'))
   assert saved['dataset'] == 'speech_commands' and saved['code'] == 'sum'
   for key in ('A_a', 'A_d_top1', 'A_d_top5', 'recon_top1'):
     assert 0.0 <= saved[key] <= 1.0
   assert len(res['A_d_by_position']) == 2 and saved['num_examples'] == 16
+
+
+@pytest.mark.skipif(__import__('shutil').which('espeak-ng') is None,
+                    reason='espeak-ng is not installed (apt-get install -y espeak-ng)')
+def test_espeak_synthetic_set_is_written_in_the_canonical_layout(tmp_path):
+  import subprocess
+  import sys
+  repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  p = subprocess.run([sys.executable, 'launch/speech_espeak_synthetic.py', '--out',
+                      str(tmp_path / 'raw'), '--train_speakers=1', '--val_speakers=1',
+                      '--test_speakers=1'], capture_output=True, text=True, timeout=300,
+                     cwd=repo)
+  assert p.returncode == 0, p.stderr[-2000:]
+  assert 'SYNTHETIC' in p.stdout
+  c = _cfg(str(tmp_path / 'raw'), str(tmp_path / 'tfds'), train_limit=0, val_limit=0,
+           test_limit=0)
+  s = pipeline.load_splits(c.data)
+  assert len(s.train_x) == len(s.val_x) == len(s.test_x) == 30
+  assert sorted(s.test_y) == list(range(30)) and np.all(np.isfinite(s.test_x))
+  assert s.test_x.std() > 0.5     # z-scored spectrograms of real (synthetic) speech
+
+
+def test_serving_loop_answers_spectrogram_queries(speech_run):
+  """The in-process serving bench on a speech workdir: float32 spectrogram queries, a
+  straggler's answers reconstructed."""
+  from configs import serving
+  from pmjax.serving import bench
+  root, _ = speech_run
+  parts = bench.make_parts(str(root / 'w' / 'parity'))
+  assert parts.query_shape == (161, 101, 1) and parts.query_dtype == np.float32
+  s = serving.get_config('smoke')
+  s.faults.update(dict(slow_instances='base0', slow_prob=0.3, slow_ms=150.0))
+  s.queries, s.warmup, s.rate = 40, 4, 80.0
+  summary = bench.run_mode('coded', parts, s)
+  assert summary['lost'] == 0 and summary['num_reconstructed'] > 0
+  assert 0.0 <= summary['accuracy'] <= 1.0

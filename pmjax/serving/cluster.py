@@ -8,6 +8,8 @@
     curl -s -X POST localhost:8000/predict -H 'Content-Type: application/x-npy' \
         --data-binary @query.npy                 # or one .npy array
     -> {"label": 3, "logits": [...], "reconstructed": false, "latency_ms": 4.1}
+       (a localisation workdir answers "box": [x, y, w, h] in fractions of the image
+       instead of "label"; "logits" are F's raw outputs)
 
 One Serve application (`build_app`) of a parity workdir:
 - `BaseModel`: the mode's base replicas (m for `coded`, m + m*r/k for `equal` and
@@ -336,7 +338,9 @@ class CodedFrontend:
     from pmjax.serving.frontend import Frontend  # pylint: disable=g-import-not-at-top
     s = ServeSettings(**settings)
     self.settings = s
+    from pmjax import tasks  # pylint: disable=g-import-not-at-top
     parts = bench.make_parts(s.workdir, with_data=False)
+    self.score = tasks.task_score(parts.config)   # 'label' (a class) or 'box' answers
     code = parts.code
     self.query_shape, self.query_dtype = parts.query_shape, np.dtype(parts.query_dtype)
     nbytes = int(np.prod(self.query_shape)) * self.query_dtype.itemsize
@@ -420,7 +424,7 @@ class CodedFrontend:
       raise NoInstanceError(f'the frontend failed to start: {self.error}')
     response = await asyncio.wrap_future(self.frontend.submit(x))
     logits = np.asarray(response.output, np.float32).ravel()
-    return {'label': int(np.argmax(logits)), 'logits': logits.tolist(),
+    return {**self.score.describe(logits), 'logits': logits.tolist(),
             'reconstructed': bool(response.reconstructed),
             'latency_ms': (time.perf_counter() - t0) * 1e3, 'instance': response.instance}
 

@@ -32,7 +32,7 @@ import time
 from absl import app, flags
 import numpy as np
 
-from pmjax import cli, runs
+from pmjax import cli, metrics, runs, tasks
 from pmjax.data import pipeline
 from pmjax.serving import bench, cluster, loadgen, policy
 
@@ -100,7 +100,7 @@ def arrivals(seed, rate, n, num_bodies) -> tuple:
   return rng.exponential(1.0 / rate, n), rng.permutation(num_bodies)
 
 
-async def _drive(url, bodies, labels, rate, n, warmup, seed, timeout_s):
+async def _drive(url, bodies, labels, rate, n, warmup, seed, timeout_s, score):
   """Open-loop Poisson load over HTTP; one record per query after the warm-up (the
   in-process loadgen's fields, with the server's latency_ms, the answering instance and
   the send time)."""
@@ -121,7 +121,7 @@ async def _drive(url, bodies, labels, rate, n, warmup, seed, timeout_s):
       if r.status_code == 200:
         a = r.json()
         records[i] = {'latency_ms': latency, 'reconstructed': a['reconstructed'],
-                      'correct': a['label'] == int(labels[j]), 'error': None,
+                      'correct': score.correct_one(a['logits'], labels[j]), 'error': None,
                       'server_ms': a['latency_ms'], 'instance': a['instance'],
                       'sent_s': t0 - start}
       else:
@@ -177,7 +177,7 @@ class LocalCluster:
     self.cluster.shutdown()
 
 
-def run_mode(mode, f, bodies, labels, local=None) -> dict:
+def run_mode(mode, f, bodies, labels, local=None, score=None) -> dict:
   settings = cluster.ServeSettings(
       workdir=f.workdir, mode=mode, m=f.m, deadline_ms=f.deadline_ms,
       replica_cpus=f.replica_cpus, frontend_cpus=0.5,
@@ -202,7 +202,8 @@ def run_mode(mode, f, bodies, labels, local=None) -> dict:
   # The load runs on its own thread; node events on this one (Ray's node start and stop
   # install signal handlers, which only the main thread may).
   load = threading.Thread(target=lambda: out.update(records=asyncio.run(_drive(
-      url, bodies, labels, f.rate, f.queries + f.warmup, f.warmup, f.seed, f.timeout_s))))
+      url, bodies, labels, f.rate, f.queries + f.warmup, f.warmup, f.seed, f.timeout_s,
+      score or metrics.CLASSIFICATION))))
   load.start()
   for at_s, fn in events:
     time.sleep(max(0.0, at_s - (time.time() - t0)))
@@ -229,7 +230,7 @@ def run_mode(mode, f, bodies, labels, local=None) -> dict:
 RAW = ('latencies_ms', 'records')
 
 
-def reference_accuracy(workdir, xs, ys, order, k) -> dict:
+def reference_accuracy(workdir, xs, ys, order, k, score=None) -> dict:
   """F's accuracy on the served queries and evaluate's A_d over the same queries grouped
   as served (consecutive k of the query order), computed in-process: what the HTTP
   figures should match."""
@@ -239,6 +240,7 @@ def reference_accuracy(workdir, xs, ys, order, k) -> dict:
   fp = CompiledPredict(parts.parity_fn, parts.parity_vars[0])
   batches = lambda fn, a: np.concatenate([fn(a[i:i + 256]) for i in range(0, len(a), 256)])
   out = batches(f, xs)
+  score = score or metrics.CLASSIFICATION
   groups = order[:len(order) // k * k].reshape(-1, k)
   z = batches(fp, np.asarray(parts.encode(xs[groups]))[:, 0])[:, None]
   hits = []
@@ -246,8 +248,9 @@ def reference_accuracy(workdir, xs, ys, order, k) -> dict:
     avail = np.ones(groups.shape, bool)
     avail[:, miss] = False
     yhat = np.asarray(parts.decode(out[groups], avail, z, np.ones((len(groups), 1), bool)))
-    hits.append(yhat[:, miss].argmax(-1) == ys[groups[:, miss]])
-  return {'A_a': float(np.mean(out.argmax(-1) == ys)), 'A_d': float(np.mean(hits)),
+    hits += [score.correct_one(o, y) for o, y in zip(yhat[:, miss], ys[groups[:, miss]])]
+  return {'A_a': float(np.mean([score.correct_one(o, y) for o, y in zip(out, ys)])),
+          'A_d': float(np.mean(hits)),
           'queries': int(len(xs)), 'groups': int(len(groups))}
 
 
@@ -274,7 +277,8 @@ def main(argv):
   cluster.init_ray(local.address if local else (f.address or None), f.num_cpus,
                    port=f.port)
   try:
-    results = {mode: run_mode(mode, f, bodies, labels, local) for mode in modes}
+    score = tasks.task_score(config)   # a class, or a box at IoU >= 0.5
+    results = {mode: run_mode(mode, f, bodies, labels, local, score) for mode in modes}
   finally:
     if f.address:            # a cluster we joined: leave its Serve running
       cluster.serve.delete(f.name)
@@ -307,7 +311,7 @@ def main(argv):
     print(f'| {mode} | ' + ' | '.join(cells) + f" | {s['errors'] or 0} |")
   if f.reference:
     order = arrivals(f.seed, f.rate, f.queries + f.warmup, n)[1]
-    ref = reference_accuracy(f.workdir, splits.test_x[:n], labels, order, code.k)
+    ref = reference_accuracy(f.workdir, splits.test_x[:n], labels, order, code.k, score)
     print(f"reference (in-process, the same {ref['queries']} queries): F's accuracy "
           f"{ref['A_a']:.4f}, A_d over {ref['groups']} groups of them {ref['A_d']:.4f}")
     with open(os.path.join(f.out, 'reference.json'), 'w') as fh:

@@ -1,4 +1,4 @@
-"""Tiny synthetic Speech Commands v0.01 and CUB-200-2011 archives in the canonical layouts
+"""Tiny synthetic Speech Commands v0.01 and CUB-200-2011 archives and trees in the canonical layouts
 (the tests' raw files; the real archives are not available offline)."""
 
 import io
@@ -91,3 +91,12 @@ def cub_files(n_classes=3, per_class=6, seed=0):
   files['bounding_boxes.txt'] = ('\n'.join(boxes) + '\n').encode()
   files['train_test_split.txt'] = ('\n'.join(split) + '\n').encode()
   return files
+
+
+def data_config(config_module, raw, tfds_dir, arg='smoke', **data):
+  """`config_module.get_config(arg)` reading raw files from `raw` offline, prepared data
+  in `tfds_dir`, no progress bar; `data` overrides config.data fields."""
+  c = config_module.get_config(arg)
+  c.data.update(dict(manual_dir=raw, data_dir=tfds_dir, download=False, **data))
+  c.progress_bar = False
+  return c
