@@ -10,7 +10,8 @@ import pytest
 
 from pmjax import metrics
 from pmjax.data import builders, cub, pipeline
-from tests import archives as sf
+from pmjax.data import synthetic as sf
+from tests import archives
 
 
 def _cub_tar(path, files):
@@ -26,7 +27,7 @@ def cub_raw(tmp_path_factory):
 
 def _cfg(raw, tfds_dir, arg='smoke', **data):
   from configs import cub_localization
-  return sf.data_config(cub_localization, raw, tfds_dir, arg, **data)
+  return archives.data_config(cub_localization, raw, tfds_dir, arg, **data)
 
 
 def test_box_iou_and_the_model_coordinates():
@@ -160,3 +161,11 @@ def test_servers_describe_a_box_answer_and_score_it():
   d = metrics.LOCALIZATION.describe(np.asarray(out))
   np.testing.assert_allclose(d['box'], [0.1, 0.2, 0.5, 0.6], atol=1e-6)
   assert metrics.CLASSIFICATION.describe(np.array([0.1, 2.0, 0.3])) == {'label': 1}
+
+
+@pytest.mark.parametrize('dataset', ['speech_commands', 'cub_localization'])
+def test_synthetic_archive_entry_point(tmp_path, dataset):
+  sf.main([f'--dataset={dataset}', f'--out={tmp_path}', '--per_word=3', '--n_classes=1',
+           '--per_class=3'])
+  raw = builders.read_raw(dataset, str(tmp_path), download=False)
+  assert sum(1 for e in raw.values() for _ in e) == (90 if dataset == 'speech_commands' else 3)

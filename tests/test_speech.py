@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 
 from pmjax.data import builders, pipeline, speech_commands as sc
-from tests import archives as sf
+from pmjax.data import synthetic as sf
+from tests import archives
 
 
 def _direct_spectrogram(y, sr=16000):
@@ -74,7 +75,7 @@ def speech_raw(tmp_path_factory):
 
 def _cfg(raw, tfds_dir, arg='smoke', **data):
   from configs import speech_commands
-  return sf.data_config(speech_commands, raw, tfds_dir, arg, **data)
+  return archives.data_config(speech_commands, raw, tfds_dir, arg, **data)
 
 
 def test_builder_splits_by_the_official_lists_archive_and_folder_agree(speech_raw, tmp_path):
@@ -102,6 +103,7 @@ def test_builder_splits_by_the_official_lists_archive_and_folder_agree(speech_ra
     ('rate', r'member bed/00000000_nohash_0.wav is sampled at 8000 Hz'),
     ('truncated', r'member bed/00000000_nohash_0.wav is truncated'),
     ('no_list', r'speech_commands_v0.01.tar.gz is corrupt \(it has no testing_list.txt'),
+    ('listed_absent', r'the lists name 1 clip\(s\) it does not hold, first: bed/'),
 ])
 def test_bad_archives_are_named(tmp_path, damage, match):
   files = sf.speech_files(per_word=3)
@@ -110,8 +112,10 @@ def test_bad_archives_are_named(tmp_path, damage, match):
     files[bad] = sf.wav_bytes(np.zeros(16000), rate=8000)
   elif damage == 'truncated':
     files[bad] = sf.wav_bytes(np.zeros(16000), truncate=5000)
-  else:
+  elif damage == 'no_list':
     del files['testing_list.txt']
+  else:
+    del files['bed/00000002_nohash_0.wav']    # listed for test
   sf.write_tar(str(tmp_path / sc.ARCHIVE), files)
   with pytest.raises(builders.RawFileError, match=match):
     for examples in builders.read_raw('speech_commands', str(tmp_path), download=False).values():

@@ -26,8 +26,9 @@ def _assert_trees_close(a, b, **tol):
     np.testing.assert_allclose(np.asarray(x), np.asarray(y), **tol)
 
 
-def _one_chunk(devices, n_steps=2, optim=None):
-  """Parity training of an mlp for n_steps on a mesh over `devices`."""
+def _one_chunk(devices, n_steps=2, optim=None, calls=1):
+  """Parity training of an mlp for n_steps on a mesh over `devices` (in `calls` calls
+  of n_steps / calls steps each)."""
   rng = np.random.default_rng(0)
   data = {'train_x': rng.integers(0, 255, (256, 28, 28, 1)).astype(np.uint8),
           'targets': rng.normal(size=(256, 10)).astype(np.float32)}
@@ -41,8 +42,10 @@ def _one_chunk(devices, n_steps=2, optim=None):
                      base_apply=None)
   run = train.make_train_chunk(mesh, tasks.parity_loss, batch_fn, 16, 2)
   perm = jnp.asarray(rng.permutation(256), jnp.int32)
-  state, m = run(state, train.replicate(data, mesh), {}, perm, jnp.int32(0),
-                 jax.random.key(0), n_steps=n_steps)
+  per_call = n_steps // calls
+  for c in range(calls):
+    state, m = run(state, train.replicate(data, mesh), {}, perm, jnp.int32(c * per_call),
+                   jax.random.key(0), n_steps=per_call)
   return jax.device_get(state.params), float(m['loss'])
 
 
@@ -60,6 +63,15 @@ def test_one_vs_two_devices_same_parameters():
   p2, l2 = _one_chunk(jax.devices(), optim=sgd)
   assert abs(l1 - l2) < 1e-5 * max(1.0, abs(l1))
   _assert_trees_close(p1, p2, rtol=1e-5, atol=1e-7)
+
+
+def test_one_step_calls_run_the_same_steps_as_a_scan():
+  """A one-step call is straight-line code (no scan loop): two such calls give what one
+  call of two scanned steps gives."""
+  sgd = type(_adam())(dict(name='sgd', lr=0.01, momentum=0.9, schedule='constant'))
+  p_scan, _ = _one_chunk(jax.devices()[:1], n_steps=2, optim=sgd)
+  p_steps, _ = _one_chunk(jax.devices()[:1], n_steps=2, optim=sgd, calls=2)
+  _assert_trees_close(p_scan, p_steps, rtol=1e-6, atol=1e-7)
 
 
 def test_one_vs_two_devices_adam_within_rounding():

@@ -104,8 +104,9 @@ def _relative(name: str) -> str:
   return name[2:] if name.startswith('./') else name
 
 
-def _split_of(lists: dict, spec, where: str):
-  """path -> split from the official lists (KeyError-free: unknown paths are train)."""
+def _split_of(lists: dict, clips, spec, where: str) -> dict:
+  """{clip path: 'validation' | 'test'} from the official lists (a clip in neither is
+  training); every listed clip must be among `clips` (else the copy is incomplete)."""
   split = {}
   for s, text in lists.items():
     for line in text.splitlines():
@@ -114,6 +115,10 @@ def _split_of(lists: dict, spec, where: str):
         split[line] = s
   if not split:
     raise builders.corrupt(spec, where, 'validation_list.txt and testing_list.txt are empty')
+  absent = sorted(set(split) - set(clips))
+  if absent:
+    raise builders.corrupt(spec, where, f'the lists name {len(absent)} clip(s) it does not '
+                           f'hold, first: {absent[0]} (an incomplete copy?)')
   return split
 
 
@@ -154,16 +159,15 @@ def _from_folder(spec, folder):
                                   f'defines that split). To fix: {spec.how_to_get}.')
     with open(p) as fh:
       lists[s] = fh.read()
-  split_of = _split_of(lists, spec, folder)
   words = [d for d in os.listdir(folder) if os.path.isdir(os.path.join(folder, d))
            and not d.startswith('_')]
   _check_words(spec, words, folder)
+  clips = [f'{word}/{f}' for word in sorted(words)
+           for f in sorted(os.listdir(os.path.join(folder, word))) if f.lower().endswith('.wav')]
+  split_of = _split_of(lists, clips, spec, folder)
   by_split = {'train': [], 'validation': [], 'test': []}
-  for word in sorted(words):
-    for f in sorted(os.listdir(os.path.join(folder, word))):
-      if f.lower().endswith('.wav'):
-        rel = f'{word}/{f}'
-        by_split[split_of.get(rel, 'train')].append(rel)
+  for rel in clips:
+    by_split[split_of.get(rel, 'train')].append(rel)
 
   def split_examples(s):
     def generate(examples):
@@ -192,8 +196,8 @@ def _from_archive(spec, path):
     if f not in lists:
       raise builders.corrupt(spec, path, f'it has no {f} (the official {s} list defines '
                              f'that split)')
-  split_of = _split_of({s: lists[f] for s, f in LISTS.items()}, spec, path)
   _check_words(spec, {n.split('/', 1)[0] for n in names if '/' in n}, path)
+  split_of = _split_of({s: lists[f] for s, f in LISTS.items()}, names, spec, path)
   wanted = {s: {n for n in names if split_of.get(n, 'train') == s}
             for s in ('train', 'validation', 'test')}
 
