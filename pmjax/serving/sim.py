@@ -176,7 +176,7 @@ def measure_service_samples(model_name: str, n: int = 300, dataset: str = 'mnist
   model = get_model(model_name, spec.num_classes)
   predict = CompiledPredict(inference.make_predict(model, dataset),
                             tasks.init_variables(model, 0, spec.image_shape))
-  x = np.zeros((batch_size, *spec.image_shape), np.uint8)
+  x = np.zeros((batch_size, *spec.image_shape), np.dtype(spec.dtype))
   for _ in range(5):
     predict(x)
   out = []
