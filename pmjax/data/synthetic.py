@@ -101,7 +101,8 @@ def cub_files(n_classes=3, per_class=6, seed=0):
   files['images.txt'] = ('\n'.join(images) + '\n').encode()
   files['bounding_boxes.txt'] = ('\n'.join(boxes) + '\n').encode()
   files['train_test_split.txt'] = ('\n'.join(split) + '\n').encode()
-  files['README_SYNTHETIC.txt'] = b'SYNTHETIC rectangles (pmjax.data.synthetic); not CUB-200-2011.\n'
+  files['README_SYNTHETIC.txt'] = (b'SYNTHETIC rectangles (pmjax.data.synthetic); '
+                                   b'not CUB-200-2011.\n')
   return files
 
 
