@@ -56,9 +56,14 @@ def test_builder_resizes_and_normalises_boxes_official_split(cub_raw, tmp_path):
     x0, y0, w, h = box * 224
     inside = x[int(y0) + 3:int(y0 + h) - 3, int(x0) + 3:int(x0 + w) - 3].mean()
     assert inside > 180 and x.mean() < inside
-  # Training is interleaved over the classes: the validation tail spans all four.
-  train_classes = [i % 4 for i in range(32)]
-  assert sorted(set(train_classes[-4:])) == [0, 1, 2, 3]
+  # Training is interleaved over the classes: the validation tail spans all four; test
+  # keeps images.txt order.
+  paths = {str(i): f'{c:03d}.Bird/{i}.jpg' for i, c in zip(range(1, 33), [1] * 9 + [2] * 8
+                                                               + [3] * 8 + [4] * 7)}
+  order = cub._order(list(paths), paths, is_train=True)
+  assert sorted(order, key=int) == sorted(paths, key=int)
+  assert sorted(paths[i][:3] for i in order[-3:]) == ['001', '002', '003']
+  assert cub._order(list(paths), paths, is_train=False) == list(paths)
   # The folder layout gives the same data.
   sf.write_folder(str(tmp_path / 'raw' / cub.FOLDER), sf.cub_files(n_classes=4, per_class=12))
   c = _cfg(str(tmp_path / 'raw'), str(tmp_path / 'tfds2'), train_limit=0, test_limit=0, num_val=4)

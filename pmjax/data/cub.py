@@ -16,7 +16,8 @@ original's coordinates (2x-1, 2y-1, 2w, 2h) (`pmjax.metrics.BoxIoU`).
 
 Order: the test split in images.txt order; the training split interleaved over the
 200 classes (round robin, each class in images.txt order), so its last
-`data.num_val` examples (validation) span the classes. The split being prepared
+`data.num_val` examples (validation) span the classes (CUB's have 29-30 training
+images each; with very unequal classes the tail would come from the largest). The split being prepared
 is held as JPEG bytes (~600 MB). About 1.8 GB once prepared at 224 x 224 x 3.
 """
 

@@ -145,8 +145,8 @@ def _featurize(spec, split, rel, data, where):
   try:
     x = spectrogram(read_wav(data, where))
   except AudioError as e:
-    raise builders.RawFileError(f'{spec.name} ({split} split): {e}. To fix: replace or '
-                                f'delete that file; {spec.how_to_get}.') from None
+    raise builders.RawFileError(f'{spec.name} ({split} split): {e}. To fix: replace that '
+                                f'file with a good copy; {spec.how_to_get}.') from None
   return x, WORDS.index(rel.split('/', 1)[0])
 
 
