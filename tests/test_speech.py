@@ -205,3 +205,10 @@ def test_serving_loop_answers_spectrogram_queries(speech_run):
   summary = bench.run_mode('coded', parts, s)
   assert summary['lost'] == 0 and summary['num_reconstructed'] > 0
   assert 0.0 <= summary['accuracy'] <= 1.0
+
+
+def test_default_manual_dir_finds_an_extracted_tree(tmp_path, monkeypatch):
+  (tmp_path / 'speech_commands' / sc.FOLDER).mkdir(parents=True)
+  monkeypatch.setenv('PMJAX_MANUAL_DIR', str(tmp_path))
+  assert pipeline.default_manual_dir('speech_commands') == str(tmp_path / 'speech_commands')
+  assert pipeline.default_manual_dir('cub_localization') != str(tmp_path / 'cub_localization')

@@ -68,6 +68,7 @@ class DatasetSpec(NamedTuple):
   dtype: str = 'uint8'        # stored inputs: 'uint8' images, or 'float32' features
   label_shape: tuple = ()     # () a class index; (4,) a float32 box
   target: str = 'classification'  # the objective (pmjax.tasks.OBJECTIVES)
+  folder: str = ''            # an extracted tree the reader also accepts (MANUAL_DIR/folder)
 
 
 _MNIST_URLS = ('https://storage.googleapis.com/cvdf-datasets/mnist/',

@@ -55,7 +55,7 @@ def read_cats_vs_dogs(spec, manual_dir, download=True, verify_md5=True):
   decode; the count is printed and recorded in the prepared data's provenance.
   """
   del verify_md5  # no canonical md5 published: checked by structure
-  folder = os.path.join(manual_dir, 'cat_v_dog') if manual_dir else None
+  folder = os.path.join(manual_dir, spec.folder) if manual_dir else None
   if folder and os.path.isdir(folder):
     return _cats_vs_dogs_folder(spec, folder)
   path = builders.fetch_raw_file(spec, 'archive', manual_dir, download)
@@ -138,4 +138,4 @@ SPEC = builders.register_dataset(builders.DatasetSpec(
     'directory, or give an ImageFolder copy as MANUAL_DIR/cat_v_dog/{train,val,test}/'
     '{cat,dog}/',
     (0.485, 0.456, 0.406), (0.229, 0.224, 0.225), read_cats_vs_dogs,
-    augment='resized_crop_flip'))
+    augment='resized_crop_flip', folder='cat_v_dog'))

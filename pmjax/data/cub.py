@@ -188,4 +188,4 @@ SPEC = builders.register_dataset(builders.DatasetSpec(
     f'there as MANUAL_DIR/{FOLDER}/ (images.txt, bounding_boxes.txt, '
     f'train_test_split.txt, images/)',
     (0.485, 0.456, 0.406), (0.229, 0.224, 0.225), read_cub, augment='none',
-    label_shape=(4,), target='box'))
+    label_shape=(4,), target='box', folder=FOLDER))

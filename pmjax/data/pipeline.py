@@ -38,7 +38,8 @@ class Splits(NamedTuple):
 def default_manual_dir(name: str) -> str:
   """Where raw files are looked for when the config names no manual directory.
 
-  In order: $PMJAX_MANUAL_DIR/<name>, ../shared/data/<name> beside the repo,
+  In order (the first holding the spec's first raw file, or its extracted `folder`):
+  $PMJAX_MANUAL_DIR/<name>, ../shared/data/<name> beside the repo,
   the spec's `system_dirs` (e.g. Debian's /usr/share/datasets/fashion-mnist), and finally
   ~/.cache/pmjax/downloads/<name>, where the canonical files are downloaded.
   """
@@ -50,7 +51,8 @@ def default_manual_dir(name: str) -> str:
   candidates.extend(spec.system_dirs)
   first_file = next(iter(spec.files.values())).name
   for c in candidates:
-    if os.path.exists(os.path.join(c, first_file)):
+    if os.path.exists(os.path.join(c, first_file)) or (
+        spec.folder and os.path.isdir(os.path.join(c, spec.folder))):
       return c
   return os.path.expanduser(os.path.join('~', '.cache', 'pmjax', 'downloads', name))
 

@@ -234,4 +234,4 @@ SPEC = builders.register_dataset(builders.DatasetSpec(
         'http://download.tensorflow.org/data/speech_commands_v0.01.tar.gz',), None)},
     f'download {ARCHIVE} (about 1.4 GB) into the manual directory, or extract it there as '
     f'MANUAL_DIR/{FOLDER}/ (word folders, validation_list.txt, testing_list.txt)',
-    (0.0,), (1.0,), read_speech_commands, dtype='float32', augment='none'))
+    (0.0,), (1.0,), read_speech_commands, dtype='float32', augment='none', folder=FOLDER))
