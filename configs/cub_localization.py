@@ -16,7 +16,9 @@ against F's own box). The original's scripts: F with Adam 1e-3, batch 32, no
 pretraining (160 epochs; here 60 with cosine decay); F_P with Adam 1e-3, wd 1e-5,
 batch 128 images (64 groups for k=2), MSE. Differences from the original, kept on
 purpose: the official split instead of its seeded 80/20 per-class split, IoU >=
-0.5 instead of its compute_acc's 0.75 default, and its parity model's custom
+0.5 instead of its compute_acc's 0.75 default (its split is available as
+`--config.data.name=cub_localization_parm_split`, `pmjax.data.cub.parm_split`, checked
+against its code), and its parity model's custom
 initialisation (final bias = k x the mean box) is not copied. No augmentation
 (a crop or flip would move the box). GPU-sized; `smoke` (a narrow
 resnet8_imagenet on a few images) runs on a CPU in seconds. Real-archive results:

@@ -174,3 +174,38 @@ def test_synthetic_archive_entry_point(tmp_path, dataset):
            '--per_class=3'])
   raw = builders.read_raw(dataset, str(tmp_path), download=False)
   assert sum(1 for e in raw.values() for _ in e) == (90 if dataset == 'speech_commands' else 3)
+
+
+def _original_split(images_txt, ratio):
+  """cub-localization/box_util.py's split(), verbatim but for the file path."""
+  import math
+  import random
+  with open(images_txt) as f:
+    lines = f.read().splitlines()
+  class_groups = dict()
+  for line in lines:
+    value, line = line.split(' ', 1)
+    key = line.split('.', 1)[0]
+    if key in class_groups:
+      class_groups[key].append(value)
+    else:
+      class_groups[key] = [value]
+  test_id = []
+  random.seed(32)
+  for _, group in class_groups.items():
+    test_id.extend(random.sample(group, int(math.ceil(len(group) * ratio))))
+  train_id = [i for i in map(str, range(1, len(lines) + 1)) if i not in test_id]
+  return train_id, test_id
+
+
+def test_parm_split_is_the_originals(tmp_path):
+  files = sf.cub_files(n_classes=5, per_class=11)
+  (tmp_path / 'images.txt').write_bytes(files['images.txt'])
+  train_id, test_id = _original_split(str(tmp_path / 'images.txt'), 0.2)
+  paths = dict(l.split(' ', 1) for l in files['images.txt'].decode().splitlines())
+  got = cub.parm_split(paths)
+  assert sorted(i for i, t in got.items() if not t) == sorted(test_id) and len(test_id) == 15
+  assert sorted(i for i, t in got.items() if t) == sorted(train_id)
+  _cub_tar(str(tmp_path / cub.ARCHIVE), files)
+  raw = builders.read_raw('cub_localization_parm_split', str(tmp_path), download=False)
+  assert sum(1 for _ in raw['test']) == 15 and sum(1 for _ in raw['train']) == 40

@@ -4,7 +4,9 @@ and its raw-file reader; `configs/cub_localization.py` trains on it.
 Raw data: `CUB_200_2011.tgz` (downloaded when online), or the same tree extracted as
 MANUAL_DIR/CUB_200_2011/ (`images.txt`, `bounding_boxes.txt`,
 `train_test_split.txt`, `images/<class>/<file>.jpg`). The official
-train_test_split.txt gives the splits (5,994 / 5,794 images).
+train_test_split.txt gives the splits (5,994 / 5,794 images); the dataset
+`cub_localization_parm_split` reads the same files on the original repository's own
+split instead (`parm_split`: a seeded 20% of each class as test).
 
 An example: the image as RGB resized to 224 x 224 (bilinear, aspect not kept: the
 original's `transforms.Scale((224, 224))`), and its box (x, y, w, h) from
@@ -26,6 +28,7 @@ from __future__ import annotations
 import io
 import os
 import tarfile
+from functools import partial
 
 import numpy as np
 
@@ -99,8 +102,25 @@ def _order(ids, paths, is_train):
           if j < len(c)]
 
 
-def read_cub(spec, manual_dir, download=True, verify_md5=True):
-  """{'train', 'test'}: Examples of (224x224x3 image, box) from the archive or folder."""
+def parm_split(paths: dict) -> dict:
+  """The original repository's split (`cub-localization/box_util.split(0.2)`): per class
+  (the number before the first '.' of the path), in images.txt order, ceil(20%) of its
+  images sampled as test with Python's `random` seeded 32; {id: is_train}."""
+  import math  # pylint: disable=g-import-not-at-top
+  import random  # pylint: disable=g-import-not-at-top
+  groups = {}
+  for i, path in paths.items():
+    groups.setdefault(path.split('.', 1)[0], []).append(i)
+  rng = random.Random(32)
+  test = set()
+  for group in groups.values():
+    test.update(rng.sample(group, int(math.ceil(len(group) * 0.2))))
+  return {i: i not in test for i in paths}
+
+
+def read_cub(spec, manual_dir, download=True, verify_md5=True, split='official'):
+  """{'train', 'test'}: Examples of (224x224x3 image, box) from the archive or folder;
+  `split` 'official' (train_test_split.txt) or 'parm' (`parm_split`)."""
   del verify_md5  # no canonical content md5 published: checked by structure
   folder = os.path.join(manual_dir, FOLDER) if manual_dir else None
   if folder and os.path.isdir(folder):
@@ -155,6 +175,8 @@ def read_cub(spec, manual_dir, download=True, verify_md5=True):
       return out
 
   paths, boxes, train = _parse_tables(spec, texts, where)
+  if split == 'parm':
+    train = parm_split(paths)
 
   def split_examples(is_train):
     ids = _order([i for i in paths if train[i] == is_train], paths, is_train)
@@ -180,12 +202,17 @@ def read_cub(spec, manual_dir, download=True, verify_md5=True):
   return {'train': split_examples(True), 'test': split_examples(False)}
 
 
+_CUB = dict(files={'archive': builders.RawFile(ARCHIVE, (
+    'https://data.caltech.edu/records/65de6-vp158/files/CUB_200_2011.tgz',), None)},
+            how_to_get=f'download {ARCHIVE} (Caltech, about 1.1 GB) into the manual '
+            f'directory, or extract it there as MANUAL_DIR/{FOLDER}/ (images.txt, '
+            f'bounding_boxes.txt, train_test_split.txt, images/)',
+            mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225), augment='none',
+            label_shape=(4,), target='box', folder=FOLDER)
 SPEC = builders.register_dataset(builders.DatasetSpec(
-    'cub_localization', (SIZE, SIZE, 3), 4,
-    {'archive': builders.RawFile(ARCHIVE, (
-        'https://data.caltech.edu/records/65de6-vp158/files/CUB_200_2011.tgz',), None)},
-    f'download {ARCHIVE} (Caltech, about 1.1 GB) into the manual directory, or extract it '
-    f'there as MANUAL_DIR/{FOLDER}/ (images.txt, bounding_boxes.txt, '
-    f'train_test_split.txt, images/)',
-    (0.485, 0.456, 0.406), (0.229, 0.224, 0.225), read_cub, augment='none',
-    label_shape=(4,), target='box', folder=FOLDER))
+    'cub_localization', (SIZE, SIZE, 3), 4, reader=read_cub, **_CUB))
+# The same images and boxes on the original repository's own 80/20 split (`parm_split`),
+# to run its procedure: --config.data.name=cub_localization_parm_split.
+PARM_SPLIT_SPEC = builders.register_dataset(builders.DatasetSpec(
+    'cub_localization_parm_split', (SIZE, SIZE, 3), 4,
+    reader=partial(read_cub, split='parm'), **_CUB))
