@@ -8,8 +8,9 @@ spectrograms, `sum` parity models (the original's gcommands config).
 
 RAW holds speech_commands_v0.01.tar.gz, or its extracted tree as
 RAW/speech_commands_v0.01/ (pmjax/data/speech_commands.py: splits from the official
-validation and testing lists, the original's STFT features). Prepared: about 4.2 GB
-of float32 spectrograms, so training streams them (data.pipeline='auto').
+validation and testing lists, the original's STFT features). Prepared: 65 KB of
+float32 spectrogram per clip, several GB in all, so training streams them
+(data.pipeline='auto').
 Models: model=vgg11_speech (default) or lenet_speech (the original's two);
 code=sum (default; the original's) or concat (k spectrograms downsampled side by
 side). Base recipe: Adam 1e-3, batch 100 (GCommandsPytorch's defaults), 30

@@ -45,10 +45,8 @@ def cvd_raw(tmp_path_factory):
 
 def _data_cfg(raw, tfds_dir, **kw):
   from configs import cats_vs_dogs
-  c = cats_vs_dogs.get_config('smoke')
-  c.data.update(dict(manual_dir=raw, data_dir=tfds_dir, download=False, **kw))
-  c.progress_bar = False
-  return c
+  from tests import archives
+  return archives.data_config(cats_vs_dogs, raw, tfds_dir, **kw)
 
 
 def test_builder_skips_and_counts_bad_files_and_splits_deterministically(cvd_raw, tmp_path,

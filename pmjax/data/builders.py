@@ -24,6 +24,7 @@ import pickle
 import shutil
 import tarfile
 import urllib.request
+import zlib
 from functools import partial
 from typing import Callable, Iterator, NamedTuple
 
@@ -155,6 +156,34 @@ def corrupt(spec, path, why):
   return RawFileError(
       f'{spec.name}: raw file {path} is corrupt ({why}). Delete it and fetch it '
       f'again: {spec.how_to_get}.')
+
+
+_ARCHIVE_ERRORS = (tarfile.TarError, EOFError, zlib.error, OSError)
+
+
+def tar_members(spec: DatasetSpec, path: str) -> Iterator:
+  """(name, read) for each regular file of the .tar.gz `path`, in archive order, in one
+  streaming pass: `name` without a leading './', `read()` its bytes (call it before the
+  next item; files not read are skipped over). A truncated or corrupt archive raises
+  RawFileError naming it; errors of the caller's own code pass through unchanged."""
+  def broken(e):
+    return corrupt(spec, path, f'{type(e).__name__}: {e}')
+
+  def reader(tar, m):
+    def read():
+      try:
+        return tar.extractfile(m).read()
+      except _ARCHIVE_ERRORS as e:
+        raise broken(e) from None
+    return read
+
+  try:
+    with tarfile.open(path, 'r:gz') as tar:
+      for m in tar:
+        if m.isfile():
+          yield m.name[2:] if m.name.startswith('./') else m.name, reader(tar, m)
+  except _ARCHIVE_ERRORS as e:
+    raise broken(e) from None
 
 
 def read_idx(spec: DatasetSpec, path: str, verify_md5: bool = True) -> np.ndarray:

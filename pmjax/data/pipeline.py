@@ -130,16 +130,18 @@ def load_splits(data_cfg) -> Splits:
     train = stream.TrainSource(source['train'], 0, n_train, spec.image_shape, x_dtype,
                                spec.label_shape)
     train_x, train_y = stream.SourceArray(train, 0), stream.SourceArray(train, 1)
-    val_x, val_y = (None, None) if own_val else read('train', range(n_all - num_val, n_all))
   else:
     all_x, all_y = read('train', range(n_train) if own_val else None)
-    val_x, val_y = all_x[n_all - num_val:], all_y[n_all - num_val:]
     train_x, train_y = all_x[:n_train], all_y[:n_train]
   if own_val:
     n_val = len(source['validation'])
     if data_cfg.get('val_limit'):
       n_val = min(n_val, data_cfg.val_limit)
     val_x, val_y = read('validation', range(n_val))
+  elif isinstance(train_x, stream.SourceArray):
+    val_x, val_y = read('train', range(n_all - num_val, n_all))
+  else:
+    val_x, val_y = all_x[n_all - num_val:], all_y[n_all - num_val:]
   test_x, test_y = read('test')
   if data_cfg.get('test_limit'):
     test_x, test_y = test_x[:data_cfg.test_limit], test_y[:data_cfg.test_limit]

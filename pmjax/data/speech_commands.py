@@ -19,8 +19,9 @@ to the model as is. Written with numpy (`np.fft.rfft` on strided frames) rather
 than librosa, which would add a large dependency for one function; a test checks
 it against the DFT formula.
 
-Storage: 65 KB per clip, about 3.3 GB for the training split, so training streams
-it (`pmjax.data.stream`). The validation and test splits are ordered by path;
+Storage: 65 KB per clip (161 x 101 float32), several GB for the whole set, so
+training streams it (`pmjax.data.stream`). The archive is read once for its lists
+and names, then once per split (a streaming pass each). The validation and test splits are ordered by path;
 training clips in archive order (sorted by path for an extracted folder).
 """
 
@@ -28,7 +29,6 @@ from __future__ import annotations
 
 import io
 import os
-import tarfile
 import wave
 
 import numpy as np
@@ -98,10 +98,6 @@ def spectrogram(samples: np.ndarray, sample_rate: int = SAMPLE_RATE) -> np.ndarr
   if std != 0:
     spect = (spect - spect.mean()) / std
   return spect[..., None].astype(np.float32)
-
-
-def _relative(name: str) -> str:
-  return name[2:] if name.startswith('./') else name
 
 
 def _split_of(lists: dict, clips, spec, where: str) -> dict:
@@ -182,16 +178,11 @@ def _from_folder(spec, folder):
 
 def _from_archive(spec, path):
   lists, names = {}, []
-  try:
-    with tarfile.open(path, 'r:gz') as tar:
-      for m in tar:
-        rel = _relative(m.name)
-        if rel in LISTS.values():
-          lists[rel] = tar.extractfile(m).read().decode()
-        elif m.isfile() and rel.lower().endswith('.wav') and not rel.startswith('_'):
-          names.append(rel)
-  except (tarfile.TarError, EOFError, OSError, UnicodeDecodeError) as e:
-    raise builders.corrupt(spec, path, f'{type(e).__name__}: {e}') from None
+  for rel, read in builders.tar_members(spec, path):
+    if rel in LISTS.values():
+      lists[rel] = read().decode('utf-8', 'replace')
+    elif rel.lower().endswith('.wav') and not rel.startswith('_'):
+      names.append(rel)
   for s, f in LISTS.items():
     if f not in lists:
       raise builders.corrupt(spec, path, f'it has no {f} (the official {s} list defines '
@@ -206,20 +197,14 @@ def _from_archive(spec, path):
     validation and test (small) held as bytes and given in path order."""
     def generate(examples):
       held = []
-      try:
-        with tarfile.open(path, 'r:gz') as tar:
-          for m in tar:
-            rel = _relative(m.name)
-            if rel not in wanted[s]:
-              continue
-            data = tar.extractfile(m).read()
-            if s == 'train':
-              examples.total += 1
-              yield _featurize(spec, s, rel, data, f'{path} member {rel}')
-            else:
-              held.append((rel, data))
-      except (tarfile.TarError, EOFError, OSError) as e:
-        raise builders.corrupt(spec, path, f'{type(e).__name__}: {e}') from None
+      for rel, read in builders.tar_members(spec, path):
+        if rel not in wanted[s]:
+          continue
+        if s == 'train':
+          examples.total += 1
+          yield _featurize(spec, s, rel, read(), f'{path} member {rel}')
+        else:
+          held.append((rel, read()))
       for rel, data in sorted(held):
         examples.total += 1
         yield _featurize(spec, s, rel, data, f'{path} member {rel}')
