@@ -7,12 +7,92 @@ builds one by name.
 
 from __future__ import annotations
 
+import contextlib
 from functools import partial
 from typing import Sequence
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+from jax import lax
+
+
+# Convolutions whose output is at most this many pixels (H x W) run as im2col + matmul
+# on CPU: XLA's CPU convolution is ~10x slower there than the same product as one
+# matmul (a 3x3 conv 64 -> 64 on 256 maps of 4x2: 17 ms forward, 40 ms with gradients,
+# against 1.5 ms / 7.5 ms; from 8x4 up XLA's own is faster). The tiny maps are the last
+# stages of a ResNet on the `collage` code's 16x8 cells (RESULTS.md, "The
+# convolutional path"). 0 turns it off.
+IM2COL_MAX_PIXELS = 8
+
+
+def _im2col_conv(x_BxHxWxC, kernel_KHxKWxCxO, strides, pads, precision):
+  """A 2-D convolution as one matmul over the kh*kw shifted copies of the input."""
+  kh, kw, c, o = kernel_KHxKWxCxO.shape
+  (sh, sw), xp = strides, jnp.pad(x_BxHxWxC, ((0, 0), tuple(pads[0]), tuple(pads[1]), (0, 0)))
+  ho, wo = (xp.shape[1] - kh) // sh + 1, (xp.shape[2] - kw) // sw + 1
+  cols = [xp[:, i:i + sh * (ho - 1) + 1:sh, j:j + sw * (wo - 1) + 1:sw, :]
+          for i in range(kh) for j in range(kw)]
+  patches = jnp.concatenate(cols, axis=-1) if len(cols) > 1 else cols[0]
+  return jnp.einsum('bhwp,po->bhwo', patches, kernel_KHxKWxCxO.reshape(kh * kw * c, o),
+                    precision=precision)
+
+
+def conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None,
+                         rhs_dilation=None, dimension_numbers=None, feature_group_count=1,
+                         precision=None, **kwargs):
+  """`lax.conv_general_dilated`, but a plain 2-D NHWC convolution with a small output
+  (`IM2COL_MAX_PIXELS`) runs as im2col + matmul on CPU: the same values (to float
+  rounding), the same gradients, and no grouped or dilated case is touched."""
+  def plain(dilation):
+    return dilation is None or all(d == 1 for d in dilation)
+  nhwc = lax.conv_dimension_numbers(lhs.shape, rhs.shape, ('NHWC', 'HWIO', 'NHWC'))
+  if (IM2COL_MAX_PIXELS and lhs.ndim == 4 and jax.default_backend() == 'cpu'
+      and feature_group_count == 1 and not kwargs and plain(lhs_dilation)
+      and plain(rhs_dilation) and lax.conv_dimension_numbers(
+          lhs.shape, rhs.shape, dimension_numbers) == nhwc):
+    pads = (lax.padtype_to_pads(lhs.shape[1:3], rhs.shape[:2], window_strides, padding)
+            if isinstance(padding, str) else padding)
+    out_hw = [(n + lo + hi - k) // s + 1 for n, (lo, hi), k, s in
+              zip(lhs.shape[1:3], pads, rhs.shape[:2], window_strides)]
+    if all(lo >= 0 and hi >= 0 for lo, hi in pads) and out_hw[0] * out_hw[1] <= \
+        IM2COL_MAX_PIXELS:
+      return _im2col_conv(lhs, rhs, tuple(window_strides), pads, precision)
+  return lax.conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation,
+                                  rhs_dilation, dimension_numbers, feature_group_count,
+                                  precision=precision, **kwargs)
+
+
+@contextlib.contextmanager
+def xla_convolutions():
+  """Within: every convolution as XLA's own (no im2col). FLOP counts are taken so
+  (`pmjax.bench`): XLA's cost analysis of a convolution counts the multiply-adds of
+  its valid taps only, an im2col matmul also those with the padding."""
+  global IM2COL_MAX_PIXELS
+  saved, IM2COL_MAX_PIXELS = IM2COL_MAX_PIXELS, 0
+  try:
+    yield
+  finally:
+    IM2COL_MAX_PIXELS = saved
+
+
+# Every model's convolutions: flax's nn.Conv (the same parameters and names) through
+# `conv_general_dilated` above.
+Conv = partial(nn.Conv, conv_general_dilated=conv_general_dilated)
+
+
+def max_pool(x_BxHxWxC, window=(2, 2), strides=None):
+  """`nn.max_pool` with VALID padding; a non-overlapping window (strides = window) runs as
+  a reshape and a max. Same values; its gradient goes through `max` instead of
+  reduce-window's argmax, which XLA's CPU backend computes with index arrays (a third of
+  a lenet5 step here). Only ties differ (they share the gradient): after a ReLU they are
+  zeros, whose gradient the ReLU stops anyway."""
+  strides = tuple(strides or window)
+  if tuple(window) != strides or x_BxHxWxC.ndim != 4:
+    return nn.max_pool(x_BxHxWxC, tuple(window), strides)
+  (wh, ww), (b, h, w, c) = window, x_BxHxWxC.shape
+  x = x_BxHxWxC[:, :h // wh * wh, :w // ww * ww]
+  return jnp.max(x.reshape(b, h // wh, wh, w // ww, ww, c), axis=(2, 4))
 
 
 def parm_linear_init() -> dict:
@@ -44,10 +124,10 @@ class LeNet5(nn.Module):
 
   @nn.compact
   def __call__(self, x, train: bool = False):
-    x = nn.relu(nn.Conv(6, (5, 5), padding='SAME')(x))
-    x = nn.max_pool(x, (2, 2), (2, 2))
-    x = nn.relu(nn.Conv(16, (5, 5), padding='VALID')(x))
-    x = nn.max_pool(x, (2, 2), (2, 2))
+    x = nn.relu(Conv(6, (5, 5), padding='SAME')(x))
+    x = max_pool(x, (2, 2), (2, 2))
+    x = nn.relu(Conv(16, (5, 5), padding='VALID')(x))
+    x = max_pool(x, (2, 2), (2, 2))
     x = x.reshape(x.shape[0], -1)
     x = nn.relu(nn.Dense(120)(x))
     x = nn.relu(nn.Dense(84)(x))
@@ -64,9 +144,9 @@ class TileCNN(nn.Module):
 
   @nn.compact
   def __call__(self, x, train: bool = False):
-    x = nn.relu(nn.Conv(self.widths[0], (3, 3), padding='SAME')(x))
-    x = nn.max_pool(x, (2, 2), (2, 2))
-    x = nn.relu(nn.Conv(self.widths[1], (3, 3), padding='SAME')(x))
+    x = nn.relu(Conv(self.widths[0], (3, 3), padding='SAME')(x))
+    x = max_pool(x, (2, 2), (2, 2))
+    x = nn.relu(Conv(self.widths[1], (3, 3), padding='SAME')(x))
     x = x.reshape(x.shape[0], -1)
     x = nn.relu(nn.Dense(self.hidden)(x))
     return nn.Dense(self.num_classes)(x)
@@ -83,12 +163,12 @@ class BasicBlock(nn.Module):
   @nn.compact
   def __call__(self, x, train: bool):
     norm = _batch_norm(train)
-    y = nn.Conv(self.features, (3, 3), self.stride, padding=1, use_bias=False)(x)
+    y = Conv(self.features, (3, 3), self.stride, padding=1, use_bias=False)(x)
     y = nn.relu(norm()(y))
-    y = nn.Conv(self.features, (3, 3), padding=1, use_bias=False)(y)
+    y = Conv(self.features, (3, 3), padding=1, use_bias=False)(y)
     y = norm()(y)
     if self.stride != 1 or x.shape[-1] != self.features:
-      x = nn.Conv(self.features, (1, 1), self.stride, use_bias=False)(x)
+      x = Conv(self.features, (1, 1), self.stride, use_bias=False)(x)
       x = norm()(x)
     return nn.relu(x + y)
 
@@ -105,11 +185,11 @@ class ResNet(nn.Module):
   @nn.compact
   def __call__(self, x, train: bool = False):
     if self.stem == 'imagenet':
-      x = nn.Conv(self.widths[0], (7, 7), 2, padding=3, use_bias=False)(x)
+      x = Conv(self.widths[0], (7, 7), 2, padding=3, use_bias=False)(x)
       x = nn.relu(_batch_norm(train)()(x))
       x = nn.max_pool(x, (3, 3), (2, 2), padding=((1, 1), (1, 1)))
     else:
-      x = nn.Conv(self.widths[0], (3, 3), padding=1, use_bias=False)(x)
+      x = Conv(self.widths[0], (3, 3), padding=1, use_bias=False)(x)
       x = nn.relu(_batch_norm(train)()(x))
     for stage, (n, width) in enumerate(zip(self.blocks, self.widths)):
       for i in range(n):
@@ -131,9 +211,9 @@ class VGG(nn.Module):
   def __call__(self, x, train: bool = False):
     for v in self.layers:
       if v == 'M':
-        x = nn.max_pool(x, (2, 2), (2, 2))
+        x = max_pool(x, (2, 2), (2, 2))
       else:
-        x = nn.Conv(v, (3, 3), padding=1)(x)
+        x = Conv(v, (3, 3), padding=1)(x)
         x = nn.relu(_batch_norm(train)()(x))
     if self.hidden:
       x = nn.Dense(self.hidden)(x.reshape(x.shape[0], -1))
@@ -153,7 +233,7 @@ class SpeechLeNet(nn.Module):
   @nn.compact
   def __call__(self, x, train: bool = False):
     for w in self.widths:
-      x = nn.relu(nn.max_pool(nn.Conv(w, (5, 5), padding='VALID')(x), (2, 2), (2, 2)))
+      x = nn.relu(max_pool(Conv(w, (5, 5), padding='VALID')(x), (2, 2), (2, 2)))
     x = nn.relu(nn.Dense(self.hidden)(x.reshape(x.shape[0], -1)))
     return nn.Dense(self.num_classes)(x)
 
@@ -193,22 +273,62 @@ def get_model(name: str, num_classes: int) -> nn.Module:
   return MODELS[name](num_classes=num_classes)
 
 
-class Stacked(nn.Module):
-  """r independent copies of `base` (stacked parameters, vmapped): x_BxRx... -> y_BxRxC.
+STACKED_LAYOUTS = ('unroll', 'vmap')
 
-  The r parity models of a code with r > 1 train together in one step.
+
+class Stacked(nn.Module):
+  """r independent copies of `base` (stacked parameters): x_BxRx... -> y_BxRxC.
+
+  The r parity models of a code with r > 1 train together in one step. The
+  variables are stacked along a leading axis of size r (created by `nn.vmap`, so
+  every copy has its own initialisation), and `layout` chooses how a step runs them:
+
+    'unroll' (default)  r calls of `base` on copy j's slice of the variables, one
+                        after the other in straight-line code: r ordinary
+                        convolutions per layer, so the step costs r times one copy's;
+    'vmap'              one vmapped call. XLA turns a convolution vmapped over its
+                        kernel into a grouped convolution (feature_group_count = r),
+                        which its CPU backend runs ~20x slower than r plain ones
+                        (RESULTS.md, "The convolutional path"); kept for comparison.
+
+  Both give the same outputs, batch statistics and gradients (tests/test_models.py).
   """
   base: nn.Module
   r: int
+  layout: str = 'unroll'
 
   @nn.compact
   def __call__(self, x_BxRx, train: bool = False):
-    def apply(module, x):
-      return module(x, train)
-    vmapped = nn.vmap(apply, variable_axes={'params': 0, 'batch_stats': 0},
-                      split_rngs={'params': True}, in_axes=1, out_axes=1,
-                      axis_size=self.r)
-    return vmapped(self.base, x_BxRx)
+    if self.layout not in STACKED_LAYOUTS:
+      raise ValueError(f'Stacked layout {self.layout!r} is unknown; accepted: '
+                       f'{list(STACKED_LAYOUTS)}')
+    if x_BxRx.shape[1] != self.r:
+      raise ValueError(f'Stacked parity models take x_BxRx... with R = r = {self.r}; got '
+                       f'input shape {x_BxRx.shape}')
+    if self.layout == 'vmap' or self.is_initializing():
+      def apply(module, x):
+        return module(x, train)
+      vmapped = nn.vmap(apply, variable_axes={'params': 0, 'batch_stats': 0},
+                        split_rngs={'params': True}, in_axes=1, out_axes=1,
+                        axis_size=self.r)
+      return vmapped(self.base, x_BxRx)
+    base = self.base.clone(parent=None)   # applied functionally to each copy's slice
+    stats = (self.variables.get('batch_stats') or {}).get('base')
+    update_stats = train and stats is not None and self.is_mutable_collection('batch_stats')
+    outs, new_stats = [], []
+    for j in range(self.r):
+      variables_j = Stacked.copy_variables(self.variables, j)
+      if update_stats:
+        out, updates = base.apply(variables_j, x_BxRx[:, j], train=True,
+                                  mutable=['batch_stats'])
+        new_stats.append(updates['batch_stats'])
+      else:
+        out = base.apply(variables_j, x_BxRx[:, j], train=train)
+      outs.append(out)
+    if update_stats:
+      self.put_variable('batch_stats', 'base',
+                        jax.tree.map(lambda *a: jnp.stack(a), *new_stats))
+    return jnp.stack(outs, axis=1)
 
   @staticmethod
   def copy_variables(variables: dict, j: int) -> dict:

@@ -83,3 +83,82 @@ def test_tiles_parity_model_answers_every_cell_on_its_own():
   assert changed[1] > 0 and changed[0] == 0 and changed[2] == 0
   with pytest.raises(ValueError, match="unknown prefix 'tile:'"):
     get_parity_model('tile:mlp', 10, k=3, image_shape=(28, 28, 1))
+
+
+def _stacked_loss(model, variables, x, train=True):
+  def loss(params):
+    out, upd = model.apply({'params': params, 'batch_stats': variables['batch_stats']}, x,
+                           train=train, mutable=['batch_stats'])
+    return jnp.sum(jnp.sin(out)), (out, upd['batch_stats'])
+  (_, (out, stats)), grads = jax.value_and_grad(loss, has_aux=True)(variables['params'])
+  return out, stats, grads
+
+
+def test_stacked_layouts_equal_r_separate_models():
+  """Stacked's unrolled layout (the default), its vmapped one and r separate models:
+  the same outputs, new batch statistics and gradients (a conv net with batch norm)."""
+  from pmjax.models import Stacked
+  r = 3
+  base = get_model('resnet8', 4)
+  x = jax.random.normal(jax.random.key(1), (4, r, 16, 8, 3))
+  unroll, vmapped = Stacked(base, r), Stacked(base, r, layout='vmap')
+  variables = unroll.init(jax.random.key(0), x)
+  assert jax.tree.structure(variables) == jax.tree.structure(
+      vmapped.init(jax.random.key(0), x))
+  got = {name: _stacked_loss(m, variables, x) for name, m in
+         (('unroll', unroll), ('vmap', vmapped))}
+  for j in range(r):   # copy j alone, as a model of its own
+    v_j = Stacked.copy_variables(variables, j)
+    out_j, stats_j, grads_j = _stacked_loss(base, v_j, x[:, j])
+    for name, (out, stats, grads) in got.items():
+      np.testing.assert_allclose(out[:, j], out_j, rtol=1e-5, atol=1e-5, err_msg=name)
+      for a, b in zip(jax.tree.leaves(Stacked.copy_variables(
+          {'params': grads, 'batch_stats': stats}, j)), jax.tree.leaves(
+              {'params': grads_j, 'batch_stats': stats_j})):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5, err_msg=name)
+  # Evaluation mode (running statistics) agrees too, and a wrong R is named.
+  np.testing.assert_allclose(unroll.apply(variables, x), vmapped.apply(variables, x),
+                             rtol=1e-5, atol=1e-5)
+  with pytest.raises(ValueError, match='R = r = 3'):
+    unroll.apply(variables, x[:, :2])
+
+
+@pytest.mark.parametrize('hw,kernel,stride,padding', [
+    ((4, 2), (3, 3), 1, 1), ((4, 2), (3, 3), 2, 1), ((2, 1), (3, 3), 1, 1),
+    ((4, 4), (1, 1), 2, 0), ((2, 3), (5, 5), 1, 'SAME'), ((6, 6), (3, 3), 1, 'VALID')])
+def test_small_convolutions_as_matmul_equal_xla(hw, kernel, stride, padding):
+  """models.Conv runs a convolution with a small output as im2col + matmul on CPU: the
+  same outputs and gradients as flax's own nn.Conv, and the same parameter tree."""
+  import flax.linen as nn
+  from pmjax import models
+  x = jax.random.normal(jax.random.key(0), (5, *hw, 6))
+  ours, theirs = models.Conv(7, kernel, stride, padding=padding), nn.Conv(
+      7, kernel, stride, padding=padding)
+  v = theirs.init(jax.random.key(1), x)
+  assert jax.tree.structure(ours.init(jax.random.key(1), x)) == jax.tree.structure(v)
+  def f(m):
+    return jax.value_and_grad(lambda v, x: jnp.sum(jnp.sin(m.apply(v, x))),
+                              argnums=(0, 1))(v, x)
+  (a, ga), (b, gb) = f(ours), f(theirs)
+  np.testing.assert_allclose(ours.apply(v, x), theirs.apply(v, x), rtol=1e-5, atol=1e-5)
+  for p, q in zip(jax.tree.leaves(ga), jax.tree.leaves(gb)):
+    np.testing.assert_allclose(p, q, rtol=1e-4, atol=1e-4)
+  out_hw = ours.apply(v, x).shape[1:3]
+  assert (out_hw[0] * out_hw[1] <= models.IM2COL_MAX_PIXELS) == (hw != (6, 6))
+
+
+@pytest.mark.parametrize('hw', [(28, 28), (14, 7), (10, 10)])
+def test_max_pool_by_reshape_equals_flax(hw):
+  """models.max_pool (a non-overlapping window as reshape + max): nn.max_pool's values,
+  and its gradients after a ReLU (the place every model pools), odd sizes cropped."""
+  import flax.linen as nn
+  from pmjax import models
+  x = jax.random.normal(jax.random.key(0), (3, *hw, 4))
+  def f(pool):
+    return jax.value_and_grad(lambda x: jnp.sum(jnp.sin(pool(nn.relu(x)))))(x)
+  ours = lambda x: models.max_pool(x, (2, 2), (2, 2))
+  theirs = lambda x: nn.max_pool(x, (2, 2), (2, 2))
+  np.testing.assert_array_equal(ours(x), theirs(x))
+  (a, ga), (b, gb) = f(ours), f(theirs)
+  np.testing.assert_allclose(a, b, rtol=1e-6)
+  np.testing.assert_array_equal(ga, gb)
