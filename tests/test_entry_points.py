@@ -124,3 +124,47 @@ def test_torch_reference_step_where_torch_is_installed():
   out = subprocess.run([sys.executable, 'launch/torch_parity_step.py'], cwd=REPO,
                        capture_output=True, text=True, timeout=600)
   assert out.returncode == 0 and 'bare_step_groups_per_s' in out.stdout
+
+
+def test_gpu_check_tiny_mode_on_cpu(tmp_path):
+  """launch/gpu_check.sh's CPU mode (TINY=1): the same stages and final line as on a GPU."""
+  from tests.conftest import make_synthetic_cifar
+  raw = tmp_path / 'raw'
+  raw.mkdir()
+  make_synthetic_cifar(str(raw / 'cifar-10-python.tar.gz'), 10, 64)
+  env = {**os.environ, 'TINY': '1', 'DATA_DIR': str(raw), 'TFDS_DIR': str(tmp_path / 'tfds')}
+  out = subprocess.run(['bash', 'launch/gpu_check.sh', str(tmp_path / 'run')], cwd=REPO,
+                       capture_output=True, text=True, timeout=600, env=env)
+  assert out.returncode == 0, out.stderr[-3000:]
+  last = out.stdout.strip().splitlines()[-1]
+  assert last.startswith('GPU check on cpu') and 'TFLOP/s' in last and 'A_d' in last, last
+  assert 'nan' not in last
+
+
+def test_side_by_side_table(tmp_path):
+  """launch/throughput_side_by_side.sh: pmjax's rows always; PyTorch's where installed."""
+  rows = 'lenet5 F (MNIST),lenet5 sum k=2 (MNIST)'
+  out = subprocess.run(['bash', 'launch/throughput_side_by_side.sh', f'--rows={rows}',
+                        '--steps_per_call=1', '--calls=1', f'--json={tmp_path / "t.json"}'],
+                       cwd=REPO, capture_output=True, text=True, timeout=600,
+                       env={**os.environ, 'SKIP_MLP': '1'})
+  assert out.returncode == 0, out.stderr[-3000:]
+  table = json.load(open(tmp_path / 't.json'))['rows']
+  assert {r['name'] for r in table} == set(rows.split(','))
+  assert all(r['per_s'] > 0 and r['gflops_per_s'] > 0 for r in table)
+  has_torch = any(r['impl'].startswith('PyTorch') for r in table)
+  try:
+    import torch  # noqa: F401  pylint: disable=g-import-not-at-top,unused-import
+    assert has_torch and '| pmjax |' in out.stdout and 'x |' in out.stdout
+  except ImportError:
+    assert not has_torch and 'PyTorch columns are skipped' in out.stdout
+
+
+def test_torch_twin_of_the_collage_step_where_torch_is_installed():
+  pytest.importorskip('torch')
+  out = subprocess.run([sys.executable, 'launch/torch_train_step.py', '--stage=parity',
+                        '--code=collage', '--k=8', '--r=3', '--parity_model=tiles:resnet8',
+                        '--batch=4', '--steps=1', '--repeats=1'], cwd=REPO,
+                       capture_output=True, text=True, timeout=600)
+  assert out.returncode == 0, out.stderr[-3000:]
+  assert json.loads(out.stdout)['per_s'] > 0

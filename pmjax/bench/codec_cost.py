@@ -20,7 +20,7 @@ from absl import app, flags
 import jax
 import numpy as np
 
-from pmjax import codes, inference, tasks
+from pmjax import codes, inference, models, tasks
 from pmjax.models import get_model
 from pmjax.serving.instance import CompiledPredict
 
@@ -39,9 +39,12 @@ def median_us(fn, calls: int) -> float:
 
 def forward_flops(model, variables, input_shape) -> float:
   """FLOPs of one eval-mode forward pass on one input of `input_shape` (H, W, C), by
-  XLA's cost analysis of the compiled function on this backend."""
+  XLA's cost analysis of the compiled function on this backend, every convolution
+  counted as XLA's own (`models.xla_convolutions`)."""
   x = jax.numpy.zeros((1, *input_shape), jax.numpy.float32)
-  compiled = jax.jit(lambda v, x: model.apply(v, x, train=False)).lower(variables, x).compile()
+  with models.xla_convolutions():
+    compiled = jax.jit(lambda v, x: model.apply(v, x, train=False)).lower(variables,
+                                                                         x).compile()
   cost = compiled.cost_analysis()
   cost = cost[0] if isinstance(cost, (list, tuple)) else cost
   return float(cost['flops'])

@@ -1,6 +1,19 @@
-"""Parity-model training throughput (groups/s), through the real training path.
+"""Training throughput through the real training path: MNIST epochs, and conv steps.
 
     python -m pmjax.bench.train_throughput [--code=sum --k=2 --batch=64 --epochs=5]
+    python -m pmjax.bench.train_throughput --steps --model=resnet8 --dataset=cifar10 \
+        --stage=parity --code=collage --k=8 --r=3 --parity_model=tiles:resnet8
+
+The second form (`--steps`) times `steps_per_call`-step calls of the same jitted
+chunk on random inputs of the dataset's shape (speed does not depend on pixel
+values), for F (`--stage=base`: images/s) or r parity models (`--stage=parity`:
+groups/s), and reports the step's FLOPs (XLA's cost analysis of the compiled
+one-step call) over its time, against this CPU's peak measured in the same run by
+a microbenchmark (`conv_peak`: a large matmul and a large 3x3 convolution). It
+prints one JSON line; `launch/throughput_side_by_side.sh` runs it for every conv
+model next to a PyTorch twin (`launch/torch_train_step.py`).
+
+The first form:
 
 Runs the very `make_train_chunk` that `pmjax.train` runs (on-device data,
 frozen-F targets precomputed, `steps_per_call` steps per jitted call, the loss
@@ -26,9 +39,9 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from pmjax import codes, inference, tasks, train
+from pmjax import codes, inference, models, tasks, train
 from pmjax.data import pipeline
-from pmjax.models import get_model
+from pmjax.models import get_model, get_parity_model
 
 # The original trainer on this machine, k=2 sum, batch 64 groups (reference doc).
 ORIGINAL_K2 = {'as shipped (PIL pipeline)': 5800.0, 'inputs cached as tensors': 23500.0,
@@ -108,10 +121,149 @@ def run(code_name='sum', k=2, batch=64, epochs=5, model_name='mlp', chunk=100,
   }
 
 
+# ---------------------------------------------------------------------------
+# Conv steps (--steps): F or r parity models, random inputs of a dataset's shape.
+# ---------------------------------------------------------------------------
+
+SHAPES = {'mnist': (28, 28, 1), 'cifar10': (32, 32, 3)}
+# The training recipes of configs/: F on CIFAR-10 (SGD + Nesterov, weight decay 5e-4),
+# F on MNIST and every parity model (Adam; parity weight decay 1e-5).
+BASE_OPTIM = {'cifar10': dict(name='sgd', lr=0.1, momentum=0.9, nesterov=True,
+                              weight_decay=5e-4, schedule='constant'),
+              'mnist': dict(name='adam', lr=1e-3, weight_decay=0.0, schedule='constant')}
+PARITY_OPTIM = dict(name='adam', lr=1e-3, weight_decay=1e-5, schedule='constant')
+
+
+def _time(fn, repeats: int) -> float:
+  """Median seconds of fn() (which blocks), after one warm-up call."""
+  fn()
+  times = []
+  for _ in range(repeats):
+    t0 = time.perf_counter()
+    fn()
+    times.append(time.perf_counter() - t0)
+  return float(np.median(times))
+
+
+def step_flops(compiled) -> float:
+  cost = compiled.cost_analysis()
+  cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+  return float(cost.get('flops', 0.0))
+
+
+def nominal_step_flops(run_chunk, state, args) -> float:
+  """FLOPs of one training step by XLA's cost analysis, with every convolution counted
+  as XLA's own (`models.xla_convolutions`), so GFLOP/s compares
+  layouts, and pmjax with PyTorch, on the same count of work."""
+  with models.xla_convolutions():
+    return step_flops(run_chunk.lower(state, *args, n_steps=1).compile())
+
+
+def conv_peak(repeats: int = 5) -> dict:
+  """This CPU's attainable GFLOP/s in XLA, measured now: a 2048^3 float32 matmul and a
+  3x3 convolution 64 -> 64 channels on 128 images of 32x32 (forward)."""
+  a = jax.random.normal(jax.random.key(0), (2048, 2048))
+  x = jax.random.normal(jax.random.key(1), (128, 32, 32, 64))
+  w = jax.random.normal(jax.random.key(2), (3, 3, 64, 64))
+  mm = jax.jit(lambda a: a @ a)
+  conv = jax.jit(lambda x, w: jax.lax.conv_general_dilated(
+      x, w, (1, 1), 'SAME', dimension_numbers=('NHWC', 'HWIO', 'NHWC')))
+  out = {}
+  for name, f, args in (('matmul', mm, (a,)), ('conv3x3', conv, (x, w))):
+    flops = step_flops(f.lower(*args).compile())
+    out[f'{name}_gflops_per_s'] = flops / _time(lambda: f(*args).block_until_ready(),
+                                                repeats) / 1e9
+  return out
+
+
+def run_steps(model_name='resnet8', dataset='cifar10', stage='base', code_name='sum', k=2,
+              r=1, parity_model='', batch=0, steps_per_call=8, calls=5, layout='unroll',
+              num_classes=10) -> dict:
+  """Times the training chunk of F (stage 'base') or of r parity models ('parity')."""
+  shape = SHAPES[dataset]
+  rng = np.random.default_rng(0)
+  mesh = train.make_mesh()
+  base = get_model(model_name, num_classes)
+  if stage == 'base':
+    batch = batch or (128 if dataset == 'cifar10' else 64)
+    group, model, optim = 1, base, BASE_OPTIM[dataset]
+    n = batch * steps_per_call
+    data = {'train_x': rng.integers(0, 256, (n, *shape)).astype(np.uint8),
+            'train_y': rng.integers(0, num_classes, n).astype(np.int32)}
+    batch_fn = partial(tasks.base_batch, dataset=dataset, augment=False)
+    loss_fn = partial(tasks.base_loss, objective=tasks.CLASSIFICATION)
+    input_shape = shape
+  else:
+    batch = batch or (64 if k == 2 else 32)
+    code = codes.make_code(code_name, k, r, image_shape=shape)
+    model = get_parity_model(parity_model or model_name, num_classes, code.r, code.k, shape)
+    if code.r > 1:
+      model = model.clone(layout=layout)
+    group, optim = k, PARITY_OPTIM
+    n = batch * k * steps_per_call
+    train_x = rng.integers(0, 256, (n, *shape)).astype(np.uint8)
+    base_vars = tasks.init_variables(base, 1, shape)
+    targets = inference.batched(inference.make_predict(base, dataset), base_vars, train_x,
+                                1000)
+    data = {'train_x': train_x, 'targets': targets}   # F's outputs precomputed, as train
+    batch_fn = partial(tasks.parity_batch, dataset=dataset, augment=False, code=code,
+                       base_apply=base.apply)
+    loss_fn = tasks.parity_loss
+    input_shape = shape if code.r == 1 else (code.r, *shape)
+  total = steps_per_call * (calls + 2)
+  state = train.replicate(train.create_state(
+      model, train.make_optimizer(ml_collections.ConfigDict(optim), total),
+      tasks.init_variables(model, 0, input_shape)), mesh)
+  data = train.replicate(data, mesh)
+  unroll = True if jax.default_backend() == 'cpu' else 1
+  run_chunk = train.make_train_chunk(mesh, loss_fn, batch_fn, batch, group, unroll=unroll)
+  perm = jnp.arange(n, dtype=jnp.int32)
+  key = jax.random.key(0)
+  args = (data, {}, perm, jnp.int32(0), key)
+  flops = nominal_step_flops(run_chunk, state, args)
+  holder = [state]
+
+  def call():
+    holder[0], m = run_chunk(holder[0], *args, n_steps=steps_per_call)
+    float(m['loss'])
+  t0 = time.perf_counter()
+  call()   # compiles
+  compile_s = time.perf_counter() - t0
+  step_s = _time(call, calls) / steps_per_call
+  per_s = batch / step_s
+  return {'stage': stage, 'model': model_name, 'dataset': dataset,
+          'code': code_name if stage == 'parity' else None, 'k': k if stage == 'parity'
+          else None, 'r': r if stage == 'parity' else None, 'parity_model':
+          (parity_model or model_name) if stage == 'parity' else None,
+          'layout': layout if stage == 'parity' and r > 1 else None, 'batch': batch,
+          'unit': 'groups' if stage == 'parity' else 'images', 'per_s': per_s,
+          'step_ms': step_s * 1e3, 'step_gflop': flops / 1e9,
+          'gflops_per_s': flops / step_s / 1e9, 'compile_s': compile_s,
+          'steps_per_call': steps_per_call, 'im2col_max_pixels': models.IM2COL_MAX_PIXELS,
+          'devices': [str(d) for d in jax.devices()]}
+
+
 def main(argv):
   del argv
   f = flags.FLAGS
-  r = run(f.code, f.k, f.batch, f.epochs, f.model, train_limit=f.train_limit)
+  if f.steps:
+    models.IM2COL_MAX_PIXELS = f.im2col_max_pixels
+    r = run_steps(f.model, f.dataset, f.stage, f.code, f.k, f.r, f.parity_model, f.batch,
+                  f.steps_per_call, f.calls, f.layout)
+    if f.peak:
+      r.update(conv_peak())
+      r['fraction_of_conv_peak'] = r['gflops_per_s'] / r['conv3x3_gflops_per_s']
+    print(json.dumps(r))
+    what = (f"{r['parity_model']} x{r['r']} ({r['code']} k={r['k']}, {r['layout'] or ''})"
+            if f.stage == 'parity' else r['model'])
+    print(f"\n{f.stage} {what} on {f.dataset} shapes, batch {r['batch']} {r['unit']}: "
+          f"{r['per_s']:,.1f} {r['unit']}/s, {r['step_ms']:.1f} ms/step, "
+          f"{r['step_gflop']:.2f} GFLOP/step, {r['gflops_per_s']:.1f} GFLOP/s")
+    if f.peak:
+      print(f"  CPU peak now: matmul {r['matmul_gflops_per_s']:.1f}, conv3x3 "
+            f"{r['conv3x3_gflops_per_s']:.1f} GFLOP/s ({r['fraction_of_conv_peak']:.0%})")
+    return
+  r = run(f.code, f.k, f.batch or 64, f.epochs, f.model, train_limit=f.train_limit)
   print(json.dumps(r))
   print(f"\n{r['model']} {r['code']} k={r['k']} batch={r['batch_groups']} groups, "
         f"{r['devices'][0]} x{len(r['devices'])}:")
@@ -126,8 +278,20 @@ def main(argv):
 if __name__ == '__main__':
   flags.DEFINE_string('code', 'sum', 'Code name.')
   flags.DEFINE_integer('k', 2, 'Group size.')
-  flags.DEFINE_integer('batch', 64, 'Groups per batch.')
+  flags.DEFINE_integer('batch', 0, 'Groups (images for --stage=base) per step; 0: 64 groups '
+                       '(--steps: the recipe: 64 groups for k=2, else 32; F 128 CIFAR, 64 MNIST).')
   flags.DEFINE_integer('epochs', 5, 'Timed epochs (after one warm-up epoch).')
   flags.DEFINE_string('model', 'mlp', 'Parity model architecture.')
   flags.DEFINE_integer('train_limit', 0, 'Train on the first N images only (0 = all).')
+  flags.DEFINE_bool('steps', False, 'Time conv training steps (any model) on random inputs.')
+  flags.DEFINE_enum('stage', 'parity', ['base', 'parity'], '--steps: F or parity models.')
+  flags.DEFINE_enum('dataset', 'cifar10', sorted(SHAPES), '--steps: input shapes.')
+  flags.DEFINE_integer('r', 1, '--steps: parity models (a code with r > 1).')
+  flags.DEFINE_string('parity_model', '', "--steps: parity architecture (default: --model).")
+  flags.DEFINE_enum('layout', 'unroll', ['unroll', 'vmap'], '--steps: Stacked layout, r > 1.')
+  flags.DEFINE_integer('im2col_max_pixels', models.IM2COL_MAX_PIXELS,
+                       '--steps: models.IM2COL_MAX_PIXELS (0: every conv as XLA\'s own).')
+  flags.DEFINE_integer('steps_per_call', 8, '--steps: steps per jitted call.')
+  flags.DEFINE_integer('calls', 5, '--steps: timed calls (median), after one warm-up.')
+  flags.DEFINE_bool('peak', True, "--steps: also measure this CPU's peak (conv_peak).")
   app.run(main)
