@@ -46,6 +46,9 @@ def get_config(arg=None, dataset='mnist', model='mlp', base_epochs=30, base_batc
   c.data.test_limit = 0
   c.data.val_limit = 0     # cuts a dataset's own validation split (0 = all)
   c.data.augment = False
+  # Parity runs without augmentation: a random horizontal flip per example, F's outputs on
+  # the flipped training images precomputed too (no F inside the step).
+  c.data.flip_targets = False
   c.data.scaling = 'standardize'  # or 'unit': x/255 as torchvision's ToTensor (the original's)
   c.data.pipeline = 'auto'       # 'device' (whole set on device), 'stream' (read per call:
   c.data.device_limit_mb = 1024  #   pmjax.data.stream), 'auto' (stream above this size)

@@ -123,6 +123,11 @@ def parity_batch(data, idx_BxK, keys_BxK, dataset, augment, code, base_apply):
   x = pipeline.preprocess(keys_BxK.reshape(-1), x_raw, dataset, augment)
   if 'targets' in data:  # F's outputs precomputed once (no augmentation)
     y_BxKxC = data['targets'][idx_BxK]
+    if 'targets_flip' in data:   # config.data.flip_targets: F's outputs on both precomputed
+      flip_N = jax.vmap(lambda key: jax.random.bernoulli(jax.random.fold_in(key, 7)))(
+          keys_BxK.reshape(-1))
+      x = jnp.where(flip_N[:, None, None, None], x[:, :, ::-1], x)
+      y_BxKxC = jnp.where(flip_N.reshape(b, k, 1), data['targets_flip'][idx_BxK], y_BxKxC)
   else:
     y_BxKxC = base_apply(data['base_vars'], x, train=False).reshape(b, k, -1)
   x_BxKx = x.reshape(b, k, *x.shape[1:])
@@ -246,6 +251,18 @@ class ParityTask(_CodeTask):
     super().__init__(config, splits, eval_batch_size, base)
     if self.augment:
       self.data['base_vars'] = self.base_vars   # F runs inside the step on augmented X
+    if config.data.get('flip_targets', False):
+      if self.augment:
+        raise config_utils.ConfigError(
+            'config.data.flip_targets=True precomputes F on flipped images for runs '
+            'without augmentation; config.data.augment=True already flips (F runs inside '
+            'the step). Set one of them to False')
+      # A random horizontal flip per example at the cost of none: F's outputs on the
+      # flipped training images are computed once, like the unflipped ones.
+      predict = inference.make_predict(self.base_model, self.dataset)
+      self.data['targets_flip'] = inference.batched(
+          lambda v, x: predict(v, x[:, :, ::-1]), self.base_vars, splits.train_x,
+          eval_batch_size)
     self.loss_fn = parity_loss
     self.batch_fn = partial(parity_batch, dataset=self.dataset, augment=self.augment,
                             code=self.code, base_apply=self.base_model.apply)

@@ -430,3 +430,29 @@ def test_a_parity_model_that_cannot_answer_the_code_is_refused_before_training(
   c = smoke_config('stage=parity,code=collage,k=2,r=2,epochs=1,parity_model=tiles:mlp')
   c.base_workdir = base_dir
   assert train.train_and_evaluate(c, str(tmp_path / 'tiles'))['epoch'] == 1
+
+
+def test_flip_targets_flip_the_image_and_take_fs_output_on_it():
+  """config.data.flip_targets: each example is flipped at random, and its target is the
+  precomputed F(flipped image); unflipped ones keep F(image)."""
+  import types
+  import jax
+  import jax.numpy as jnp
+  from pmjax import tasks
+  from pmjax.data import pipeline
+  rng = np.random.default_rng(0)
+  n, k = 64, 2
+  raw = rng.integers(0, 256, (n, 28, 28, 1)).astype(np.uint8)
+  data = {'train_x': jnp.asarray(raw), 'targets': jnp.arange(n, dtype=jnp.float32)[:, None],
+          'targets_flip': -jnp.arange(n, dtype=jnp.float32)[:, None] - 1}
+  identity = types.SimpleNamespace(encode=lambda x: x, target=lambda y: y)
+  idx = jnp.arange(n).reshape(n // k, k)
+  keys = jax.random.split(jax.random.key(3), n).reshape(n // k, k)
+  batch = tasks.parity_batch(data, idx, keys, 'mnist', False, identity, None)
+  x, t = np.asarray(batch['p']).reshape(n, 28, 28, 1), np.asarray(batch['t']).reshape(n)
+  plain = np.asarray(pipeline.normalize(jnp.asarray(raw), 'mnist'))
+  flipped = t < 0
+  assert 0.25 < flipped.mean() < 0.75
+  np.testing.assert_array_equal(t, np.where(flipped, -np.arange(n) - 1, np.arange(n)))
+  np.testing.assert_allclose(x[flipped], plain[flipped][:, :, ::-1])
+  np.testing.assert_allclose(x[~flipped], plain[~flipped])
