@@ -17,7 +17,8 @@ if ! "$torch_py" -c 'import torch' >/dev/null 2>&1; then
 fi
 if [ -n "$torch_py" ] && [ -z "${SKIP_MLP:-}" ]; then
   tj=$("$torch_py" launch/torch_parity_step.py)
-  jj=$(python -m pmjax.bench.train_throughput 2>/dev/null | head -1)
+  out=$(python -m pmjax.bench.train_throughput 2>/dev/null)   # no early-closing pipe
+  jj=$(printf '%s\n' "$out" | grep -m1 '^{')
   python - "$tj" "$jj" <<'PY'
 import json, sys
 t, j = json.loads(sys.argv[1]), json.loads(sys.argv[2])

@@ -101,6 +101,7 @@ def test_every_other_entry_point_runs(tiny_run, tiny_collage, tmp_path):
   assert verify['verified_groups'] > 0 and verify['flagged_groups'] > 0
   assert verify['lost'] == 0
   goal = json.load(open(tmp_path / 'goal' / 'goal.json'))
+  assert os.path.getsize(tmp_path / 'goal' / 'goal_curves.png') > 1000
   # The collage run serves S = 1 (its first parity model) and S = 2; the sum run (r = 1)
   # S = 1 too (its own code at r = 1).
   ours = [(r['S'], r['code'].split()[0]) for r in goal if r.get('code')]

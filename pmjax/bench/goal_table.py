@@ -25,7 +25,8 @@ ApproxIFER's protocol scores).
 Compute: FLOPs of one parity model on one coded query / FLOPs of F on one query, by
 XLA's cost analysis (`codec_cost.forward_flops`); Berrut's extra workers each run F
 (1.0). The margin is ours minus the better of Berrut's two protocols, in points; the
-goal is >= +5 at every (dataset, S). Writes DIR/goal.json and DIR/goal.md.
+goal is >= +5 at every (dataset, S). Writes DIR/goal.json and DIR/goal.md, and the
+training curves beside Berrut's figures, DIR/goal_curves.png (`curves`).
 """
 
 from __future__ import annotations
@@ -36,7 +37,7 @@ from absl import app, flags
 import jax.numpy as jnp
 import numpy as np
 
-from pmjax import bench, codes, inference, metrics, models, report, runs
+from pmjax import bench, codes, inference, metrics, models, plotting, report, runs
 from pmjax.bench import code_table, codec_cost
 from pmjax.data import builders, pipeline
 
@@ -143,6 +144,34 @@ def markdown(rows):
   return '\n'.join(lines)
 
 
+def curves(rows, out_dir) -> str:
+  """DIR/goal_curves.png, one panel per F: each parity run's validation and test A_d
+  (all its r parity models) per evaluated epoch, Berrut's A_d at each S as dashed lines
+  and ours at each S (the best checkpoint, S data missing) as points at its epoch."""
+  plt = plotting.pyplot()
+  datasets = list(dict.fromkeys(r['dataset'] for r in rows))
+  fig, axes = plt.subplots(1, len(datasets), figsize=(5.5 * len(datasets), 4), squeeze=False)
+  for ax, ds in zip(axes[0], datasets):
+    mine = [r for r in rows if r['dataset'] == ds]
+    for w in dict.fromkeys(r['workdir'] for r in mine if r.get('code')):
+      m = metrics.read_metrics(w)
+      for split, style in (('val', ':'), ('test', '-')):
+        pts = [(x['epoch'], x[f'{split}_A_d_top1']) for x in m if f'{split}_A_d_top1' in x]
+        if pts:
+          ax.plot(*zip(*pts), style, label=f'{os.path.basename(w)} {split} A_d (all r)')
+    for r in mine:
+      color = f"C{r['S'] + 2}"
+      ax.axhline(max(r['berrut']['authors'], r['berrut']['every_pattern']), ls='--', c=color,
+                 lw=1, label=f"Berrut S={r['S']}")
+      if r.get('code'):
+        ax.plot([r['best_epoch']], [r['A_d_S_data_missing']], 'o', c=color,
+                label=f"ours S={r['S']} (test, best)")
+    ax.set(title=f"{ds} ({mine[0]['F']})", xlabel='epoch', ylabel='A_d top-1')
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=6)
+  return plotting.save(fig, os.path.join(out_dir, 'goal_curves.png'), dpi=110)
+
+
 def main(argv):
   del argv
   f = bench.start_table_bench()
@@ -159,6 +188,7 @@ def main(argv):
       rows += mine or [{'dataset': config.data.name, 'F': config.model, 'S': s,
                         'code': None, 'berrut': b}]
   report.write_table(f.out, 'goal', rows, markdown(rows))
+  curves(rows, f.out)
 
 
 if __name__ == '__main__':
