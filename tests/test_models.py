@@ -90,16 +90,17 @@ def _stacked_loss(model, variables, x, train=True):
     out, upd = model.apply({'params': params, 'batch_stats': variables['batch_stats']}, x,
                            train=train, mutable=['batch_stats'])
     return jnp.sum(jnp.sin(out)), (out, upd['batch_stats'])
-  (_, (out, stats)), grads = jax.value_and_grad(loss, has_aux=True)(variables['params'])
+  (_, (out, stats)), grads = jax.jit(jax.value_and_grad(loss, has_aux=True))(
+      variables['params'])
   return out, stats, grads
 
 
 def test_stacked_layouts_equal_r_separate_models():
   """Stacked's unrolled layout (the default), its vmapped one and r separate models:
   the same outputs, new batch statistics and gradients (a conv net with batch norm)."""
-  from pmjax.models import Stacked
+  from pmjax.models import ResNet, Stacked
   r = 3
-  base = get_model('resnet8', 4)
+  base = ResNet(4, blocks=(1, 1), widths=(4, 8))   # conv, batch norm, a strided shortcut
   x = jax.random.normal(jax.random.key(1), (4, r, 16, 8, 3))
   unroll, vmapped = Stacked(base, r), Stacked(base, r, layout='vmap')
   variables = unroll.init(jax.random.key(0), x)

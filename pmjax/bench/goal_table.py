@@ -159,10 +159,13 @@ def curves(rows, out_dir) -> str:
         pts = [(x['epoch'], x[f'{split}_A_d_top1']) for x in m if f'{split}_A_d_top1' in x]
         if pts:
           ax.plot(*zip(*pts), style, label=f'{os.path.basename(w)} {split} A_d (all r)')
+    drawn = set()
     for r in mine:
       color = f"C{r['S'] + 2}"
-      ax.axhline(max(r['berrut']['authors'], r['berrut']['every_pattern']), ls='--', c=color,
-                 lw=1, label=f"Berrut S={r['S']}")
+      if r['S'] not in drawn:   # one Berrut line per S (the better of its two protocols)
+        drawn.add(r['S'])
+        ax.axhline(max(r['berrut']['authors'], r['berrut']['every_pattern']), ls='--',
+                   c=color, lw=1, label=f"Berrut S={r['S']}")
       if r.get('code'):
         ax.plot([r['best_epoch']], [r['A_d_S_data_missing']], 'o', c=color,
                 label=f"ours S={r['S']} (test, best)")
