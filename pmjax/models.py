@@ -2,7 +2,9 @@
 
 Every model maps images x_BxHxWxC (float, normalised) to logits y_BxC and
 takes `train` (batch statistics and dropout); `get_model(name, num_classes)`
-builds one by name.
+builds one by name. Their convolutions are `Conv` (flax's, with tiny outputs as im2col
++ matmul on CPU) and their pools `max_pool` (non-overlapping windows as reshape + max);
+`Stacked` holds a code's r parity models and runs them one after the other.
 """
 
 from __future__ import annotations
