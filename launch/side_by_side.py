@@ -19,28 +19,17 @@ import json
 import subprocess
 import sys
 
-# name: (pmjax bench flags, torch flags); collage rows are k = 8, r = 1 and r = 3.
+# name: the step's flags, the same for the pmjax bench and its PyTorch twin.
+_COLLAGE = '--stage=parity --model=resnet8 --dataset=cifar10 --code=collage --k=8 ' \
+           '--parity_model=tiles:resnet8'
 ROWS = {
-    'lenet5 F (MNIST)': ('--stage=base --model=lenet5 --dataset=mnist',
-                         '--stage=base --model=lenet5 --dataset=mnist'),
-    'resnet8 F (CIFAR-10)': ('--stage=base --model=resnet8 --dataset=cifar10',
-                             '--stage=base --model=resnet8 --dataset=cifar10'),
-    'lenet5 sum k=2 (MNIST)': (
-        '--stage=parity --model=lenet5 --dataset=mnist --code=sum --k=2',
-        '--stage=parity --model=lenet5 --dataset=mnist --code=sum --k=2'),
-    'resnet8 concat k=2 (CIFAR-10)': (
+    'lenet5 F (MNIST)': '--stage=base --model=lenet5 --dataset=mnist',
+    'resnet8 F (CIFAR-10)': '--stage=base --model=resnet8 --dataset=cifar10',
+    'lenet5 sum k=2 (MNIST)': '--stage=parity --model=lenet5 --dataset=mnist --code=sum --k=2',
+    'resnet8 concat k=2 (CIFAR-10)':
         '--stage=parity --model=resnet8 --dataset=cifar10 --code=concat --k=2',
-        '--stage=parity --model=resnet8 --dataset=cifar10 --code=concat --k=2'),
-    'tiles:resnet8 collage k=8 r=1 (CIFAR-10)': (
-        '--stage=parity --model=resnet8 --dataset=cifar10 --code=collage --k=8 --r=1 '
-        '--parity_model=tiles:resnet8',
-        '--stage=parity --model=resnet8 --dataset=cifar10 --code=collage --k=8 --r=1 '
-        '--parity_model=tiles:resnet8'),
-    'tiles:resnet8 collage k=8 r=3 (CIFAR-10)': (
-        '--stage=parity --model=resnet8 --dataset=cifar10 --code=collage --k=8 --r=3 '
-        '--parity_model=tiles:resnet8',
-        '--stage=parity --model=resnet8 --dataset=cifar10 --code=collage --k=8 --r=3 '
-        '--parity_model=tiles:resnet8'),
+    'tiles:resnet8 collage k=8 r=1 (CIFAR-10)': _COLLAGE + ' --r=1',
+    'tiles:resnet8 collage k=8 r=3 (CIFAR-10)': _COLLAGE + ' --r=3',
 }
 # The layout before issue 22 (vmapped r copies: grouped convolutions; no im2col).
 BEFORE = {'tiles:resnet8 collage k=8 r=1 (CIFAR-10)': '--im2col_max_pixels=0',
@@ -60,9 +49,20 @@ def pmjax_row(flags, extra, steps_per_call, calls, peak):
                      f'--calls={calls}', f'--peak={peak}'])
 
 
+def concat_grid_flag(flags):
+  """--grid=RxC: pmjax's own tiling of the row's code (`codes.concat_grid`), for the twin."""
+  from pmjax import codes   # pylint: disable=g-import-not-at-top
+  opts = dict(f[2:].split('=', 1) for f in flags.split())
+  if opts.get('code', 'sum') == 'sum':
+    return []
+  shape = {'mnist': (28, 28, 1), 'cifar10': (32, 32, 3)}[opts['dataset']]
+  return ['--grid=%dx%d' % codes.concat_grid(int(opts['k']), shape)]
+
+
 def torch_row(torch_python, flags, steps, repeats):
   runs = [_json_line([torch_python, 'launch/torch_train_step.py', *flags.split(),
-                      f'--steps={steps}', f'--repeats={repeats}', *layout])
+                      *concat_grid_flag(flags), f'--steps={steps}', f'--repeats={repeats}',
+                      *layout])
           for layout in ([], ['--channels_last'])]
   return max(runs, key=lambda r: r['per_s'])
 
@@ -80,22 +80,22 @@ def main():
   unknown = [n for n in names if n not in ROWS]
   if unknown:
     sys.exit(f'unknown rows {unknown}; choose from {list(ROWS)}')
-  peak = pmjax_row(ROWS[names[0]][0], '', 1, 1, True)   # this CPU's peak, measured now
+  peak = pmjax_row(ROWS[names[0]], '', 1, 1, True)   # this CPU's peak, measured now
   conv_peak = peak['conv3x3_gflops_per_s']
   rows = []
   for name in names:
-    ours, theirs = ROWS[name]
+    flags = ROWS[name]
     variants = [('pmjax', '')] + ([('pmjax before', BEFORE[name])]
                                   if a.before and name in BEFORE else [])
     for label, extra in variants:
       calls = a.calls if label == 'pmjax' else max(1, a.calls // 2)
       spc = a.steps_per_call if label == 'pmjax' else max(1, a.steps_per_call // 4)
-      row = pmjax_row(ours, extra, spc, calls, False)
+      row = pmjax_row(flags, extra, spc, calls, False)
       row.update(name=name, impl=label)
       rows.append(row)
       print(f'{name:42s} {label:13s} {row["per_s"]:10.1f} {row["unit"]}/s', flush=True)
     if a.torch_python:
-      t = torch_row(a.torch_python, theirs, a.steps_per_call, a.calls)
+      t = torch_row(a.torch_python, flags, a.steps_per_call, a.calls)
       t.update(name=name, impl=f'PyTorch {t["torch"]}' + (' channels_last'
                                                           if t['channels_last'] else ''),
                unit=rows[-1]['unit'], step_gflop=rows[-1]['step_gflop'])

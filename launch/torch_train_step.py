@@ -10,8 +10,9 @@ which is flax's 0.9; `tiles:NAME` = NAME on every cell of the k-image tiling,
 answers stacked), the same steps as `python -m pmjax.bench.train_throughput --steps`
 (F: cross-entropy, SGD + Nesterov 0.9, lr 0.1, weight decay 5e-4 on CIFAR-10,
 Adam 1e-3 on MNIST; parity models: the code's encoding inside the step, bilinear
-antialiased downsampling for concat/collage, MSE to F's precomputed outputs, Adam
-1e-3 with weight decay 1e-5; r parity models = r separate networks, one optimizer),
+antialiased downsampling into pmjax's grid for concat/collage (`--grid`, which
+launch/side_by_side.py takes from `pmjax.codes.concat_grid`), MSE to F's precomputed
+outputs, Adam 1e-3 with weight decay 1e-5; r parity models = r separate networks, one optimizer),
 the same batch sizes, on a fixed batch of random inputs cached as tensors (speed does
 not depend on pixel values). Prints one JSON line: images/s (F) or groups/s
 (parity) and ms per step, median of `--repeats` timed runs of `--steps` steps each,
@@ -77,17 +78,6 @@ class ResNet8(nn.Module):
     return self.fc(self.blocks(self.stem(x)).mean((2, 3)))
 
 
-def grid(k, hw):
-  """pmjax.codes.concat_grid's rule: among grids with rows <= cols <= k, at least k cells
-  and no empty row, those dividing the image first; the fewest empty cells, then the
-  squarest."""
-  h, w = hw
-  grids = [(rows, cols) for cols in range(1, k + 1) for rows in range(1, cols + 1)
-           if rows * cols >= k and (rows - 1) * cols < k and rows <= h and cols <= w]
-  dividing = [(rows, cols) for rows, cols in grids if h % rows == 0 and w % cols == 0]
-  return min(dividing or grids, key=lambda g: (g[0] * g[1] - k, g[1] - g[0]))
-
-
 class Tiles(nn.Module):
   """NAME on every cell of a rows x cols tiling; the first k answers side by side."""
   def __init__(self, inner, k, rows, cols):
@@ -129,6 +119,8 @@ def main():
   p.add_argument('--r', type=int, default=1)
   p.add_argument('--parity_model', default='')
   p.add_argument('--batch', type=int, default=0)
+  p.add_argument('--grid', default='', help='RxC tiling of concat/collage (pmjax.codes.'
+                 'concat_grid; launch/side_by_side.py passes it)')
   p.add_argument('--steps', type=int, default=8)
   p.add_argument('--repeats', type=int, default=5)
   p.add_argument('--threads', type=int, default=2)
@@ -152,7 +144,9 @@ def main():
   else:
     batch = a.batch or (64 if a.k == 2 else 32)
     name = a.parity_model or a.model
-    rows, cols = grid(a.k, (h, w)) if a.code != 'sum' else (1, 1)
+    if a.code != 'sum' and not a.grid:
+      p.error(f'--code={a.code} needs --grid=RxC (pmjax.codes.concat_grid of k and the shape)')
+    rows, cols = map(int, a.grid.split('x')) if a.code != 'sum' else (1, 1)
     if name.startswith('tiles:'):
       def one():
         return Tiles(make(name.split(':', 1)[1], c, 10, (h // rows, w // cols)), a.k, rows,

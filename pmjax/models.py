@@ -20,7 +20,7 @@ from jax import lax
 
 
 # Convolutions whose output is at most this many pixels (H x W) run as im2col + matmul
-# on CPU: XLA's CPU convolution is ~10x slower there than the same product as one
+# on CPU: XLA's CPU convolution is 5-11x slower there than the same product as one
 # matmul (a 3x3 conv 64 -> 64 on 256 maps of 4x2: 17 ms forward, 40 ms with gradients,
 # against 1.5 ms / 7.5 ms; from 8x4 up XLA's own is faster). The tiny maps are the last
 # stages of a ResNet on the `collage` code's 16x8 cells (RESULTS.md, "The
@@ -68,8 +68,9 @@ def conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None,
 @contextlib.contextmanager
 def xla_convolutions():
   """Within: every convolution as XLA's own (no im2col). FLOP counts are taken so
-  (`pmjax.bench`): XLA's cost analysis of a convolution counts the multiply-adds of
-  its valid taps only, an im2col matmul also those with the padding."""
+  (`pmjax.bench`), so they do not depend on the layout: XLA's cost analysis counts an
+  im2col step higher than the same step with XLA's convolutions. The switch is read when a function is traced: lower one that
+  has not been traced yet (jit caches traces)."""
   global IM2COL_MAX_PIXELS
   saved, IM2COL_MAX_PIXELS = IM2COL_MAX_PIXELS, 0
   try:

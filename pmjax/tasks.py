@@ -225,7 +225,7 @@ class _CodeTask:
     self.base_model, self.base_vars = base
     self.augment = bool(config.data.get('augment', False))
     self.group_size = config.code.k
-    predict = inference.make_predict(self.base_model, self.dataset)
+    self.predict = predict = inference.make_predict(self.base_model, self.dataset)
     self.base_logits = {n: inference.batched(predict, self.base_vars,
                                              getattr(splits, f'{n}_x'), eval_batch_size)
                         for n in ('val', 'test')}
@@ -259,9 +259,8 @@ class ParityTask(_CodeTask):
             'the step). Set one of them to False')
       # A random horizontal flip per example at the cost of none: F's outputs on the
       # flipped training images are computed once, like the unflipped ones.
-      predict = inference.make_predict(self.base_model, self.dataset)
       self.data['targets_flip'] = inference.batched(
-          lambda v, x: predict(v, x[:, :, ::-1]), self.base_vars, splits.train_x,
+          lambda v, x: self.predict(v, x[:, :, ::-1]), self.base_vars, splits.train_x,
           eval_batch_size)
     self.loss_fn = parity_loss
     self.batch_fn = partial(parity_batch, dataset=self.dataset, augment=self.augment,

@@ -164,7 +164,7 @@ def test_side_by_side_table(tmp_path):
 def test_torch_twin_of_the_collage_step_where_torch_is_installed():
   pytest.importorskip('torch')
   out = subprocess.run([sys.executable, 'launch/torch_train_step.py', '--stage=parity',
-                        '--code=collage', '--k=8', '--r=3', '--parity_model=tiles:resnet8',
+                        '--code=collage', '--k=8', '--r=3', '--parity_model=tiles:resnet8', '--grid=2x4',
                         '--batch=4', '--steps=1', '--repeats=1'], cwd=REPO,
                        capture_output=True, text=True, timeout=600)
   assert out.returncode == 0, out.stderr[-3000:]

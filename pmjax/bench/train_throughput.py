@@ -40,6 +40,7 @@ import ml_collections
 import numpy as np
 
 from pmjax import codes, inference, models, tasks, train
+from pmjax.bench.codec_cost import compiled_flops
 from pmjax.data import pipeline
 from pmjax.models import get_model, get_parity_model
 
@@ -145,18 +146,12 @@ def _time(fn, repeats: int) -> float:
   return float(np.median(times))
 
 
-def step_flops(compiled) -> float:
-  cost = compiled.cost_analysis()
-  cost = cost[0] if isinstance(cost, (list, tuple)) else cost
-  return float(cost.get('flops', 0.0))
-
-
-def nominal_step_flops(run_chunk, state, args) -> float:
+def nominal_compiled_flops(run_chunk, state, args) -> float:
   """FLOPs of one training step by XLA's cost analysis, with every convolution counted
   as XLA's own (`models.xla_convolutions`), so GFLOP/s compares
   layouts, and pmjax with PyTorch, on the same count of work."""
   with models.xla_convolutions():
-    return step_flops(run_chunk.lower(state, *args, n_steps=1).compile())
+    return compiled_flops(run_chunk.lower(state, *args, n_steps=1).compile())
 
 
 def conv_peak(repeats: int = 5) -> dict:
@@ -170,7 +165,7 @@ def conv_peak(repeats: int = 5) -> dict:
       x, w, (1, 1), 'SAME', dimension_numbers=('NHWC', 'HWIO', 'NHWC')))
   out = {}
   for name, f, args in (('matmul', mm, (a,)), ('conv3x3', conv, (x, w))):
-    flops = step_flops(f.lower(*args).compile())
+    flops = compiled_flops(f.lower(*args).compile())
     out[f'{name}_gflops_per_s'] = flops / _time(lambda: f(*args).block_until_ready(),
                                                 repeats) / 1e9
   return out
@@ -220,7 +215,7 @@ def run_steps(model_name='resnet8', dataset='cifar10', stage='base', code_name='
   perm = jnp.arange(n, dtype=jnp.int32)
   key = jax.random.key(0)
   args = (data, {}, perm, jnp.int32(0), key)
-  flops = nominal_step_flops(run_chunk, state, args)
+  flops = nominal_compiled_flops(run_chunk, state, args)
   holder = [state]
 
   def call():
