@@ -132,6 +132,56 @@ def test_bad_requests_are_400s_and_the_server_keeps_serving(served):
     served.handle.predict.remote(np.zeros((3, 3), np.uint8)).result()
 
 
+def test_one_request_carries_a_batch_of_queries(served):
+  xs = served.parts.splits.test_x[:9]
+  want = _f_labels(served.parts, xs)
+  with httpx.Client(timeout=60) as client:
+    r = client.post(served.url, content=_npy(xs), headers={'content-type': cluster.NPY_TYPE})
+    j = client.post(served.url, json={'x': xs[:3].tolist()})
+    big = client.post(served.url, content=_npy(np.zeros((65, *xs.shape[1:]), np.uint8)),
+                      headers={'content-type': cluster.NPY_TYPE})
+  assert r.status_code == 200 and j.status_code == 200
+  answers = r.json()['answers']
+  assert len(answers) == 9 and len(j.json()['answers']) == 3
+  assert all(a['label'] == y for a, y in zip(answers, want) if not a['reconstructed'])
+  assert sum(not a['reconstructed'] for a in answers) >= 5
+  assert big.status_code == 400 and '1 to 64 queries' in big.json()['error']
+
+
+def test_a_query_past_its_deadline_is_not_computed_on_the_replica(served):
+  # on the replica itself: a batch arriving after its deadline is skipped
+  base = cluster.serve.get_deployment_handle('BaseModel', cluster.APP_NAME)
+  x = served.parts.splits.test_x[:1]
+  before = {i['replica']: i for i in cluster.replica_infos()}
+  assert base.predict.remote(x, deadline=time.time() - 1).result() is None
+  assert base.predict.remote(x, deadline=time.time() + 60).result().shape[0] == 1
+  after = cluster.replica_infos()
+  assert sum(i['expired'] - before[i['replica']]['expired'] for i in after) == 1
+  # over HTTP: X-Deadline-Ms; queries queued behind slow replicas expire and never run
+  cluster.set_faults({'BaseModel': {0: dict(slow_prob=1.0, slow_ms=1500),
+                                    1: dict(slow_prob=1.0, slow_ms=1500)},
+                      'ParityModel0': {0: dict(slow_prob=1.0, slow_ms=1500)}})
+  stats0 = served.handle.stats.remote().result()['expired_not_computed']
+  try:
+    async def go():
+      async with httpx.AsyncClient(timeout=60) as client:
+        return await asyncio.gather(*[client.post(
+            served.url, content=_npy(q), headers={'content-type': cluster.NPY_TYPE,
+                                                  'x-deadline-ms': '400'})
+            for q in served.parts.splits.test_x[:6]])
+    got = asyncio.run(go())
+    with httpx.Client(timeout=60) as client:
+      bad = client.post(served.url, content=_npy(x[0]),
+                        headers={'content-type': cluster.NPY_TYPE, 'x-deadline-ms': 'soon'})
+  finally:
+    cluster.set_faults({})
+  assert [r.status_code for r in got] == [504] * 6
+  assert bad.status_code == 400 and 'X-Deadline-Ms' in bad.json()['error']
+  time.sleep(2.0)   # the slow replicas finish what they started
+  stats = served.handle.stats.remote().result()
+  assert stats['expired_not_computed'] - stats0 >= 3   # 6 queries, at most 3 batches ran
+
+
 def test_a_straggling_replica_is_reconstructed(served):
   infos = cluster.set_faults({'BaseModel': {0: dict(slow_prob=1.0, slow_ms=3000)}})
   assert {(i['kind'], i['rank']) for i in infos} == {('base', 0), ('base', 1), ('parity', 0)}
@@ -253,7 +303,8 @@ def test_cluster_bench_and_cli_run_against_the_cluster(served, workdir, tmp_path
   cli = subprocess.Popen(
       [sys.executable, '-m', 'pmjax.serving.cluster', f'--workdir={workdir}', '--mode=coded',
        f'--address={address}', f'--port={served.port}', '--name=cli', '--route_prefix=/cli',
-       '--replica_cpus=0', '--frontend_cpus=0'],
+       '--replica_cpus=0', '--frontend_cpus=0', '--batch_size=4',
+       '--policy={"auto_hold": true, "parity_delay_ms": 50}'],
       cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
   try:
     deadline = time.time() + 300
@@ -262,9 +313,15 @@ def test_cluster_bench_and_cli_run_against_the_cluster(served, workdir, tmp_path
       line = cli.stdout.readline()
       assert line or cli.poll() is None, 'the CLI exited before serving'
     x = served.parts.splits.test_x[0]
+    xs = served.parts.splits.test_x[:24]    # batches of 4 on the data and parity replicas
     with httpx.Client(timeout=60) as client:
       a = client.post(f'http://127.0.0.1:{served.port}/cli/predict', json={'x': x.tolist()})
+      b = client.post(f'http://127.0.0.1:{served.port}/cli/predict', content=_npy(xs),
+                      headers={'content-type': cluster.NPY_TYPE})
     assert a.status_code == 200 and a.json()['label'] == _f_labels(served.parts, x[None])[0]
+    assert b.status_code == 200
+    assert all(q['label'] == y for q, y in zip(b.json()['answers'], _f_labels(served.parts, xs))
+               if not q['reconstructed'])
   finally:
     # SIGTERM: a child of a process that ignores SIGINT (as pytest's can be, after other
     # tests) starts with SIGINT ignored, and Python then installs no handler for it.

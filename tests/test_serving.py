@@ -648,3 +648,99 @@ def test_deferred_parity_is_sent_only_for_groups_still_missing_an_output():
   assert len(calls) == warm + 1
   stats = fe.stats()   # held: groups encoded before their outputs were all in
   assert stats['parity_held'] - stats['parity_skipped'] == 1
+
+
+def test_a_query_past_its_deadline_is_not_computed():
+  """A batch whose deadline passed while it waited in the queue is skipped by the
+  instance (never computed), counted, and the next queries are served."""
+  from pmjax.serving.frontend import DeadlineExceededError
+  calls = []
+
+  def counting_f(x):
+    calls.append(x.reshape(len(x), -1)[0, 1])
+    return fake_f(slow_s=0.5)(x)
+  fe = Frontend('hedge', [counting_f, counting_f], query_shape=SHAPE, k=2, r=1,
+                hedge_delay_s=10.0).start()
+  warm = len(calls)
+  slow = [fe.submit(query(2, marker=1)), fe.submit(query(3, marker=1))]   # both busy
+  late = fe.submit(query(7), deadline_s=0.1)            # waits behind them, expires
+  with pytest.raises(DeadlineExceededError):
+    late.result(timeout=2)
+  assert all(f.result(timeout=3).output is not None for f in slow)
+  assert fe.submit(query(4)).result(timeout=3).output is not None
+  fe.close(join_timeout_s=0.1)
+  assert 7 not in calls[warm:]                          # the expired query never ran
+  stats = fe.stats()
+  assert stats['expired_not_computed'] == 1
+  assert sum(i['expired'] for i in stats['instances'].values()) == 1
+
+
+def test_an_expired_hedged_task_gives_its_budget_back():
+  pol = policy.make_policy('hedge', 2, 1, 3)
+  task = policy.Task()
+  assert [type(a) for a in pol.on_batch(task)] == [policy.Send, policy.Send]
+  assert pol.budget.in_flight == 1
+  assert pol.on_expired(task) == [] and pol.budget.in_flight == 0
+  pol.on_expired(task)                                  # its second copy: once only
+  assert pol.budget.in_flight == 0
+
+
+@pytest.mark.parametrize('dist', ['lognormal', 'straggling'])
+def test_auto_hold_converges_to_the_quantile_of_the_service_times(dist):
+  """The hold learnt from a synthetic service-time distribution: factor x its quantile
+  (within 10%), ignoring a straggling tenth of the outputs, and it follows a shift."""
+  from pmjax.serving.hold import AutoHold
+  rng = np.random.default_rng(0)
+  hold = AutoHold(quantile=0.8, factor=2.0, window=512, initial_s=0.05)
+  assert hold.delay_s() == 0.05 and not hold.ready
+
+  def draw(scale, n):
+    t = scale * rng.lognormal(0.0, 0.3, n)
+    if dist == 'straggling':
+      t = np.where(rng.random(n) < 0.1, t + 0.5, t)     # 10% of outputs +500 ms
+    return t
+  for t in draw(0.02, 2000):
+    hold.add(t)
+  clean = 0.02 * rng.lognormal(0.0, 0.3, 200_000)
+  want = 2.0 * np.quantile(np.where(rng.random(clean.size) < 0.1, clean + 0.5, clean)
+                           if dist == 'straggling' else clean, 0.8)
+  assert hold.ready and abs(hold.delay_s() - want) < 0.1 * want
+  assert hold.delay_s() < 0.2                           # the stragglers do not set it
+  for t in draw(0.04, 2000):                            # the machine got 2x slower
+    hold.add(t)
+  assert abs(hold.delay_s() - 2 * want) < 0.15 * 2 * want
+
+
+def test_auto_hold_runs_in_both_drivers():
+  """The adaptive hold in the real loop and in the simulator: learnt from the outputs,
+  no parity computed while every output is on time, a straggler still rebuilt."""
+  from pmjax.serving import sim
+  calls = []
+
+  def counting_fp(p):
+    calls.append(len(p))
+    return fake_fp()(p)
+  pol = policy.make_policy('coded', 2, 1, 2, auto_hold=True, parity_delay_s=0.5,
+                           flush_timeout_s=0.05)
+  encode, decode = sum_codec(2)
+  with Frontend(pol, [fake_f(1.0), fake_f(1.0)], [counting_fp], k=2, encode=encode,
+                decode=decode, query_shape=SHAPE) as fe:
+    warm = len(calls)
+    for i in range(40):
+      fe.submit(query(2 + i % 50)).result(timeout=3)
+    time.sleep(0.1)
+    learnt = pol.hold.delay_s()
+    assert pol.hold.ready and learnt < 0.1 and len(calls) == warm
+    fe.submit(query(3))
+    t = time.perf_counter()
+    r = fe.submit(query(5, marker=1)).result(timeout=3)
+    assert r.reconstructed and time.perf_counter() - t < 0.5   # not the 0.5 s initial
+  assert fe.stats()['auto_hold_ms'] == pytest.approx(learnt * 1e3)
+  kw = dict(m=2, k=2, rate=20, num_queries=3000, base_samples_s=np.full(10, 0.004),
+            slow={'slow_prob': 0.05, 'slow_ms': 400.0}, warmup=500, flush_timeout_s=0.02)
+  held = sim.simulate('coded', parity_delay_s=0.2, **kw)
+  auto = sim.simulate('coded', parity_delay_s=0.2, auto_hold=True, **kw)
+  assert 8.0 <= auto['policy']['auto_hold_ms'] < 12.0    # 2 x the 4 ms service, + queues
+  # a reconstruction waits for the hold: the fixed 0.2 s, or the learnt ~8 ms
+  rebuilt = lambda res: np.median(res['latency_s'][res['reconstructed']])
+  assert rebuilt(held) > 0.2 > 0.05 > rebuilt(auto)

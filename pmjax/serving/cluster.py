@@ -8,6 +8,10 @@
     curl -s -X POST localhost:8000/predict -H 'Content-Type: application/x-npy' \
         --data-binary @query.npy                 # or one .npy array
     -> {"label": 3, "logits": [...], "reconstructed": false, "latency_ms": 4.1}
+    curl ... --data-binary @batch.npy            # (n, *query shape), n <= 64: a batch
+    -> {"answers": [{"label": 3, ...}, ...], "latency_ms": 6.0}
+    curl ... -H 'X-Deadline-Ms: 200'             # this query's deadline (the server's
+                                                 # --deadline_ms if sooner)
        (a localisation workdir answers "box": [x, y, w, h] in fractions of the image
        instead of "label"; "logits" are F's raw outputs)
 
@@ -34,7 +38,8 @@ One Serve application (`build_app`) of a parity workdir:
   the frontend on the head node, and `max_replicas_per_node` spreads the base replicas.
 
 HTTP (`POST /predict`, `GET /healthz`, `GET /stats`): a body is JSON `{"x": nested
-list}` or one `.npy` array (`Content-Type: application/x-npy`, no pickles); wrong
+list}` or one `.npy` array (`Content-Type: application/x-npy`, no pickles), holding one
+query or a batch of up to 64 (a leading axis; answered `{"answers": [...]}`); wrong
 shape, dtype, values out of range, NaN or a body over `max_body_bytes` is a 400 naming
 the problem; overload 503; a passed deadline 504; no instance left 503. The Python
 handle API for in-cluster callers: `serve.get_app_handle(name).predict.remote(x)`
@@ -62,6 +67,7 @@ from typing import Any
 
 import numpy as np
 
+from pmjax.serving import bodies
 from pmjax.serving import policy as policy_lib
 from pmjax.serving.errors import (DeadlineExceededError, InstanceError, NoInstanceError,
                                   OverloadError, ShutdownError)
@@ -81,7 +87,7 @@ from fastapi import FastAPI, Request  # noqa: E402  (installed with ray[serve])
 from fastapi.responses import JSONResponse  # noqa: E402
 
 APP_NAME = 'pmjax'
-NPY_TYPE = 'application/x-npy'
+NPY_TYPE = bodies.NPY_TYPE
 DATA_RESOURCE, PARITY_RESOURCE = 'pmjax_data', 'pmjax_parity'
 
 
@@ -147,13 +153,16 @@ class ModelReplica:
     self.rank, self.replica = ctx.rank.rank, ctx.replica_tag
     self.node = ray.get_runtime_context().get_node_id()
     self.faults = FaultInjector(FaultSpec())
-    self.served = self.abandoned = 0
+    self.served = self.abandoned = self.expired = 0
     self.service_s = collections.deque(maxlen=10_000)   # compute time per batch
     # One worker thread: the replica's machine does one thing at a time, and work a
     # caller gave up on (a cancelled request) still occupies it until it is done.
     self._worker = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix='predict')
 
-  def _work(self, x):
+  def _work(self, x, deadline):
+    if deadline is not None and time.time() > deadline:
+      self.expired += 1                      # nobody can use it any more: not computed
+      return None
     t = time.perf_counter()
     out = self._predict(x)
     self.service_s.append(time.perf_counter() - t)
@@ -163,16 +172,19 @@ class ModelReplica:
       time.sleep(delay)                      # a straggler: the machine is busy
     return out
 
-  async def predict(self, x, group=None):  # pylint: disable=unused-argument
-    """F (or the parity network) on one batch; `group` is read by `GroupRouter`."""
-    work = asyncio.get_running_loop().run_in_executor(self._worker, self._work, np.asarray(x))
+  async def predict(self, x, group=None, deadline=None):  # pylint: disable=unused-argument
+    """F (or the parity network) on one batch; `group` is read by `GroupRouter`; a batch
+    whose `deadline` (wall clock, time.time()) has passed when its turn comes is not
+    computed (None)."""
+    work = asyncio.get_running_loop().run_in_executor(self._worker, self._work, np.asarray(x),
+                                                      deadline)
     try:
       out = await asyncio.shield(work)
     except asyncio.CancelledError:
       self.abandoned += 1
       await work                             # the slot stays taken until the work ends
       raise
-    self.served += 1
+    self.served += out is not None
     return out
 
   def set_faults(self, specs: dict) -> dict:
@@ -188,7 +200,7 @@ class ModelReplica:
   def info(self) -> dict:
     return {'kind': self.kind, 'slot': self.slot, 'rank': self.rank, 'replica': self.replica,
             'node': self.node, 'pid': os.getpid(), 'served': self.served,
-            'abandoned': self.abandoned, 'wrong_outputs': self.faults.corrupted,
+            'abandoned': self.abandoned, 'expired': self.expired, 'wrong_outputs': self.faults.corrupted,
             'service_ms_median': (1e3 * float(np.median(self.service_s))
                                   if self.service_s else None)}
 
@@ -269,8 +281,8 @@ class RemotePredict:
   def __init__(self, handle):
     self.handle = handle
 
-  def send(self, x, group=None):
-    return self.handle.predict.remote(x, group=group)
+  def send(self, x, group=None, deadline=None):
+    return self.handle.predict.remote(x, group=group, deadline=deadline)
 
   def __call__(self, x):
     return np.asarray(self.send(x).result())
@@ -299,10 +311,11 @@ class RayInstance(ModelInstance):
 
   def _call(self, task):
     group = None if task.group is None else f'{id(task.group):x}'
-    response = self.predict.send(task.x, group=group)
+    response = self.predict.send(task.x, group=group, deadline=task.deadline)
     while True:
       try:
-        return np.asarray(response.result(timeout_s=self.poll_s))
+        out = response.result(timeout_s=self.poll_s)
+        return None if out is None else np.asarray(out)   # None: expired on the replica
       except TimeoutError as e:
         if isinstance(e, ray.exceptions.RayError) and not isinstance(
             e, ray.exceptions.GetTimeoutError):
@@ -330,8 +343,11 @@ http_app = FastAPI(title='pmjax coded serving')
 
 @serve.ingress(http_app)
 class CodedFrontend:
-  """The ingress: parses and checks requests, runs the in-process `Frontend` over the
-  replicas' handles, answers JSON."""
+  """The ingress: parses and checks requests (`bodies.QueryParser`), runs the in-process
+  `Frontend` over the replicas' handles, answers JSON. The frontend's batcher
+  (`batch_size`, and the policy's flush) forms the batches of data and parity replicas
+  alike, whatever the requests carried; each batch carries its queries' latest deadline
+  (wall clock) to the replica, which does not compute a batch whose deadline has passed."""
 
   def __init__(self, settings: dict, base_handle, *parity_handles):
     from pmjax.serving import bench  # pylint: disable=g-import-not-at-top
@@ -343,8 +359,6 @@ class CodedFrontend:
     self.score = tasks.task_score(parts.config)   # 'label' (a class) or 'box' answers
     code = parts.code
     self.query_shape, self.query_dtype = parts.query_shape, np.dtype(parts.query_dtype)
-    nbytes = int(np.prod(self.query_shape)) * self.query_dtype.itemsize
-    self.max_body_bytes = s.max_body_bytes or 64 * 8 * nbytes + 65536
     n_base, n_parity = policy_lib.instance_counts(s.mode, s.m, code.k, code.r)
     params = policy_lib.policy_params(_policy_config(s.policy))
     pol = policy_lib.make_policy(s.mode, code.k, code.r, n_base, **params)
@@ -356,6 +370,8 @@ class CodedFrontend:
         query_shape=self.query_shape, query_dtype=self.query_dtype,
         batch_size=s.batch_size, max_queue=s.max_queue, deadline_s=s.deadline_ms / 1e3,
         flush_timeout_s=params['flush_timeout_s'], instance_cls=RayInstance)
+    self.parser = bodies.QueryParser(self.query_shape, self.query_dtype,
+                                     self.frontend.validate, s.max_body_bytes)
     self.error = None
     self.ready = threading.Event()
     # Warming up calls the replicas through their handles: not from Serve's event loop.
@@ -371,72 +387,54 @@ class CodedFrontend:
 
   # ---------------------------------------------------------------- queries
 
-  def parse(self, body: bytes, content_type: str) -> np.ndarray:
-    """One query from a request body, checked (ValueError naming the problem)."""
-    import json  # pylint: disable=g-import-not-at-top
-    if len(body) > self.max_body_bytes:
-      raise ValueError(f'request body of {len(body)} bytes is over the limit of '
-                       f'{self.max_body_bytes}; send one query of shape {self.query_shape}')
-    if content_type.split(';')[0].strip() == NPY_TYPE:
-      try:
-        x = np.load(io.BytesIO(body), allow_pickle=False)
-      except Exception as e:  # pylint: disable=broad-except
-        raise ValueError(f'body is not a readable .npy array ({type(e).__name__}: {e})') from e
-    else:
-      try:
-        doc = json.loads(body)
-      except ValueError as e:
-        raise ValueError(f'body is neither JSON {{"x": nested list}} nor {NPY_TYPE} '
-                         f'({e})') from e
-      if not isinstance(doc, dict) or 'x' not in doc:
-        raise ValueError('JSON body must be an object {"x": nested list of the query}')
-      try:
-        x = np.asarray(doc['x'])
-      except ValueError as e:
-        raise ValueError(f'"x" is not a rectangular nested list ({e})') from e
-      if x.dtype == object or not (np.issubdtype(x.dtype, np.number) or x.dtype == bool):
-        raise ValueError(f'"x" must hold numbers (got {x.dtype})')
-      x = self._cast_json(x)
-    return self.check(x)
+  def parse(self, body: bytes, content_type: str) -> tuple:
+    """(queries (n, *query_shape), batched) of a request body (ValueError naming the
+    problem)."""
+    return self.parser.parse(body, content_type)
 
-  def _cast_json(self, x):
-    want = self.query_dtype
-    if np.issubdtype(want, np.integer):
-      if not np.issubdtype(x.dtype, np.integer):
-        if not np.all(np.isfinite(x)):
-          raise ValueError('query contains NaN or Inf values')
-        raise ValueError(f'"x" must hold integers for this server\'s {want} queries '
-                         f'(got {x.dtype})')
-      info = np.iinfo(want)
-      if x.size and (x.min() < info.min or x.max() > info.max):
-        raise ValueError(f'"x" values must be in [{info.min}, {info.max}] ({want}); got '
-                         f'[{x.min()}, {x.max()}]')
-    return x.astype(want)
+  def deadline_s(self, header: str | None) -> float:
+    """The query's deadline: the server's, or the `X-Deadline-Ms` header's if sooner."""
+    server = self.settings.deadline_ms / 1e3
+    if not header:
+      return server
+    try:
+      ms = float(header)
+    except ValueError:
+      ms = float('nan')
+    if not ms > 0:
+      raise ValueError(f'X-Deadline-Ms: {header!r} must be a number of milliseconds > 0')
+    return min(server, ms / 1e3)
 
-  def check(self, x):
-    return self.frontend.validate(x)
-
-  async def _answer(self, x) -> dict:
+  async def _answer(self, xs, batched=False, deadline_s=None) -> dict:
     t0 = time.perf_counter()
     if not self.ready.is_set():
       await asyncio.get_running_loop().run_in_executor(None, self.ready.wait, 600)
     if self.error:
       raise NoInstanceError(f'the frontend failed to start: {self.error}')
-    response = await asyncio.wrap_future(self.frontend.submit(x))
-    logits = np.asarray(response.output, np.float32).ravel()
-    return {**self.score.describe(logits), 'logits': logits.tolist(),
-            'reconstructed': bool(response.reconstructed),
-            'latency_ms': (time.perf_counter() - t0) * 1e3, 'instance': response.instance}
+    futures = [self.frontend.submit(x, deadline_s) for x in xs]
+    answers = []
+    for f in futures:
+      response = await asyncio.wrap_future(f)
+      logits = np.asarray(response.output, np.float32).ravel()
+      answers.append({**self.score.describe(logits), 'logits': logits.tolist(),
+                      'reconstructed': bool(response.reconstructed),
+                      'instance': response.instance})
+    latency_ms = (time.perf_counter() - t0) * 1e3
+    if batched:
+      return {'answers': answers, 'latency_ms': latency_ms}
+    return {**answers[0], 'latency_ms': latency_ms}
 
-  async def predict(self, x) -> dict:
-    """The Python handle API: one raw query (array-like) -> the HTTP answer's dict."""
-    return await self._answer(self.check(np.asarray(x)))
+  async def predict(self, x, deadline_ms: float | None = None) -> dict:
+    """The Python handle API: one raw query (array-like), or a batch of them with a
+    leading axis -> the HTTP answer's dict."""
+    xs, batched = self.parser.check(x)
+    return await self._answer(xs, batched, self.deadline_s(deadline_ms and str(deadline_ms)))
 
   @http_app.post('/predict')
   async def predict_http(self, request: Request):
     try:
-      x = self.parse(await request.body(), request.headers.get('content-type', ''))
-      return await self._answer(x)
+      xs, batched = self.parse(await request.body(), request.headers.get('content-type', ''))
+      return await self._answer(xs, batched, self.deadline_s(request.headers.get('x-deadline-ms')))
     except ValueError as e:
       return _error_response(400, str(e))
     except (OverloadError, NoInstanceError, ShutdownError) as e:

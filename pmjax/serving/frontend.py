@@ -81,6 +81,11 @@ def _settle(future, result=None, error=None):
     pass  # already answered or cancelled
 
 
+def _latest(deadlines):
+  """The last of a batch's deadlines (None when one of them has none)."""
+  return None if not deadlines or None in deadlines else max(deadlines)
+
+
 def _settle_all(settle):
   """Answers futures: (futures, outputs or an exception, reconstructed, who) each."""
   for futures, values, reconstructed, who in settle:
@@ -144,11 +149,12 @@ class Frontend:
     faults = faults or {}
     self.instances = (
         [instance_cls(f'base{i}', p, self.base_queue, self._on_output,
-                      faults.get(f'base{i}', FaultSpec(seed=i)), self._on_instance_dead)
+                      faults.get(f'base{i}', FaultSpec(seed=i)), self._on_instance_dead,
+                      on_expired=self._on_expired)
          for i, p in enumerate(base_predicts)] +
         [instance_cls(f'parity{i}', p, self.parity_queues[i % r], self._on_output,
                       faults.get(f'parity{i}', FaultSpec(seed=1000 + i)),
-                      self._on_instance_dead)
+                      self._on_instance_dead, on_expired=self._on_expired)
          for i, p in enumerate(parity_predicts)])
     self._lock = threading.RLock()
     self._pending = []           # (x, future) waiting to fill a batch
@@ -160,7 +166,7 @@ class Frontend:
     self._threads = []
     self.encode_s, self.decode_s = [], []
     self.parity_dropped = 0
-    self.flushed_batches = self.deadlines_missed = 0
+    self.flushed_batches = self.deadlines_missed = self.expired_tasks = 0
     self._zero_batch = np.zeros((batch_size, *self.query_shape), self.query_dtype)
     self._zero_out = None        # F's output on the zero batch (pads partial groups)
     self.t0 = None
@@ -287,6 +293,8 @@ class Frontend:
         raise error
       self._outstanding.add(future)
       future.add_done_callback(self._forget)
+      # Wall clock: the deadline travels with the query's batch to replicas elsewhere.
+      future.deadline_at = time.time() + deadline_s if deadline_s else None
       if deadline_s:
         self._timers.add(deadline_s, lambda: self._expire_query(future, deadline_s))
       self._pending.append((x, future))
@@ -332,7 +340,9 @@ class Frontend:
       for f in futures:
         _settle(f, error=error)
       raise error
-    return self._carry_out(self.policy.on_batch(policy.Task(x, futures)))
+    task = policy.Task(x, futures)
+    task.deadline = _latest([f.deadline_at for f in futures])
+    return self._carry_out(self.policy.on_batch(task))
 
   # ------------------------------------------------------------------ the policy's actions
 
@@ -368,6 +378,11 @@ class Frontend:
     return settle
 
   def _send(self, task, pool):
+    if task.sent_s is None:
+      task.sent_s = time.perf_counter()
+      if task.deadline is None and task.group is not None and pool is not None:
+        task.deadline = _latest([t.deadline for t in task.group.tasks[:self.k]
+                                 if t is not None and t.queries])
     q = self.base_queue if pool is None else self.parity_queues[pool]
     name = 'the base instances' if pool is None else f'parity slot {pool}'
     if not self._live(q):
@@ -447,6 +462,8 @@ class Frontend:
     with self._lock:
       if not task.done:
         task.output, task.served_by = out, instance_name
+        if task.sent_s is not None:
+          self.policy.observe(task, time.perf_counter() - task.sent_s)
       try:
         settle = self._carry_out(self.policy.on_output(task), out, instance_name)
       except Exception as e:  # pylint: disable=broad-except
@@ -463,6 +480,13 @@ class Frontend:
     tasks = [t for t in (task.group.tasks if task.group is not None else [task])
              if t is not None and t.queries]
     return [(t.queries, InstanceError(why), False, '') for t in tasks]
+
+  def _on_expired(self, task):
+    """An instance skipped `task`: its deadline passed before it ran."""
+    with self._lock:
+      self.expired_tasks += 1
+      settle = self._carry_out(self.policy.on_expired(task))
+    _settle_all(settle)
 
   def _on_instance_dead(self, instance, task, error):
     """An instance stopped: its batch (if it raised) is re-sent once or given up; when
@@ -509,7 +533,8 @@ class Frontend:
     return {
         'mode': self.mode,
         'instances': {i.name: {'served': i.served, 'lost': i.lost, 'alive': i.alive,
-                               'error': i.error, 'wrong_outputs': i.faults.corrupted}
+                               'error': i.error, 'wrong_outputs': i.faults.corrupted,
+                               'expired': i.expired}
                       for i in self.instances},
         'encode_us_per_group': 1e6 * float(np.mean(self.encode_s)) if self.encode_s else None,
         'decode_us_per_group': 1e6 * float(np.mean(self.decode_s)) if self.decode_s else None,
@@ -517,6 +542,7 @@ class Frontend:
         'hedges_sent': 0, 'flushed_groups': 0,
         'flushed_batches': self.flushed_batches,
         'deadlines_missed': self.deadlines_missed,
+        'expired_not_computed': self.expired_tasks,
         'verified_groups': self.verified_groups, 'flagged_groups': self.flagged_groups,
         'blamed': dict(self.blamed),
         **self.policy.stats(),

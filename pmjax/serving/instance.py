@@ -6,7 +6,9 @@ their injected faults, and hand each output to the frontend's callback.
 An instance whose predict raises is dead: it stops, records the error and
 hands its batch back to the frontend (`on_dead`), which re-queues or fails it.
 An injected fail-stop is silent (a crashed machine): the in-flight batch is
-lost, and the frontend only learns that the instance is gone.
+lost, and the frontend only learns that the instance is gone. A batch whose deadline
+(`task.deadline`, wall clock) has passed when it comes up is not computed
+(`on_expired`).
 A subclass may name `transient_errors`: such an error loses only the batch (handed to
 `on_dead` while the instance stays alive, so the frontend re-sends or decodes it) and
 the instance keeps serving, e.g. a Ray Serve replica that died and is being replaced
@@ -57,9 +59,11 @@ class ModelInstance:
 
   def __init__(self, name: str, predict: CompiledPredict, task_queue: queue.Queue,
                on_output: Callable, faults: FaultSpec | None = None,
-               on_dead: Callable | None = None):
+               on_dead: Callable | None = None, on_expired: Callable | None = None):
     self.name, self.predict, self.queue, self.on_output = name, predict, task_queue, on_output
     self.on_dead = on_dead or (lambda instance, task, error: None)
+    self.on_expired = on_expired or (lambda task: None)
+    self.expired = 0             # tasks not computed: their deadline had passed
     self.faults = FaultInjector(faults or FaultSpec())
     self.served = 0
     self.lost = 0
@@ -84,6 +88,8 @@ class ModelInstance:
         return
       if task.cancelled or task.done:
         continue                  # no longer needed: never served twice
+      if self._expired(task):
+        continue                  # past its deadline: not computed
       if self.faults.failed(time.perf_counter() - self._start):
         return self._die(None, None)  # the in-flight batch dies with the instance
       delay = self.faults.extra_delay_s(task.x.nbytes)
@@ -97,8 +103,9 @@ class ModelInstance:
       except Exception as e:  # pylint: disable=broad-except
         self.error = f'{type(e).__name__}: {e}'
         return self._die(task, e)
-      if out is None:
-        continue                  # cancelled while in flight (a subclass's `_call`)
+      if out is None:             # cancelled while in flight, or expired on the way
+        self._expired(task)       # (a subclass's `_call`)
+        continue
       self.service_s.append(time.perf_counter() - t)
       out = self.faults.maybe_corrupt(out)
       if delay:
@@ -107,6 +114,14 @@ class ModelInstance:
         return self._die(None, None)
       self.served += 1
       self.on_output(task, out, self.name)
+
+  def _expired(self, task) -> bool:
+    """True (and the frontend told) when `task`'s deadline has passed."""
+    if task.deadline is None or task.done or task.cancelled or time.time() <= task.deadline:
+      return False
+    self.expired += 1
+    self.on_expired(task)
+    return True
 
   def _call(self, task):
     """The output of `task`'s batch (None: the task was cancelled while in flight)."""

@@ -11,6 +11,9 @@ returns, so a policy is written once and every driver runs it:
     on_timer(event)           a Later(delay, event) fired  -> [...]
     on_encoded(group, xs)     the driver encoded a group   -> [Send parity tasks]
     on_parity_unavailable(g)  the driver cannot encode it  -> [...]
+    on_expired(task)          task's deadline passed before it ran (not computed) -> [...]
+    observe(task, seconds)    task's output came `seconds` after it was sent (no actions;
+                              an adaptive policy learns from it, e.g. `AutoHold`)
 
 Actions: `Send(task, pool)` (pool None: the base instances; j: those serving
 parity slot j), `Answer(task)` (with the output that just arrived),
@@ -34,6 +37,7 @@ import inspect
 from typing import Any
 
 from pmjax.serving import groups
+from pmjax.serving.hold import AutoHold
 
 Arrival, CodedGroup, Group = groups.Arrival, groups.CodedGroup, groups.Group
 
@@ -46,7 +50,7 @@ class Task:
   `queries` is the driver's (futures, query ids); `x` and `output` its values
   (None in the simulation)."""
   __slots__ = ('group', 'slot', 'x', 'queries', 'output', 'cancelled', 'done', 'copies',
-               'retried', 'served_by')
+               'retried', 'served_by', 'deadline', 'sent_s')
 
   def __init__(self, x=None, queries=(), group=None, slot=0):
     self.group, self.slot, self.x, self.queries = group, slot, x, queries
@@ -56,6 +60,9 @@ class Task:
     self.copies = 1          # in flight (hedged copies)
     self.retried = False     # re-sent once after an instance failed on it
     self.served_by = ''      # the instance whose output is `output`
+    self.deadline = None     # wall-clock time (time.time()) after which no query of the
+                             # task can use its output: it is not computed then
+    self.sent_s = None       # the driver's clock when first sent (for `observe`)
 
 
 @dataclasses.dataclass
@@ -148,6 +155,15 @@ class Policy:
     task.done = True
     return [Fail(task, f'{why}, and no other instance could take it')]
 
+  def on_expired(self, task: Task) -> list:
+    """`task`'s deadline passed before an instance ran it: it is not computed (its
+    queries have already failed with their deadline)."""
+    task.done = True
+    return []
+
+  def observe(self, task: Task, seconds: float):
+    """`task`'s first output arrived `seconds` after the driver sent it."""
+
   def on_timer(self, event: tuple) -> list:
     raise ValueError(f'{type(self).__name__} set no timer {event[0]!r}')
 
@@ -228,6 +244,11 @@ class Hedge(Policy):
       return []
     return super().on_lost(task, can_retry, why)
 
+  def on_expired(self, task):
+    if not task.done and task.copies > 1:
+      self.budget.release()  # its copies will never answer
+    return super().on_expired(task)
+
   def stats(self):
     return {'hedges_sent': self.sent}
 
@@ -247,17 +268,23 @@ class Coded(Policy):
   group's encoded parity batches are held that long and sent only if a data output
   is still missing then (at once when one fails): the parity work is done for the
   groups that need it, at the cost of that delay on their reconstructions (for a
-  machine whose instances share cores, where eager parity work slows the data)."""
+  machine whose instances share cores, where eager parity work slows the data).
+  With `auto_hold`, the hold (and the flush) follow the data outputs' measured
+  latencies instead (`AutoHold`: `hold_factor` x their `hold_quantile`, learnt from
+  `observe`; `parity_delay_s` is the hold until enough latencies are in)."""
 
   coded = True
 
   def __init__(self, k=2, r=1, n_base=1, parity_wait_s: float = 0.0,
                flush_timeout_s: float | None = 0.05, verify: bool = False,
-               parity_delay_s: float = 0.0):
+               parity_delay_s: float = 0.0, auto_hold: bool = False,
+               hold_quantile: float = 0.8, hold_factor: float = 2.0):
     super().__init__(k, r, n_base)
     self.parity_wait_s, self.flush_timeout_s = parity_wait_s, flush_timeout_s
     self.verify = verify
     self.parity_delay_s = 0.0 if verify else parity_delay_s
+    self.hold = (AutoHold(hold_quantile, hold_factor, initial_s=parity_delay_s)
+                 if auto_hold and not verify else None)
     self._open = None        # the group being filled
     self._held = {}          # group -> its parity tasks, held for parity_delay_s
     self.flushed_groups = 0
@@ -272,7 +299,10 @@ class Coded(Policy):
     if self._open is None:
       self._open = Group(self.k, self.r, self.parity_wait_s > 0, self.verify)
       if self.flush_timeout_s is not None:
-        acts.append(Later(self.flush_timeout_s, ('flush', self._open)))
+        flush = self.flush_timeout_s
+        if self.hold is not None and self.hold.ready:
+          flush = max(self.hold.delay_s(), 1e-3)   # protection starts as late as the hold
+        acts.append(Later(flush, ('flush', self._open)))
     group = self._open
     task.group, task.slot = group, group.filled
     group.tasks[task.slot] = task
@@ -301,10 +331,11 @@ class Coded(Policy):
         task.cancelled = True
       else:
         tasks.append(task)
-    if tasks and self.parity_delay_s > 0:
+    delay = self.parity_delay_s if self.hold is None else self.hold.delay_s()
+    if tasks and delay > 0:
       self._held[group] = tasks
       self.parity_held += 1
-      return [Later(self.parity_delay_s, ('parity', group))]
+      return [Later(delay, ('parity', group))]
     return [Send(t, t.slot - self.k) for t in tasks]
 
   def _release(self, group) -> list:
@@ -345,6 +376,10 @@ class Coded(Policy):
       acts += self._carry_out(group, group.state.arrive(pad.slot))
     return acts + [Encode(group)]
 
+  def observe(self, task, seconds):
+    if self.hold is not None and task.slot < self.k:
+      self.hold.add(seconds)
+
   def needs_parity(self, group) -> bool:
     """False once every data output is in (encoding is wasted work), unless verifying."""
     return self.verify or not group.state.finished
@@ -371,9 +406,12 @@ class Coded(Policy):
     return acts
 
   def stats(self):
-    return {'flushed_groups': self.flushed_groups, 'parity_held': self.parity_held,
-            'parity_skipped': self.parity_skipped}
-
+    out = {'flushed_groups': self.flushed_groups, 'parity_held': self.parity_held,
+           'parity_skipped': self.parity_skipped}
+    if self.hold is not None:
+      out['auto_hold_ms'] = 1e3 * self.hold.delay_s()
+      out['auto_hold_samples'] = self.hold.count
+    return out
 
 
 def default_config():
@@ -387,6 +425,9 @@ def default_config():
       parity_delay_ms=0.0,   # coded: hold a group's parity this long; send it only if a
                              # data output is still missing then (0 = send at once)
       verify=False,          # coded: compute every parity and check each complete group
+      auto_hold=False,       # coded: hold and flush = hold_factor x the hold_quantile of
+      hold_quantile=0.8,     # the data outputs' recent latencies (parity_delay_ms until
+      hold_factor=2.0,       # 32 are in); see policy.AutoHold
   ))
 
 
@@ -400,7 +441,10 @@ def policy_params(config) -> dict:
           'parity_wait_s': config.parity_wait_ms / 1e3,
           'flush_timeout_s': config.flush_ms / 1e3,
           'verify': bool(config.get('verify', False)),
-          'parity_delay_s': config.get('parity_delay_ms', 0.0) / 1e3}
+          'parity_delay_s': config.get('parity_delay_ms', 0.0) / 1e3,
+          'auto_hold': bool(config.get('auto_hold', False)),
+          'hold_quantile': float(config.get('hold_quantile', 0.8)),
+          'hold_factor': float(config.get('hold_factor', 2.0))}
 
 
 def make_policy(mode: str, k: int = 2, r: int = 1, n_base: int = 1, **params) -> Policy:

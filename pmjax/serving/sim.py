@@ -124,6 +124,8 @@ def simulate(mode, m, k, rate, num_queries, base_samples_s, parity_samples_s=Non
   def carry_out(actions, now):
     for a in actions:
       if isinstance(a, policy.Send):
+        if a.task.sent_s is None:
+          a.task.sent_s = now
         queues[a.pool].append(a.task)
         dispatch(a.pool, now)
       elif isinstance(a, policy.Answer):
@@ -147,6 +149,8 @@ def simulate(mode, m, k, rate, num_queries, base_samples_s, parity_samples_s=Non
     elif kind == 'done':
       inst, task = payload
       inst.idle = True
+      if not task.done:
+        pol.observe(task, now - task.sent_s)
       carry_out(pol.on_output(task), now)
       dispatch(inst.pool, now)
     elif kind == 'timer':
@@ -154,7 +158,7 @@ def simulate(mode, m, k, rate, num_queries, base_samples_s, parity_samples_s=Non
     elif kind == 'encoded':
       carry_out(pol.on_encoded(payload), now)
   lat = latency[warmup:]
-  return {'latency_s': lat, 'reconstructed': reconstructed[warmup:]}
+  return {'latency_s': lat, 'reconstructed': reconstructed[warmup:], 'policy': pol.stats()}
 
 
 def summarize(result) -> dict:
