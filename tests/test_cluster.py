@@ -287,7 +287,8 @@ def test_cluster_bench_and_cli_run_against_the_cluster(served, workdir, tmp_path
   out = tmp_path / 'bench'
   env = dict(os.environ, PYTHONPATH=REPO)
   bench_cmd = [sys.executable, '-m', 'pmjax.serving.cluster_bench', f'--workdir={workdir}',
-               '--mode=coded', '--rate=40', '--queries=30', '--warmup=5', '--slow=base0',
+               '--mode=coded', '--rates=40,20', '--seconds_per_rate=0', '--queries=30',
+               '--warmup=5', '--slow=base0',
                '--slow_prob=0.5', '--slow_ms=1000', f'--address={address}',
                f'--port={served.port}', '--replica_cpus=0', '--reference', f'--out={out}']
   r = subprocess.run(bench_cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=400)
@@ -296,7 +297,11 @@ def test_cluster_bench_and_cli_run_against_the_cluster(served, workdir, tmp_path
   assert summary['coded']['lost'] == 0 and summary['coded']['answered'] == 30
   assert summary['coded']['frac_reconstructed'] > 0
   assert len([i for i in summary['coded']['replicas'] if i['kind'] == 'base']) == 2
-  assert os.path.exists(out / 'latency_cdf.png')
+  assert os.path.exists(out / 'latency_cdf.png') and os.path.exists(out / 'curves.png')
+  curve = json.load(open(out / 'curves.json'))['coded']['curve']   # the sweep, sorted
+  assert [c['offered_qps'] for c in curve] == [20, 40]
+  assert all(c['answered'] == 30 and 0 < c['achieved_qps'] <= 1.05 * c['sent_qps']
+             for c in curve)
   ref = json.load(open(out / 'reference.json'))
   assert 0 <= ref['A_d'] <= 1 and ref['queries'] == 35 and ref['groups'] == 17
 
@@ -330,6 +335,28 @@ def test_cluster_bench_and_cli_run_against_the_cluster(served, workdir, tmp_path
   assert cli.returncode == 0 and "application 'cli'" in rest
   # the module's application still serves
   with httpx.Client(timeout=60) as client:
+    r = client.post(served.url, content=_npy(np.zeros(served.parts.query_shape, np.uint8)),
+                    headers={'content-type': cluster.NPY_TYPE})
+  assert r.status_code == 200
+
+
+def test_overhead_bench_measures_bare_serve_and_pmjax_side_by_side(served, workdir,
+                                                                  tmp_path):
+  out = tmp_path / 'overhead'
+  r = subprocess.run(
+      [sys.executable, '-m', 'pmjax.serving.overhead', f'--workdir={workdir}',
+       '--queries=20', '--clients=2', '--seconds=1', '--modes=none',
+       f'--address={served.local.address}', f'--port={served.port}', f'--out={out}'],
+      cwd=REPO, env=dict(os.environ, PYTHONPATH=REPO), capture_output=True, text=True,
+      timeout=300)
+  assert r.returncode == 0, r.stderr[-3000:]
+  res = json.load(open(out / 'overhead.json'))
+  assert set(res['paths']) == {'echo handle', 'echo http', 'pmjax none'}
+  pm = res['paths']['pmjax none']
+  assert pm['latency']['median_ms'] > 0 and pm['throughput']['errors'] == 0
+  assert pm['throughput']['answers_per_s'] > 0 and pm['replica_service_ms_median'] > 0
+  assert res['in_process']['body_json_bytes'] > res['in_process']['body_npy_bytes']
+  with httpx.Client(timeout=60) as client:   # the module's application still serves
     r = client.post(served.url, content=_npy(np.zeros(served.parts.query_shape, np.uint8)),
                     headers={'content-type': cluster.NPY_TYPE})
   assert r.status_code == 200

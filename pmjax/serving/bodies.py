@@ -18,6 +18,15 @@ import numpy as np
 NPY_TYPE = 'application/x-npy'
 
 
+def encode(x, kind: str = 'npy') -> tuple:
+  """(body, content type) of queries `x` as a client sends them: `.npy` or JSON."""
+  if kind == 'json':
+    return json.dumps({'x': np.asarray(x).tolist()}).encode(), 'application/json'
+  buf = io.BytesIO()
+  np.save(buf, np.asarray(x), allow_pickle=False)
+  return buf.getvalue(), NPY_TYPE
+
+
 class QueryParser:
   """Turns request bodies into checked query arrays (`validate`: one query's check)."""
 

@@ -34,12 +34,19 @@ import numpy as np
 
 from pmjax import cli, metrics, runs, tasks
 from pmjax.data import pipeline
-from pmjax.serving import bench, cluster, loadgen, policy
+from pmjax.serving import bench, bodies, cluster, loadgen, policy
 
 flags.DEFINE_string('workdir', '', 'A parity workdir (F from its base_workdir).')
 flags.DEFINE_string('mode', 'all', "'all' or a comma list of coded, equal, hedge, none.")
 flags.DEFINE_integer('m', 2, 'Base replicas of the coded mode.')
 flags.DEFINE_float('rate', 20.0, 'Poisson arrival rate, queries/s.')
+flags.DEFINE_string('rates', '', 'A sweep: comma list of rates (q/s), each run for '
+                    '--seconds_per_rate on the same deployment; writes curves.json and '
+                    'curves.png (p50 / p99 / p99.9 vs offered load, saturation marked).')
+flags.DEFINE_float('seconds_per_rate', 12.0, '--rates: load per rate: max(--queries, '
+                   'rate x seconds_per_rate) queries.')
+flags.DEFINE_integer('batch_size', 1, 'Queries per batch of the frontend\'s batcher (the '
+                     'policy\'s flush_ms bounds the wait of a partial one).')
 flags.DEFINE_integer('queries', 1000, 'Queries per mode after the warm-up.')
 flags.DEFINE_integer('warmup', 50, 'Queries discarded at the start.')
 flags.DEFINE_integer('seed', 0, 'Arrivals, query order and faults.')
@@ -87,11 +94,7 @@ def fault_specs(slow, slow_prob, slow_ms, slow_dist, seed, kill_at_s=None) -> di
 
 
 def encode_body(x, body: str) -> tuple:
-  if body == 'json':
-    return json.dumps({'x': x.tolist()}).encode(), 'application/json'
-  buf = io.BytesIO()
-  np.save(buf, x, allow_pickle=False)
-  return buf.getvalue(), cluster.NPY_TYPE
+  return bodies.encode(x, body)
 
 
 def arrivals(seed, rate, n, num_bodies) -> tuple:
@@ -111,10 +114,11 @@ async def _drive(url, bodies, labels, rate, n, warmup, seed, timeout_s, score):
 
   start = time.perf_counter()
 
-  async def one(client, i):
+  async def one(client, i, due):
     j = int(order[i % len(order)])
     body, ctype = bodies[j]
     t0 = time.perf_counter()
+    sent = {'sent_s': t0 - start, 'lag_ms': (t0 - due) * 1e3}  # lag: the client's own
     try:
       r = await client.post(url, content=body, headers={'content-type': ctype})
       latency = (time.perf_counter() - t0) * 1e3
@@ -122,16 +126,15 @@ async def _drive(url, bodies, labels, rate, n, warmup, seed, timeout_s, score):
         a = r.json()
         records[i] = {'latency_ms': latency, 'reconstructed': a['reconstructed'],
                       'correct': score.correct_one(a['logits'], labels[j]), 'error': None,
-                      'server_ms': a['latency_ms'], 'instance': a['instance'],
-                      'sent_s': t0 - start}
+                      'server_ms': a['latency_ms'], 'instance': a['instance'], **sent}
       else:
         records[i] = {'latency_ms': None, 'reconstructed': False, 'correct': False,
-                      'error': f'HTTP {r.status_code}'}
+                      'error': f'HTTP {r.status_code}', **sent}
         if r.status_code not in (503, 504) or os.environ.get('PMJAX_VERBOSE'):
           print(f'query {i}: HTTP {r.status_code} {r.text[:300]}', flush=True)
     except Exception as e:  # pylint: disable=broad-except
       records[i] = {'latency_ms': None, 'reconstructed': False, 'correct': False,
-                    'error': type(e).__name__}
+                    'error': type(e).__name__, **sent}
 
   async with httpx.AsyncClient(timeout=timeout_s, limits=limits) as client:
     for _ in range(4):  # connections and the path warm before the clock starts
@@ -143,7 +146,7 @@ async def _drive(url, bodies, labels, rate, n, warmup, seed, timeout_s, score):
       sleep = next_t - time.perf_counter()
       if sleep > 0:
         await asyncio.sleep(sleep)
-      tasks.append(asyncio.create_task(one(client, i)))
+      tasks.append(asyncio.create_task(one(client, i, next_t)))
     await asyncio.wait(tasks, timeout=timeout_s)
   return [r if r is not None else {'latency_ms': None, 'reconstructed': False,
                                    'correct': False, 'error': 'lost'}
@@ -177,9 +180,11 @@ class LocalCluster:
     self.cluster.shutdown()
 
 
-def run_mode(mode, f, bodies, labels, local=None, score=None) -> dict:
+def run_mode(mode, f, bodies, labels, local=None, score=None, rates=None) -> dict:
+  """Deploys `mode`, sets the faults, drives the load at each of `rates` (default
+  [--rate]); the summary of the first rate, with `curve` (one summary per rate)."""
   settings = cluster.ServeSettings(
-      workdir=f.workdir, mode=mode, m=f.m, deadline_ms=f.deadline_ms,
+      workdir=f.workdir, mode=mode, m=f.m, deadline_ms=f.deadline_ms, batch_size=f.batch_size,
       replica_cpus=f.replica_cpus, frontend_cpus=0.5,
       placement='domains' if local else 'none', max_replicas_per_node=1 if local else 0,
       policy=json.loads(f.policy) if f.policy else {},
@@ -197,12 +202,32 @@ def run_mode(mode, f, bodies, labels, local=None, score=None) -> dict:
     events = [(f.kill_at_s, lambda: local.remove(victim)),
               (f.kill_at_s + f.recover_s, local.add_data_node)]
   url = f'http://127.0.0.1:{f.port}/{name}/predict'
+  curve = []
+  for i, rate in enumerate(rates or [f.rate]):
+    n = f.queries if not rates else max(f.queries, int(rate * f.seconds_per_rate))
+    summary = _load(f, url, bodies, labels, rate, n, events if i == 0 else [], score)
+    summary.update(mode=mode, offered_qps=rate, frontend=handle.stats.remote().result())
+    curve.append(summary)
+  summary = curve[0]
+  replicas = cluster.replica_infos(name)
+  for info in replicas:
+    info['replacement'] = info['replica'] not in initial
+  summary.update(replicas=replicas, replacements_used=sum(
+      i['replacement'] and i['served'] > 0 for i in replicas))
+  if rates:
+    summary['curve'] = [{k: v for k, v in c.items() if k not in RAW + ('frontend',)}
+                        for c in curve]
+  return summary
+
+
+def _load(f, url, bodies, labels, rate, n, events, score) -> dict:
+  """One open-loop run of `n` queries at `rate` (+ the warm-up), `events` on time."""
   t0 = time.time()
   out = {}
   # The load runs on its own thread; node events on this one (Ray's node start and stop
   # install signal handlers, which only the main thread may).
   load = threading.Thread(target=lambda: out.update(records=asyncio.run(_drive(
-      url, bodies, labels, f.rate, f.queries + f.warmup, f.warmup, f.seed, f.timeout_s,
+      url, bodies, labels, rate, n + f.warmup, f.warmup, f.seed, f.timeout_s,
       score or metrics.CLASSIFICATION))))
   load.start()
   for at_s, fn in events:
@@ -214,17 +239,62 @@ def run_mode(mode, f, bodies, labels, local=None, score=None) -> dict:
   summary = loadgen.summarize(records)
   server = [r['server_ms'] for r in records if r.get('server_ms') is not None]
   summary['frontend_latency'] = loadgen.latency_summary(server)  # in the ingress
-  stats = handle.stats.remote().result()
-  replicas = cluster.replica_infos(name)
-  for info in replicas:
-    info['replacement'] = info['replica'] not in initial
-  summary.update(mode=mode, wall_s=wall_s, frontend=stats, replicas=replicas,
-                 replacements_used=sum(i['replacement'] and i['served'] > 0
-                                       for i in replicas))
+  summary.update(window_rates(records))
+  summary.update(wall_s=wall_s)
   summary['latencies_ms'] = sorted(r['latency_ms'] for r in records
                                    if r['latency_ms'] is not None)
   summary['records'] = records
   return summary
+
+
+def window_rates(records) -> dict:
+  """Queries sent and answered per second in the window of the sends (first to last):
+  an open loop that keeps up answers about what it is sent in that window; one that
+  does not falls behind and answers the rest after it. `client_lag_p99_ms`: how late
+  the client itself sent (a loaded client is not an open loop any more)."""
+  sends = sorted(r['sent_s'] for r in records if r.get('sent_s') is not None)
+  if len(sends) < 2:
+    return {'sent_qps': 0.0, 'achieved_qps': 0.0, 'client_lag_p99_ms': None}
+  lo, hi = sends[0], sends[-1]
+  span = max(hi - lo, 1e-9)
+  answered = sum(1 for r in records if r['latency_ms'] is not None
+                 and r['sent_s'] + r['latency_ms'] / 1e3 <= hi)
+  lags = [r['lag_ms'] for r in records if r.get('lag_ms') is not None]
+  return {'sent_qps': (len(sends) - 1) / span, 'achieved_qps': answered / span,
+          'client_lag_p99_ms': float(np.percentile(lags, 99)) if lags else None}
+
+
+def saturation(curve, tolerance=0.9) -> float | None:
+  """The highest offered rate a mode keeps up with: no error or lost query and answers/s
+  within `tolerance` of the rate actually sent (both in the window of the sends);
+  None: not even the first rate."""
+  best = None
+  for c in curve:
+    if c['errors'] or c['lost'] or c['achieved_qps'] < tolerance * c['sent_qps']:
+      break
+    best = c['offered_qps']
+  return best
+
+
+def plot_curves(results, path, title):
+  from pmjax import plotting  # pylint: disable=g-import-not-at-top
+  fig, axes = plotting.pyplot().subplots(1, 3, figsize=(12, 3.6), sharey=True)
+  for ax, key in zip(axes, ('median_ms', 'p99_ms', 'p99.9_ms')):
+    for mode, s in results.items():
+      curve = s['curve']
+      xs = [c['offered_qps'] for c in curve]
+      line, = ax.plot(xs, [c[key] for c in curve], 'o-', label=mode)
+      sat = saturation(curve)
+      if sat is not None:
+        ax.axvline(sat, color=line.get_color(), ls=':', lw=1)
+    ax.set_title(key.replace('_ms', '').replace('median', 'p50'))
+    ax.set_xlabel('offered load (queries/s)')
+    ax.set_yscale('log')
+  axes[0].set_ylabel('latency (ms)')
+  axes[-1].legend(title='dotted: saturation')
+  fig.suptitle(title, fontsize=9)
+  fig.tight_layout()
+  fig.savefig(path, dpi=120)
 
 
 RAW = ('latencies_ms', 'records')
@@ -278,7 +348,9 @@ def main(argv):
                    port=f.port)
   try:
     score = tasks.task_score(config)   # a class, or a box at IoU >= 0.5
-    results = {mode: run_mode(mode, f, bodies, labels, local, score) for mode in modes}
+    rates = sorted(float(r) for r in f.rates.split(',')) if f.rates else None
+    results = {mode: run_mode(mode, f, bodies, labels, local, score, rates)
+               for mode in modes}
   finally:
     if f.address:            # a cluster we joined: leave its Serve running
       cluster.serve.delete(f.name)
@@ -289,8 +361,8 @@ def main(argv):
       local.shutdown()
   os.makedirs(f.out, exist_ok=True)
   flag_values = {k: getattr(f, k) for k in (
-      'workdir', 'mode', 'm', 'rate', 'queries', 'warmup', 'seed', 'body', 'slow', 'slow_prob',
-      'slow_ms', 'slow_dist', 'kill', 'kill_at_s', 'recover_s', 'deadline_ms', 'replica_cpus',
+      'workdir', 'mode', 'm', 'rate', 'rates', 'seconds_per_rate', 'batch_size', 'queries',
+      'warmup', 'seed', 'body', 'slow', 'slow_prob', 'slow_ms', 'slow_dist', 'kill', 'kill_at_s', 'recover_s', 'deadline_ms', 'replica_cpus',
       'policy', 'replica_env', 'parity_nice')}
   with open(os.path.join(f.out, 'summary.json'), 'w') as fh:
     json.dump({'flags': flag_values, 'backend': 'ray serve, HTTP',
@@ -302,6 +374,23 @@ def main(argv):
                  f'Ray Serve over HTTP: {config.model} {config.code.name} k={code.k}, '
                  f'{f.rate:g} q/s, slow={f.slow or "-"} p={f.slow_prob} {f.slow_ms:g} ms'
                  + (f', kill {f.kill} at {f.kill_at_s:g} s' if f.kill != 'none' else ''))
+  if rates:
+    with open(os.path.join(f.out, 'curves.json'), 'w') as fh:
+      json.dump({m: {'curve': s['curve'], 'saturation_qps': saturation(s['curve'])}
+                 for m, s in results.items()}, fh, indent=2)
+    plot_curves(results, os.path.join(f.out, 'curves.png'),
+                f'Ray Serve over HTTP: {config.model} {config.code.name} k={code.k}, batch '
+                f'{f.batch_size}, slow={f.slow or "-"} p={f.slow_prob} {f.slow_ms:g} ms')
+    print('| mode | offered q/s | sent/s | answered/s | client lag p99 ms | median ms | '
+          'p99 ms | p99.9 ms | reconstructed | errors |')
+    print('|---|---|---|---|---|---|---|---|---|---|')
+    for mode, s in results.items():
+      for c in s['curve']:
+        print(f"| {mode} | {c['offered_qps']:g} | {c['sent_qps']:.1f} | "
+              f"{c['achieved_qps']:.1f} | {c['client_lag_p99_ms']:.1f} | "
+              f"{c['median_ms']:.1f} | {c['p99_ms']:.1f} | {c['p99.9_ms']:.1f} | "
+              f"{c['frac_reconstructed']:.3f} | {c['errors'] or 0} |")
+      print(f'saturation ({mode}): {saturation(s["curve"])} q/s')
   cols = ('count', 'lost', 'median_ms', 'p99_ms', 'p99.9_ms', 'frac_reconstructed',
           'accuracy', 'accuracy_reconstructed', 'replacements_used')
   print('| mode | ' + ' | '.join(cols) + ' | errors |')
