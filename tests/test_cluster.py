@@ -11,6 +11,7 @@ import asyncio
 import io
 import json
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -356,6 +357,8 @@ def test_overhead_bench_measures_bare_serve_and_pmjax_side_by_side(served, workd
   assert pm['latency']['median_ms'] > 0 and pm['throughput']['errors'] == 0
   assert pm['throughput']['answers_per_s'] > 0 and pm['replica_service_ms_median'] > 0
   assert res['in_process']['body_json_bytes'] > res['in_process']['body_npy_bytes']
+  if shutil.which('wrk'):                    # the external load generator, beside ours
+    assert pm['wrk']['answers_per_s'] > 0 and pm['wrk']['errors'] == 0
   with httpx.Client(timeout=60) as client:   # the module's application still serves
     r = client.post(served.url, content=_npy(np.zeros(served.parts.query_shape, np.uint8)),
                     headers={'content-type': cluster.NPY_TYPE})

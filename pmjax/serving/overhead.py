@@ -18,7 +18,9 @@ of the answers, from its parse to its answer) against the client's, and in-proce
 timings of the body's parse (`.npy` and JSON) and of pmjax's `Frontend` over in-process
 instances that answer at once (its batching, policy, queues and threads alone).
 Throughput: `--clients` concurrent closed-loop clients for `--seconds`: answers/s of
-each path (the saturation throughput of this machine). Writes DIR/overhead.json and
+each path (the saturation throughput of this machine), from the bench's own client and,
+beside it, from `wrk` (an external HTTP load generator, Debian package `wrk`: the same
+number of connections, one `.npy` body) where it is installed. Writes DIR/overhead.json and
 prints the table.
 """
 
@@ -26,6 +28,10 @@ import asyncio
 import io
 import json
 import os
+import re
+import shutil
+import subprocess
+import tempfile
 import time
 
 from absl import app, flags
@@ -48,6 +54,46 @@ flags.DEFINE_string('policy', '{"flush_ms": 20, "auto_hold": true, "parity_delay
 flags.DEFINE_string('replica_env', '{"XLA_FLAGS": "--xla_cpu_multi_thread_eigen=false"}',
                     'JSON of environment variables of the replicas.')
 flags.DEFINE_string('out', 'workdirs/overhead', 'overhead.json.')
+flags.DEFINE_bool('wrk', True, 'Also drive each HTTP path with `wrk` (Debian package '
+                  '`wrk`), --clients connections for --seconds, beside the bench\'s own '
+                  'client; skipped with a note where wrk is not installed.')
+
+WRK_LUA = '''wrk.method = "POST"
+wrk.headers["Content-Type"] = "%s"
+local f = assert(io.open("%s", "rb"))
+wrk.body = f:read("*all")
+f:close()
+'''
+
+
+def _wrk_ms(text: str) -> float:
+  value, unit = re.fullmatch(r'([0-9.]+)(us|ms|s|m)', text).groups()
+  return float(value) * {'us': 1e-3, 'ms': 1.0, 's': 1e3, 'm': 6e4}[unit]
+
+
+def run_wrk(url, body: bytes, clients: int, seconds: float, tmp: str) -> dict | None:
+  """`wrk --latency` with `clients` connections (one thread) POSTing `body`: answers/s,
+  non-2xx count and its latency percentiles (ms); None where wrk is not installed."""
+  exe = shutil.which('wrk')
+  if exe is None:
+    return None
+  with open(os.path.join(tmp, 'body.npy'), 'wb') as fh:
+    fh.write(body)
+  script = os.path.join(tmp, 'post.lua')
+  with open(script, 'w') as fh:
+    fh.write(WRK_LUA % (bodies.NPY_TYPE, os.path.join(tmp, 'body.npy')))
+  r = subprocess.run([exe, '-t1', f'-c{clients}', f'-d{max(1, round(seconds))}s',
+                      '--timeout', '60s', '--latency', '-s', script, url],
+                     capture_output=True, text=True, timeout=seconds + 120)
+  if r.returncode != 0:
+    raise RuntimeError(f'wrk failed on {url}: {r.stderr[-500:]}')
+  out = {'answers_per_s': float(re.search(r'Requests/sec:\s+([0-9.]+)', r.stdout)[1])}
+  bad = re.search(r'Non-2xx or 3xx responses:\s+(\d+)', r.stdout)
+  out['errors'] = int(bad[1]) if bad else 0
+  for q in ('50', '99'):
+    m = re.search(rf'^\s+{q}%\s+(\S+)', r.stdout, re.M)
+    out['median_ms' if q == '50' else 'p99_ms'] = _wrk_ms(m[1]) if m else None
+  return out
 
 
 class Echo:
@@ -219,6 +265,9 @@ def main(argv):
         entry['replica_service_ms_median'] = float(np.median(
             [i['service_ms_median'] for i in infos if i['kind'] == 'base' and i['served']]))
       entry['throughput'] = asyncio.run(_throughput(url, bodies_, f.clients, f.seconds))
+      if f.wrk:
+        with tempfile.TemporaryDirectory() as tmp:
+          entry['wrk'] = run_wrk(url, bodies_[0], f.clients, f.seconds, tmp)
       res['paths'][name] = entry
       print(f'{name}: median {entry["latency"]["median_ms"]:.2f} ms, '
             f'{entry["throughput"]["answers_per_s"]:.0f} answers/s', flush=True)
@@ -242,8 +291,8 @@ def main(argv):
   with open(os.path.join(f.out, 'overhead.json'), 'w') as fh:
     json.dump(res, fh, indent=2)
   print('| path | median ms | p99 ms | ingress median ms | replica compute ms | added median '
-        'ms (x bare) | answers/s (x bare) |')
-  print('|---|---|---|---|---|---|---|')
+        'ms (x bare) | answers/s (x bare) | wrk answers/s | wrk median / p99 ms |')
+  print('|---|---|---|---|---|---|---|---|---|')
   for name, e in res['paths'].items():
     lat, thr = e['latency'], e.get('throughput')
     ing = e.get('ingress_latency', {}).get('median_ms')
@@ -255,6 +304,10 @@ def main(argv):
              (f'{thr["answers_per_s"]:.0f}' + (f' ({e["throughput_over_bare"]:.2f}x)'
                                               if 'throughput_over_bare' in e else '')
               if thr else '-')]
+    wrk = e.get('wrk')
+    cells += ([f'{wrk["answers_per_s"]:.0f}' + (f' ({wrk["errors"]} non-2xx)'
+                                               if wrk['errors'] else ''),
+               f'{wrk["median_ms"]:.2f} / {wrk["p99_ms"]:.2f}'] if wrk else ['-', '-'])
     print(f'| {name} | ' + ' | '.join(cells) + ' |')
   ip = res['in_process']
   print(f"in-process: .npy parse {ip['parse_npy_us']:.0f} us ({ip['body_npy_bytes']} B), "
