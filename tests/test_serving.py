@@ -646,7 +646,7 @@ def test_deferred_parity_is_sent_only_for_groups_still_missing_an_output():
   assert r1.reconstructed and 0.19 < elapsed < 1.2
   np.testing.assert_allclose(r1.output, fake_f()(query(5, marker=1)[None])[0], atol=1e-5)
   assert len(calls) == warm + 1
-  stats = fe.stats()   # held: groups encoded before their outputs were all in
+  stats = fe.stats()   # held: complete groups whose outputs were not all in yet
   assert stats['parity_held'] - stats['parity_skipped'] == 1
 
 
@@ -744,3 +744,30 @@ def test_auto_hold_runs_in_both_drivers():
   # a reconstruction waits for the hold: the fixed 0.2 s, or the learnt ~8 ms
   rebuilt = lambda res: np.median(res['latency_s'][res['reconstructed']])
   assert rebuilt(held) > 0.2 > 0.05 > rebuilt(auto)
+
+
+def test_held_parity_is_encoded_only_when_a_data_output_is_still_missing():
+  """With a hold, a complete group is not encoded at once: after the hold it is encoded
+  only if a data output is still missing (no encode work for groups that came in time),
+  and at once when a data instance fails."""
+  pol = policy.make_policy('coded', 2, 1, 2, parity_delay_s=0.1, flush_timeout_s=None)
+  kinds = lambda acts: [type(a).__name__ for a in acts]
+  a, b = policy.Task(), policy.Task()
+  pol.on_batch(a)
+  acts = pol.on_batch(b)
+  assert kinds(acts) == ['Send', 'Later'] and acts[1].event[0] == 'parity'
+  pol.on_output(a)
+  pol.on_output(b)
+  assert pol.on_timer(acts[1].event) == []            # all in time: never encoded
+  c, d = policy.Task(), policy.Task()
+  pol.on_batch(c)
+  later = pol.on_batch(d)[1]
+  pol.on_output(c)                                     # d straggles
+  assert kinds(pol.on_timer(later.event)) == ['Encode']
+  assert pol.on_timer(later.event) == []               # once only
+  e, g = policy.Task(), policy.Task()
+  pol.on_batch(e)
+  later = pol.on_batch(g)[1]
+  assert 'Encode' in kinds(pol.on_lost(e, False, 'died'))  # a failure: encoded at once
+  assert pol.on_timer(later.event) == []
+  assert pol.stats()['parity_held'] == 3 and pol.stats()['parity_skipped'] == 1

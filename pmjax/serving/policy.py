@@ -265,10 +265,11 @@ class Coded(Policy):
   a group whose parity outputs are all in and whose queries are all answered is
   handed to the driver (`Verify`) to check the data outputs that arrived for a
   wrong one (answers already given are not recalled). With `parity_delay_s` > 0 a
-  group's encoded parity batches are held that long and sent only if a data output
-  is still missing then (at once when one fails): the parity work is done for the
-  groups that need it, at the cost of that delay on their reconstructions (for a
-  machine whose instances share cores, where eager parity work slows the data).
+  complete group's parity is held that long, then encoded and sent only if a data
+  output is still missing (at once when one fails): the parity work, the encode
+  included, is done for the groups that need it, at the cost of that delay (and the
+  encode) on their reconstructions (for a machine whose instances share cores, where
+  eager parity work slows the data).
   With `auto_hold`, the hold (and the flush) follow the data outputs' measured
   latencies instead (`AutoHold`: `hold_factor` x their `hold_quantile`, learnt from
   `observe`; `parity_delay_s` is the hold until enough latencies are in)."""
@@ -286,7 +287,7 @@ class Coded(Policy):
     self.hold = (AutoHold(hold_quantile, hold_factor, initial_s=parity_delay_s)
                  if auto_hold and not verify else None)
     self._open = None        # the group being filled
-    self._held = {}          # group -> its parity tasks, held for parity_delay_s
+    self._held = set()       # complete groups whose encode waits for the hold
     self.flushed_groups = 0
     self.parity_held = self.parity_skipped = 0
 
@@ -310,8 +311,18 @@ class Coded(Policy):
     acts.append(Send(task))
     if group.filled == self.k:
       self._open = None
-      acts.append(Encode(group))
+      acts += self._encode_or_hold(group)
     return acts
+
+  def _encode_or_hold(self, group) -> list:
+    """A complete group's parity: encoded now, or after the hold (none when verifying)."""
+    delay = 0.0 if self.verify else (self.parity_delay_s if self.hold is None
+                                     else self.hold.delay_s())
+    if delay > 0 and not group.state.finished:
+      self._held.add(group)
+      self.parity_held += 1
+      return [Later(delay, ('parity', group))]
+    return [Encode(group)]
 
   def on_output(self, task):
     task.done = True
@@ -331,16 +342,14 @@ class Coded(Policy):
         task.cancelled = True
       else:
         tasks.append(task)
-    delay = self.parity_delay_s if self.hold is None else self.hold.delay_s()
-    if tasks and delay > 0:
-      self._held[group] = tasks
-      self.parity_held += 1
-      return [Later(delay, ('parity', group))]
     return [Send(t, t.slot - self.k) for t in tasks]
 
   def _release(self, group) -> list:
-    """Sends a group's held parity batches (none held: nothing)."""
-    return [Send(t, t.slot - self.k) for t in self._held.pop(group, ()) if not t.cancelled]
+    """Encodes a held group's parity now (not held: nothing)."""
+    if group not in self._held:
+      return []
+    self._held.discard(group)
+    return [Encode(group)]
 
   def on_parity_unavailable(self, group):
     acts = []
@@ -354,10 +363,9 @@ class Coded(Policy):
       return self._carry_out(group, group.state.expire())
     if kind == 'parity':
       if group not in self._held:
-        return []                # already sent (a data output failed)
+        return []                # already encoded (a data output failed)
       if group.state.finished:   # every data output came in time: no parity work
-        for t in self._held.pop(group):
-          t.cancelled = True
+        self._held.discard(group)
         self.parity_skipped += 1
         return []
       return self._release(group)
@@ -374,7 +382,7 @@ class Coded(Policy):
     for pad in pads:
       pad.done = True
       acts += self._carry_out(group, group.state.arrive(pad.slot))
-    return acts + [Encode(group)]
+    return acts + self._encode_or_hold(group)
 
   def observe(self, task, seconds):
     if self.hold is not None and task.slot < self.k:
