@@ -8,6 +8,9 @@
 `modes` ('all' or a comma list of coded, equal, hedge, none) serves the same
 open-loop Poisson load over the test set with the same faults. `smoke` (as
 `--config=configs/serving.py:smoke`): a few hundred queries, for tests.
+`--config.rates=100,200,400` sweeps the offered load (a fresh frontend per rate) and
+writes curves.json and curves.png (p50 / p99 / p99.9 vs offered q/s, saturation marked,
+coded's and hedge's tails over equal's at each load).
 `--config.policy.verify=True` (a `collage` workdir) checks every coding group for a
 wrong output and counts the flagged groups; `faults.wrong_instances` makes instances
 answer wrongly with probability `faults.wrong_prob`.
@@ -28,6 +31,9 @@ def get_config(arg=None):
   c.batch_size = 1              # queries per batch
   c.max_queue = 4096            # batches queued per pool before OverloadError
   c.rate = 100.0                # Poisson arrival rate, queries/s
+  c.rates = ''                  # a sweep: comma list of rates, each mode served at each
+                                # (curves.json, curves.png: p50 / p99 / p99.9 vs load)
+  c.seconds_per_rate = 10.0     # a sweep's queries per rate: max(queries, rate x this)
   c.queries = 2000              # queries per mode, after the warm-up
   c.warmup = 200                # queries discarded at the start
   c.deadline_ms = 0.0           # fail a query not answered within this (0 = none)

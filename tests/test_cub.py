@@ -209,3 +209,53 @@ def test_parm_split_is_the_originals(tmp_path):
   _cub_tar(str(tmp_path / cub.ARCHIVE), files)
   raw = builders.read_raw('cub_localization_parm_split', str(tmp_path), download=False)
   assert sum(1 for _ in raw['test']) == 15 and sum(1 for _ in raw['train']) == 40
+
+
+def test_a_localization_workdir_served_over_ray_answers_fs_boxes(cub_run):
+  """The box workdir on Ray Serve over HTTP (coded: 2 base + 1 parity replica): every
+  answer that is F's own carries F's box ([x, y, w, h], fractions of the image), and a
+  straggling base replica's queries are rebuilt as boxes too."""
+  pytest.importorskip('ray.serve')
+  httpx = pytest.importorskip('httpx')
+  import asyncio
+  import io
+  import socket
+  from pmjax.serving import bench, cluster
+  from pmjax.serving.instance import CompiledPredict
+  root, _, _ = cub_run
+  w = os.path.join(root, 'w', 'parity')
+  parts = bench.make_parts(w)
+  xs = parts.splits.test_x[:8]
+  want = metrics.model_box_to_unit(CompiledPredict(parts.base_fn, parts.base_vars)(xs))
+  with socket.socket() as s:
+    s.bind(('127.0.0.1', 0))
+    port = s.getsockname()[1]
+  cluster.init_ray(None, num_cpus=4, port=port)
+  try:
+    cluster.deploy(cluster.ServeSettings(workdir=w, mode='coded', m=2, replica_cpus=0,
+                                         frontend_cpus=0, deadline_ms=60_000,
+                                         policy={'flush_ms': 200}))
+    cluster.set_faults({'BaseModel': {0: dict(slow_prob=1.0, slow_ms=1500.0, seed=0)}})
+
+    def npy(x):
+      buf = io.BytesIO()
+      np.save(buf, x)
+      return buf.getvalue()
+
+    async def go():
+      async with httpx.AsyncClient(timeout=60) as client:
+        async def one(i, x):
+          await asyncio.sleep(0.05 * i)
+          r = await client.post(f'http://127.0.0.1:{port}/predict', content=npy(x),
+                                headers={'content-type': cluster.NPY_TYPE})
+          return r.status_code, r.json()
+        return await asyncio.gather(*[one(i, x) for i, x in enumerate(xs)])
+    got = asyncio.run(go())
+  finally:
+    cluster.serve.shutdown()
+    cluster.ray.shutdown()
+  assert all(status == 200 for status, _ in got), got
+  assert all('box' in a and 'label' not in a for _, a in got)
+  own = [(a, y) for (_, a), y in zip(got, want) if not a['reconstructed']]
+  assert own and all(np.allclose(a['box'], y, atol=1e-4) for a, y in own)
+  assert any(a['reconstructed'] for _, a in got)        # base0's queries, rebuilt

@@ -80,6 +80,12 @@ def test_every_other_entry_point_runs(tiny_run, tiny_collage, tmp_path):
       'serving.bench': [py, '-m', 'pmjax.serving.bench', '--config=configs/serving.py:smoke',
                         f'--config.workdir={parity}', '--config.modes=coded,equal',
                         '--config.deadline_ms=2000', f'--config.out={tmp_path / "serving"}'],
+      'serving.bench (sweep)': [py, '-m', 'pmjax.serving.bench',
+                                '--config=configs/serving.py:smoke',
+                                f'--config.workdir={parity}', '--config.modes=coded,equal',
+                                '--config.rates=200,100', '--config.seconds_per_rate=0',
+                                '--config.queries=30', '--config.warmup=5',
+                                f'--config.out={tmp_path / "serving_sweep"}'],
       'serving.sim': [py, '-m', 'pmjax.serving.sim', '--config=configs/sim.py:smoke',
                       f'--config.out={tmp_path / "sim"}'],
       'launch/epoch_stats.py': [py, 'launch/epoch_stats.py', base, parity],
@@ -110,6 +116,12 @@ def test_every_other_entry_point_runs(tiny_run, tiny_collage, tmp_path):
   summary = json.load(open(tmp_path / 'serving' / 'summary.json'))
   assert summary['results']['coded']['lost'] == 0
   assert 'base_service_ms_samples' not in summary['results']['coded']  # raw samples apart
+  swept = json.load(open(tmp_path / 'serving_sweep' / 'curves.json'))
+  assert [c['offered_qps'] for c in swept['coded']['curve']] == [100, 200]
+  assert all(c['answered'] == 30 and c['lost'] == 0 and c['sent_qps'] > 0
+             for m in ('coded', 'equal') for c in swept[m]['curve'])
+  assert [r['offered_qps'] for r in swept['coded']['versus_equal']] == [100, 200]
+  assert os.path.getsize(tmp_path / 'serving_sweep' / 'curves.png') > 1000
   from pmjax.serving import sim
   assert len(sim.service_samples_ms(str(tmp_path / 'serving' / 'summary.json'))) > 10
   assert os.path.exists(tmp_path / 'sim' / 'sim.json')

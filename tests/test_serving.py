@@ -771,3 +771,40 @@ def test_held_parity_is_encoded_only_when_a_data_output_is_still_missing():
   assert 'Encode' in kinds(pol.on_lost(e, False, 'died'))  # a failure: encoded at once
   assert pol.on_timer(later.event) == []
   assert pol.stats()['parity_held'] == 3 and pol.stats()['parity_skipped'] == 1
+
+
+def test_curves_saturation_and_coded_over_equal():
+  """The sweep's saturation is the last load kept up with (no error or loss, answers/s
+  within 10% of what was sent); coded's tail over equal's is taken load by load."""
+  from pmjax.serving import curves
+
+  def point(rate, achieved, p999, lost=0):
+    return {'offered_qps': rate, 'sent_qps': rate, 'achieved_qps': achieved, 'errors': {},
+            'lost': lost, 'answered': 100, 'p99_ms': p999 / 2, 'p99.9_ms': p999}
+  coded = [point(10, 10, 30), point(20, 19, 44), point(40, 30, 400)]
+  equal = [point(10, 10, 30), point(20, 20, 40), point(40, 39, 80)]
+  assert curves.saturation(coded) == 20 and curves.saturation(equal) == 40
+  assert curves.saturation([point(10, 10, 30, lost=1)]) is None
+  rows = curves.versus({'coded': coded, 'equal': equal})
+  assert [r['below_saturation'] for r in rows] == [True, True, False]
+  assert [round(r['p99.9_ratio'], 2) for r in rows] == [1.0, 1.1, 5.0]
+  records = [{'sent_s': t, 'latency_ms': 100.0, 'lag_ms': 0.0} for t in np.arange(0, 10, 0.1)]
+  w = curves.window_rates(records)   # 10 q/s sent; those answered after the last send excluded
+  assert w['sent_qps'] == pytest.approx(10.0, rel=0.02)
+  assert w['achieved_qps'] == pytest.approx(99 / 9.9, rel=0.02)
+
+
+def test_a_flushed_groups_hold_counts_from_its_first_batch():
+  """A group flushed after f seconds holds its parity only for the rest of the hold
+  (hold - f), and none when the flush already took the whole hold."""
+  for hold, flush, rest in ((0.1, 0.04, 0.06), (0.03, 0.05, None)):
+    pol = policy.make_policy('coded', 2, 1, 2, parity_delay_s=hold, flush_timeout_s=flush)
+    acts = pol.on_batch(policy.Task())
+    timer = next(a for a in acts if isinstance(a, policy.Later))
+    assert timer.delay_s == flush
+    after = pol.on_timer(timer.event)
+    held = [a for a in after if isinstance(a, policy.Later)]
+    if rest is None:
+      assert held == [] and isinstance(after[-1], policy.Encode)
+    else:
+      assert len(held) == 1 and held[0].delay_s == pytest.approx(rest)

@@ -12,6 +12,8 @@ test set, with the same faults injected into instances of the same names. Writes
 DIR/summary.json (per mode: count, lost, median/mean/p99/p99.5/p99.9 ms,
 fraction reconstructed, accuracy of answers and of reconstructed answers,
 encode/decode us per group, inference ms per batch) and DIR/latency_cdf.png.
+`--config.rates=R1,R2,..` sweeps the offered load instead: DIR/curves.json and
+DIR/curves.png (`pmjax.serving.curves`, as `cluster_bench --rates` writes them).
 JAX's asynchronous CPU dispatch is off (`cpu_async_dispatch=False`): for
 batch-1 serving it only adds a thread hand-off (~20 us) to every call.
 """
@@ -31,7 +33,7 @@ import numpy as np
 
 from pmjax import cli, config_utils, inference, plotting, runs, tasks
 from pmjax.data import builders, pipeline
-from pmjax.serving import loadgen, policy
+from pmjax.serving import curves, loadgen, policy
 from pmjax.serving.faults import FaultSpec, start_contention
 from pmjax.serving.frontend import Frontend
 from pmjax.serving.instance import CompiledPredict
@@ -133,6 +135,7 @@ def run_mode(mode, parts, c) -> dict:
   for p in procs:
     p.join()
   summary = loadgen.summarize(records)
+  summary.update(curves.window_rates(records), offered_qps=c.rate)
   stats = fe.stats()
   service = {kind: [s for i in fe.instances if i.name.startswith(kind) for s in i.service_s]
              for kind in ('base', 'parity')}
@@ -171,6 +174,24 @@ def plot_cdf(results: dict, path: str, title: str):
   plotting.save(fig, path)
 
 
+def sweep(modes, parts, c) -> dict:
+  """`c.rates`: each mode served at each offered load (max(c.queries, rate x
+  c.seconds_per_rate) queries, a fresh frontend per load); curves.json and curves.png."""
+  rates = sorted(float(r) for r in str(c.rates).split(','))
+  out = {}
+  for mode in modes:
+    out[mode] = []
+    for rate in rates:
+      ci = c.copy_and_resolve_references()
+      ci.rate, ci.queries = rate, max(c.queries, int(rate * c.seconds_per_rate))
+      s = run_mode(mode, parts, ci)
+      out[mode].append({k: v for k, v in s.items() if k not in RAW_SAMPLES + ('instances',)})
+  fc, config = c.faults, parts.config
+  return curves.write(out, c.out, f'in-process: {config.model} {config.code.name} '
+                      f'k={config.code.k}, batch {c.batch_size}, slow='
+                      f'{fc.slow_instances or "-"} p={fc.slow_prob} {fc.slow_ms:g} ms')
+
+
 def parse_modes(text: str) -> tuple:
   """'all' or a comma list of serving modes -> the modes (UsageError naming unknown ones)."""
   modes = tuple(policy.POLICIES) if text == 'all' else tuple(text.split(','))
@@ -191,8 +212,11 @@ def main(argv):
   modes = parse_modes(c.modes)
   with cli.user_errors():
     parts = make_parts(c.workdir)
-  results = {mode: run_mode(mode, parts, c) for mode in modes}
   os.makedirs(c.out, exist_ok=True)
+  if c.rates:
+    sweep(modes, parts, c)
+    return
+  results = {mode: run_mode(mode, parts, c) for mode in modes}
   with open(os.path.join(c.out, 'summary.json'), 'w') as fh:
     json.dump({'config': c.to_dict(), 'device': str(jax.devices()[0]),
                'results': {m: {k: v for k, v in s.items() if k not in RAW_SAMPLES}

@@ -34,7 +34,7 @@ import numpy as np
 
 from pmjax import cli, metrics, runs, tasks
 from pmjax.data import pipeline
-from pmjax.serving import bench, bodies, cluster, loadgen, policy
+from pmjax.serving import bench, bodies, cluster, curves, loadgen, policy
 
 flags.DEFINE_string('workdir', '', 'A parity workdir (F from its base_workdir).')
 flags.DEFINE_string('mode', 'all', "'all' or a comma list of coded, equal, hedge, none.")
@@ -239,62 +239,12 @@ def _load(f, url, bodies, labels, rate, n, events, score) -> dict:
   summary = loadgen.summarize(records)
   server = [r['server_ms'] for r in records if r.get('server_ms') is not None]
   summary['frontend_latency'] = loadgen.latency_summary(server)  # in the ingress
-  summary.update(window_rates(records))
+  summary.update(curves.window_rates(records))
   summary.update(wall_s=wall_s)
   summary['latencies_ms'] = sorted(r['latency_ms'] for r in records
                                    if r['latency_ms'] is not None)
   summary['records'] = records
   return summary
-
-
-def window_rates(records) -> dict:
-  """Queries sent and answered per second in the window of the sends (first to last):
-  an open loop that keeps up answers about what it is sent in that window; one that
-  does not falls behind and answers the rest after it. `client_lag_p99_ms`: how late
-  the client itself sent (a loaded client is not an open loop any more)."""
-  sends = sorted(r['sent_s'] for r in records if r.get('sent_s') is not None)
-  if len(sends) < 2:
-    return {'sent_qps': 0.0, 'achieved_qps': 0.0, 'client_lag_p99_ms': None}
-  lo, hi = sends[0], sends[-1]
-  span = max(hi - lo, 1e-9)
-  answered = sum(1 for r in records if r['latency_ms'] is not None
-                 and r['sent_s'] + r['latency_ms'] / 1e3 <= hi)
-  lags = [r['lag_ms'] for r in records if r.get('lag_ms') is not None]
-  return {'sent_qps': (len(sends) - 1) / span, 'achieved_qps': answered / span,
-          'client_lag_p99_ms': float(np.percentile(lags, 99)) if lags else None}
-
-
-def saturation(curve, tolerance=0.9) -> float | None:
-  """The highest offered rate a mode keeps up with: no error or lost query and answers/s
-  within `tolerance` of the rate actually sent (both in the window of the sends);
-  None: not even the first rate."""
-  best = None
-  for c in curve:
-    if c['errors'] or c['lost'] or c['achieved_qps'] < tolerance * c['sent_qps']:
-      break
-    best = c['offered_qps']
-  return best
-
-
-def plot_curves(results, path, title):
-  from pmjax import plotting  # pylint: disable=g-import-not-at-top
-  fig, axes = plotting.pyplot().subplots(1, 3, figsize=(12, 3.6), sharey=True)
-  for ax, key in zip(axes, ('median_ms', 'p99_ms', 'p99.9_ms')):
-    for mode, s in results.items():
-      curve = s['curve']
-      xs = [c['offered_qps'] for c in curve]
-      line, = ax.plot(xs, [c[key] for c in curve], 'o-', label=mode)
-      sat = saturation(curve)
-      if sat is not None:
-        ax.axvline(sat, color=line.get_color(), ls=':', lw=1)
-    ax.set_title(key.replace('_ms', '').replace('median', 'p50'))
-    ax.set_xlabel('offered load (queries/s)')
-    ax.set_yscale('log')
-  axes[0].set_ylabel('latency (ms)')
-  axes[-1].legend(title='dotted: saturation')
-  fig.suptitle(title, fontsize=9)
-  fig.tight_layout()
-  fig.savefig(path, dpi=120)
 
 
 RAW = ('latencies_ms', 'records')
@@ -375,22 +325,9 @@ def main(argv):
                  f'{f.rate:g} q/s, slow={f.slow or "-"} p={f.slow_prob} {f.slow_ms:g} ms'
                  + (f', kill {f.kill} at {f.kill_at_s:g} s' if f.kill != 'none' else ''))
   if rates:
-    with open(os.path.join(f.out, 'curves.json'), 'w') as fh:
-      json.dump({m: {'curve': s['curve'], 'saturation_qps': saturation(s['curve'])}
-                 for m, s in results.items()}, fh, indent=2)
-    plot_curves(results, os.path.join(f.out, 'curves.png'),
-                f'Ray Serve over HTTP: {config.model} {config.code.name} k={code.k}, batch '
-                f'{f.batch_size}, slow={f.slow or "-"} p={f.slow_prob} {f.slow_ms:g} ms')
-    print('| mode | offered q/s | sent/s | answered/s | client lag p99 ms | median ms | '
-          'p99 ms | p99.9 ms | reconstructed | errors |')
-    print('|---|---|---|---|---|---|---|---|---|---|')
-    for mode, s in results.items():
-      for c in s['curve']:
-        print(f"| {mode} | {c['offered_qps']:g} | {c['sent_qps']:.1f} | "
-              f"{c['achieved_qps']:.1f} | {c['client_lag_p99_ms']:.1f} | "
-              f"{c['median_ms']:.1f} | {c['p99_ms']:.1f} | {c['p99.9_ms']:.1f} | "
-              f"{c['frac_reconstructed']:.3f} | {c['errors'] or 0} |")
-      print(f'saturation ({mode}): {saturation(s["curve"])} q/s')
+    curves.write({m: s['curve'] for m, s in results.items()}, f.out,
+                 f'Ray Serve over HTTP: {config.model} {config.code.name} k={code.k}, batch '
+                 f'{f.batch_size}, slow={f.slow or "-"} p={f.slow_prob} {f.slow_ms:g} ms')
   cols = ('count', 'lost', 'median_ms', 'p99_ms', 'p99.9_ms', 'frac_reconstructed',
           'accuracy', 'accuracy_reconstructed', 'replacements_used')
   print('| mode | ' + ' | '.join(cols) + ' | errors |')

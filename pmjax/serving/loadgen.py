@@ -21,7 +21,8 @@ def run_poisson(frontend, xs_NxD, labels_N, rate_qps: float, num_queries: int,
                 warmup: int = 0, seed: int = 0, timeout_s: float = 30.0, score=None) -> list:
   """Submits `num_queries` queries (cycling through xs) at Poisson times; returns
   one record per query after the warm-up: latency_ms (None if lost), reconstructed,
-  correct (by `score.correct_one`; default: the top-1 class), error."""
+  correct (by `score.correct_one`; default: the top-1 class), error, sent_s (its
+  submit time from the start) and lag_ms (how late it was submitted)."""
   if score is None:
     from pmjax import metrics  # pylint: disable=g-import-not-at-top
     score = metrics.CLASSIFICATION
@@ -32,16 +33,17 @@ def run_poisson(frontend, xs_NxD, labels_N, rate_qps: float, num_queries: int,
   records = [None] * num_queries
   done = threading.Semaphore(0)
 
-  def finish(i, t_submit, label):
+  def finish(i, t_submit, label, sent):
     def callback(future):
       latency = (time.perf_counter() - t_submit) * 1e3
       try:
         resp = future.result()
         records[i] = {'latency_ms': latency, 'reconstructed': resp.reconstructed,
-                      'correct': score.correct_one(resp.output, label), 'error': None}
+                      'correct': score.correct_one(resp.output, label), 'error': None,
+                      **sent}
       except Exception as e:  # pylint: disable=broad-except
         records[i] = {'latency_ms': None, 'reconstructed': False, 'correct': False,
-                      'error': type(e).__name__}
+                      'error': type(e).__name__, **sent}
       done.release()
     return callback
 
@@ -54,14 +56,15 @@ def run_poisson(frontend, xs_NxD, labels_N, rate_qps: float, num_queries: int,
       time.sleep(sleep)
     j = i % len(xs_NxD)
     t = time.perf_counter()
+    sent = {'sent_s': t - start, 'lag_ms': (t - next_t) * 1e3}   # lag: the generator's own
     try:
       fut = frontend.submit(xs_NxD[j])
     except OverloadError:
       records[i] = {'latency_ms': None, 'reconstructed': False, 'correct': False,
-                    'error': 'OverloadError'}
+                    'error': 'OverloadError', **sent}
       done.release()
       continue
-    fut.add_done_callback(finish(i, t, labels_N[j]))
+    fut.add_done_callback(finish(i, t, labels_N[j], sent))
   deadline = time.perf_counter() + timeout_s
   answered = 0
   while answered < num_queries and done.acquire(timeout=max(0.0, deadline - time.perf_counter())):

@@ -18,7 +18,8 @@ of the answers, from its parse to its answer) against the client's, and in-proce
 timings of the body's parse (`.npy` and JSON) and of pmjax's `Frontend` over in-process
 instances that answer at once (its batching, policy, queues and threads alone).
 Throughput: `--clients` concurrent closed-loop clients for `--seconds`: answers/s of
-each path (the saturation throughput of this machine), from the bench's own client and,
+each path (the saturation throughput of this machine) and the latency under that load
+("loaded"), from the bench's own client and,
 beside it, from `wrk` (an external HTTP load generator, Debian package `wrk`: the same
 number of connections, one `.npy` body) where it is installed. Writes DIR/overhead.json and
 prints the table.
@@ -291,8 +292,9 @@ def main(argv):
   with open(os.path.join(f.out, 'overhead.json'), 'w') as fh:
     json.dump(res, fh, indent=2)
   print('| path | median ms | p99 ms | ingress median ms | replica compute ms | added median '
-        'ms (x bare) | answers/s (x bare) | wrk answers/s | wrk median / p99 ms |')
-  print('|---|---|---|---|---|---|---|---|---|')
+        'ms (x bare) | answers/s (x bare) | loaded median / p99 ms | wrk answers/s | '
+        'wrk median / p99 ms |')
+  print('|---|---|---|---|---|---|---|---|---|---|')
   for name, e in res['paths'].items():
     lat, thr = e['latency'], e.get('throughput')
     ing = e.get('ingress_latency', {}).get('median_ms')
@@ -303,7 +305,8 @@ def main(argv):
               if 'added_median_ms' in e else '-'),
              (f'{thr["answers_per_s"]:.0f}' + (f' ({e["throughput_over_bare"]:.2f}x)'
                                               if 'throughput_over_bare' in e else '')
-              if thr else '-')]
+              if thr else '-'),
+             f'{thr["median_ms"]:.2f} / {thr["p99_ms"]:.2f}' if thr else '-']
     wrk = e.get('wrk')
     cells += ([f'{wrk["answers_per_s"]:.0f}' + (f' ({wrk["errors"]} non-2xx)'
                                                if wrk['errors'] else ''),
