@@ -793,18 +793,3 @@ def test_curves_saturation_and_coded_over_equal():
   assert w['sent_qps'] == pytest.approx(10.0, rel=0.02)
   assert w['achieved_qps'] == pytest.approx(99 / 9.9, rel=0.02)
 
-
-def test_a_flushed_groups_hold_counts_from_its_first_batch():
-  """A group flushed after f seconds holds its parity only for the rest of the hold
-  (hold - f), and none when the flush already took the whole hold."""
-  for hold, flush, rest in ((0.1, 0.04, 0.06), (0.03, 0.05, None)):
-    pol = policy.make_policy('coded', 2, 1, 2, parity_delay_s=hold, flush_timeout_s=flush)
-    acts = pol.on_batch(policy.Task())
-    timer = next(a for a in acts if isinstance(a, policy.Later))
-    assert timer.delay_s == flush
-    after = pol.on_timer(timer.event)
-    held = [a for a in after if isinstance(a, policy.Later)]
-    if rest is None:
-      assert held == [] and isinstance(after[-1], policy.Encode)
-    else:
-      assert len(held) == 1 and held[0].delay_s == pytest.approx(rest)

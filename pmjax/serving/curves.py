@@ -45,10 +45,14 @@ def versus(curves: dict, mode: str = 'coded', other: str = 'equal') -> list:
     o = theirs.get(c['offered_qps'])
     if o is None or not c.get('p99.9_ms') or not o.get('p99.9_ms'):
       continue
-    rows.append({'offered_qps': c['offered_qps'], 'answered': c['answered'],
-                 'below_saturation': sat is not None and c['offered_qps'] <= sat,
-                 'p99_ratio': c['p99_ms'] / o['p99_ms'],
-                 'p99.9_ratio': c['p99.9_ms'] / o['p99.9_ms']})
+    row = {'offered_qps': c['offered_qps'], 'answered': c['answered'],
+           'below_saturation': sat is not None and c['offered_qps'] <= sat,
+           'p99_ratio': c['p99_ms'] / o['p99_ms'],
+           'p99.9_ratio': c['p99.9_ms'] / o['p99.9_ms']}
+    mine, yours = c.get('frontend_latency') or {}, o.get('frontend_latency') or {}
+    if mine.get('p99.9_ms') and yours.get('p99.9_ms'):   # the server's own (Ray: ingress)
+      row['ingress_p99.9_ratio'] = mine['p99.9_ms'] / yours['p99.9_ms']
+    rows.append(row)
   return rows
 
 
@@ -57,11 +61,13 @@ def print_versus(curves: dict, mode: str = 'coded', other: str = 'equal'):
   if not rows:
     return
   print(f'| offered q/s | queries | below {mode}\'s saturation | {mode} / {other} p99 | '
-        f'{mode} / {other} p99.9 |')
-  print('|---|---|---|---|---|')
+        f'{mode} / {other} p99.9 | the same in the ingress, p99.9 |')
+  print('|---|---|---|---|---|---|')
   for r in rows:
+    ing = r.get('ingress_p99.9_ratio')
     print(f"| {r['offered_qps']:g} | {r['answered']} | {'yes' if r['below_saturation'] else 'no'}"
-          f" | {r['p99_ratio']:.2f} | {r['p99.9_ratio']:.2f} |")
+          f" | {r['p99_ratio']:.2f} | {r['p99.9_ratio']:.2f} | "
+          f"{'-' if ing is None else f'{ing:.2f}'} |")
 
 
 def plot_curves(curves: dict, path: str, title: str):

@@ -8,13 +8,12 @@ import dataclasses
 
 class Group:
   """A coding group's tasks (k data slots, then r parity slots) and its state."""
-  __slots__ = ('state', 'tasks', 'filled', 'waited_s')
+  __slots__ = ('state', 'tasks', 'filled')
 
   def __init__(self, k: int, r: int, parity_wait: bool = False, verify: bool = False):
     self.state = CodedGroup(k, r, parity_wait, verify)
     self.tasks: list = [None] * (k + r)
     self.filled = 0
-    self.waited_s = 0.0   # how long its first data batch had been out when it completed
 
 
 @dataclasses.dataclass

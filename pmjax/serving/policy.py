@@ -265,9 +265,8 @@ class Coded(Policy):
   a group whose parity outputs are all in and whose queries are all answered is
   handed to the driver (`Verify`) to check the data outputs that arrived for a
   wrong one (answers already given are not recalled). With `parity_delay_s` > 0 a
-  complete group's parity is held until its first data batch has been out that long
-  (a group flushed after `flush_timeout_s` waits only the rest), then encoded and sent
-  only if a data output is still missing (at once when one fails): the parity work, the encode
+  complete group's parity is held that long, then encoded and sent only if a data
+  output is still missing (at once when one fails): the parity work, the encode
   included, is done for the groups that need it, at the cost of that delay (and the
   encode) on their reconstructions (for a machine whose instances share cores, where
   eager parity work slows the data).
@@ -304,7 +303,7 @@ class Coded(Policy):
         flush = self.flush_timeout_s
         if self.hold is not None and self.hold.ready:
           flush = max(self.hold.delay_s(), 1e-3)   # protection starts as late as the hold
-        acts.append(Later(flush, ('flush', self._open, flush)))
+        acts.append(Later(flush, ('flush', self._open)))
     group = self._open
     task.group, task.slot = group, group.filled
     group.tasks[task.slot] = task
@@ -316,11 +315,9 @@ class Coded(Policy):
     return acts
 
   def _encode_or_hold(self, group) -> list:
-    """A complete group's parity: encoded now, or once its first data batch has been out
-    for the hold (none when verifying; a flushed group has waited the flush already)."""
+    """A complete group's parity: encoded now, or after the hold (none when verifying)."""
     delay = 0.0 if self.verify else (self.parity_delay_s if self.hold is None
                                      else self.hold.delay_s())
-    delay -= group.waited_s
     if delay > 0 and not group.state.finished:
       self._held.add(group)
       self.parity_held += 1
@@ -361,7 +358,7 @@ class Coded(Policy):
     return acts
 
   def on_timer(self, event):
-    kind, group = event[:2]
+    kind, group = event
     if kind == 'expire':
       return self._carry_out(group, group.state.expire())
     if kind == 'parity':
@@ -377,7 +374,6 @@ class Coded(Policy):
     # Pad the partial group with zero queries (their outputs F(0) are known) and encode.
     self._open = None
     self.flushed_groups += 1
-    group.waited_s = event[2]
     pads = []
     for slot in range(group.filled, self.k):
       pads.append(Task(None, (), group, slot))
