@@ -122,6 +122,9 @@ def test_every_other_entry_point_runs(tiny_run, tiny_collage, tmp_path):
              for m in ('coded', 'equal') for c in swept[m]['curve'])
   assert [r['offered_qps'] for r in swept['coded']['versus_equal']] == [100, 200]
   assert os.path.getsize(tmp_path / 'serving_sweep' / 'curves.png') > 1000
+  again = _run([sys.executable, '-m', 'pmjax.serving.curves', str(tmp_path / 'serving_sweep')])
+  assert again.returncode == 0, again.stderr[-2000:]
+  assert 'saturation coded' in again.stdout and '| coded / equal p99.9 |' in again.stdout
   from pmjax.serving import sim
   assert len(sim.service_samples_ms(str(tmp_path / 'serving' / 'summary.json'))) > 10
   assert os.path.exists(tmp_path / 'sim' / 'sim.json')

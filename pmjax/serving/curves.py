@@ -1,5 +1,8 @@
 """Throughput-latency curves: one summary per offered load, the saturation point, the
-plot, and coded's tail against equal resources' at each load (both benches)."""
+plot, and coded's tail against equal resources' at each load (both benches).
+
+    python -m pmjax.serving.curves DIR [DIR ...]   # a sweep's saturation and ratios again
+"""
 
 import numpy as np
 
@@ -116,3 +119,42 @@ def write(curves: dict, out_dir: str, title: str) -> dict:
   for mode in ('coded', 'hedge'):
     print_versus(curves, mode, 'equal')
   return res
+
+
+def read(out_dir: str) -> dict:
+  """{mode: curve} of a sweep's directory (its curves.json, else its summary.json)."""
+  import json  # pylint: disable=g-import-not-at-top
+  import os  # pylint: disable=g-import-not-at-top
+  path = os.path.join(out_dir, 'curves.json')
+  if os.path.exists(path):
+    return {m: v['curve'] for m, v in json.load(open(path)).items()}
+  path = os.path.join(out_dir, 'summary.json')
+  if not os.path.exists(path):
+    raise FileNotFoundError(f'{out_dir} holds no curves.json or summary.json: pass the '
+                            '--out of a `cluster_bench --rates` or `serving.bench '
+                            '--config.rates` run')
+  results = json.load(open(path))['results']
+  missing = [m for m, s in results.items() if 'curve' not in s]
+  if missing:
+    raise ValueError(f'{path}: modes {missing} have no curve (a run without --rates)')
+  return {m: s['curve'] for m, s in results.items()}
+
+
+def main(argv):
+  """python -m pmjax.serving.curves DIR [DIR ...]: each sweep's tables again."""
+  if len(argv) < 2:
+    raise SystemExit('usage: python -m pmjax.serving.curves DIR [DIR ...] (sweep outputs)')
+  for out_dir in argv[1:]:
+    try:
+      c = read(out_dir)
+    except (OSError, ValueError, KeyError) as e:
+      raise SystemExit(f'error: {e}') from None
+    print(f'## {out_dir}: saturation ' + ', '.join(f'{m} {saturation(v)} q/s'
+                                                  for m, v in c.items()))
+    for mode in ('coded', 'hedge'):
+      print_versus(c, mode, 'equal')
+
+
+if __name__ == '__main__':
+  import sys  # pylint: disable=g-import-not-at-top
+  main(sys.argv)
