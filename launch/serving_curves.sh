@@ -3,9 +3,10 @@
 # replica), equal and hedge (3 base replicas) at equal resources, the offered load swept
 # up to saturation, with no fault and with a straggler (base0: 10% of its requests
 # +200 ms), batch 1 and batch 8; the coded policy learns its parity hold (auto_hold).
-# About 45 minutes on a 2-core machine (SECONDS_PER_RATE=8).
-# Then the hand-set hold beside the learnt one, and the overhead table (bare Serve echo
-# vs pmjax, with wrk beside the bench's own client).
+# First the overhead table (bare Serve echo vs pmjax, with wrk beside the bench's own
+# client), last the hand-set hold beside the learnt one. About 45 minutes on a 2-core
+# machine (SECONDS_PER_RATE=8); `python -m pmjax.serving.curves OUT/NAME` prints a sweep's
+# ratios again.
 # Usage: launch/serving_curves.sh MNIST_PARITY_WORKDIR CIFAR10_PARITY_WORKDIR [OUT]
 # (e.g. the README's main job and
 #  `python -m pmjax.train --config=configs/cifar10.py:stage=base_and_parity,model=resnet8,code=concat,k=2,smoke`).
