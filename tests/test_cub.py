@@ -216,41 +216,23 @@ def test_a_localization_workdir_served_over_ray_answers_fs_boxes(cub_run):
   answer that is F's own carries F's box ([x, y, w, h], fractions of the image), and a
   straggling base replica's queries are rebuilt as boxes too."""
   pytest.importorskip('ray.serve')
-  httpx = pytest.importorskip('httpx')
-  import asyncio
-  import io
-  import socket
+  pytest.importorskip('httpx')
   from pmjax.serving import bench, cluster
   from pmjax.serving.instance import CompiledPredict
+  from tests.test_cluster import _free_port, _post_many
   root, _, _ = cub_run
   w = os.path.join(root, 'w', 'parity')
   parts = bench.make_parts(w)
   xs = parts.splits.test_x[:8]
   want = metrics.model_box_to_unit(CompiledPredict(parts.base_fn, parts.base_vars)(xs))
-  with socket.socket() as s:
-    s.bind(('127.0.0.1', 0))
-    port = s.getsockname()[1]
+  port = _free_port()
   cluster.init_ray(None, num_cpus=4, port=port)
   try:
     cluster.deploy(cluster.ServeSettings(workdir=w, mode='coded', m=2, replica_cpus=0,
                                          frontend_cpus=0, deadline_ms=60_000,
                                          policy={'flush_ms': 200}))
     cluster.set_faults({'BaseModel': {0: dict(slow_prob=1.0, slow_ms=1500.0, seed=0)}})
-
-    def npy(x):
-      buf = io.BytesIO()
-      np.save(buf, x)
-      return buf.getvalue()
-
-    async def go():
-      async with httpx.AsyncClient(timeout=60) as client:
-        async def one(i, x):
-          await asyncio.sleep(0.05 * i)
-          r = await client.post(f'http://127.0.0.1:{port}/predict', content=npy(x),
-                                headers={'content-type': cluster.NPY_TYPE})
-          return r.status_code, r.json()
-        return await asyncio.gather(*[one(i, x) for i, x in enumerate(xs)])
-    got = asyncio.run(go())
+    got = _post_many(f'http://127.0.0.1:{port}/predict', xs, gap_s=0.05)
   finally:
     cluster.serve.shutdown()
     cluster.ray.shutdown()

@@ -4,6 +4,9 @@ plot, and coded's tail against equal resources' at each load (both benches).
     python -m pmjax.serving.curves DIR [DIR ...]   # a sweep's saturation and ratios again
 """
 
+import json
+import os
+
 import numpy as np
 
 
@@ -96,8 +99,6 @@ def plot_curves(curves: dict, path: str, title: str):
 def write(curves: dict, out_dir: str, title: str) -> dict:
   """DIR/curves.json (each mode's curve and saturation) and DIR/curves.png; prints the
   table, each mode's saturation and coded's and hedge's tails over equal's."""
-  import json  # pylint: disable=g-import-not-at-top
-  import os  # pylint: disable=g-import-not-at-top
   res = {m: {'curve': c, 'saturation_qps': saturation(c),
              **({'versus_equal': versus(curves, m)} if m != 'equal' else {})}
          for m, c in curves.items()}
@@ -123,8 +124,6 @@ def write(curves: dict, out_dir: str, title: str) -> dict:
 
 def read(out_dir: str) -> dict:
   """{mode: curve} of a sweep's directory (its curves.json, else its summary.json)."""
-  import json  # pylint: disable=g-import-not-at-top
-  import os  # pylint: disable=g-import-not-at-top
   path = os.path.join(out_dir, 'curves.json')
   if os.path.exists(path):
     return {m: v['curve'] for m, v in json.load(open(path)).items()}
