@@ -23,7 +23,6 @@ DIR/latency_cdf.png.
 
 import asyncio
 import logging
-import io
 import json
 import os
 import threading

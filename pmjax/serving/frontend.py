@@ -1,4 +1,4 @@
-"""The frontend: batching, coding groups, first-answer-wins, cancellation, hedging.
+"""The serving frontend: one object that a query goes through, from `submit` to its answer.
 
     fe = Frontend('coded', base_predicts=[F0, F1], parity_predicts=[FP0], k=2,
                   encode=jit(code.encode), decode=jit(code.decode), query_shape=(28, 28, 1))
@@ -6,45 +6,37 @@
     fut = fe.submit(x)            # concurrent.futures.Future -> Response
     fe.close()                    # drains or cancels every pending future
 
-Queries are batched (`batch_size`, default 1); in `coded` mode consecutive
-batches form coding groups of k; each data batch goes to the shared base
-queue at once; when a group is complete an encoder thread (off the data
-batches' critical path) encodes its parity batch for the parity queue. A
-query resolves with its own output or with the decoded reconstruction as soon
-as k of the group's k+r outputs are in, whichever is first (with
-`parity_wait_s` > 0 and r >= 2, a missing output waits up to that long for every
-parity, so the decoder uses all of them); queued work that is no longer needed
-is cancelled. `equal` and `none` have no redundancy;
-`hedge` re-sends a batch not answered within `hedge_delay_s` while the extra
-capacity allows, and the first answer wins.
-With a verifying policy (`Coded(verify=True)`) every group's parities are
-computed and `check(y, avail, z, zavail)` (e.g. `pmjax.codes.byzantine.collage_check`)
-runs on each group once its parities are in: `stats()` counts the flagged groups and
-the instances blamed. An exception while handling an output fails the open queries
-of its group with that error rather than leaving them pending.
+The flow of a query, top to bottom (one lock guards the queues and futures throughout):
 
-No query is stranded: a partial batch or coding group is flushed after
-`flush_timeout_s` (padded with zero queries, whose outputs F(0) are known, so
-a partial group is still protected by its parity); `deadline_s` (per server,
-or per query in `submit`) fails a query with `DeadlineExceededError` when it
-passes. An instance whose predict raises is marked dead; its batch is
-re-queued once to another live instance, otherwise failed with
-`InstanceError` (coded mode: treated as a missing output and decoded when k
-outputs are in). `instance_cls` (default `ModelInstance`) runs each instance: the Ray
-Serve backend's `RayInstance` sends its batches to replicas instead
-(`pmjax.serving.cluster`), with the same policy, queues and futures. When no base instance is alive, `submit` refuses new queries
-with `NoInstanceError`. A silent fail-stop (injected fault) loses the batch in
-flight, as a crashed machine would: `deadline_s` bounds the wait for it.
+1. `submit` (`batching.py`) checks the query and adds it to the pending batch; a full
+   batch (`batch_size`, default 1) or, after `flush_timeout_s`, a partial one padded
+   with zero queries becomes one `policy.Task` for the mode's policy (`on_batch`).
+2. The policy (`policy.py`: `Coded`, `Hedge`, `Direct`, `Alone`, or a custom object
+   passed as `mode`) decides; `executor.py` carries out what it returns: in `coded` mode
+   consecutive batches form coding groups of k, each data batch goes to the shared base
+   queue at once, and an encoder thread encodes a group's parity batch for the parity
+   queue of each slot; `hedge` re-sends a batch not answered within `hedge_delay_s`.
+3. Instances (`instance.py`, one thread each; `RayInstance` of `ray_instance.py` sends
+   to Ray Serve replicas instead) take batches from their queue and report back
+   (`events.py`): an output, a task skipped past its deadline, or their death.
+4. The policy turns each output into actions: answer the batch's queries, or decode a
+   missing output as soon as k of the group's k+r outputs are in (with
+   `parity_wait_s` > 0 and r >= 2 a missing output waits up to that long for every
+   parity), and cancel queued work no longer needed; futures are settled with a
+   `Response` or an error (`errors.py`) once the lock is released.
 
-The frontend is a driver: every decision (grouping, decoding, cancelling,
-hedging, what a failure means) is the mode's policy object's (`policy.py`,
-also driven by the simulator); the frontend batches queries, runs the
-policy's actions with real queues, threads and futures, and owns what only
-a live server has (deadlines, shutdown, dead instances). Delayed callbacks
-live in `timers.py`, the instances in `instance.py`, the errors in `errors.py`.
-A policy object can be passed as `mode` (any registered or custom one). About
-510 lines: the life cycle, batching, the actions and the failure paths all read
-and change one set of queues and futures under one lock.
+With a verifying policy (`Coded(verify=True)`) every group's parities are computed and
+`check(y, avail, z, zavail)` (e.g. `pmjax.codes.byzantine.collage_check`) runs on each
+group once its parities are in: `stats()` counts the flagged groups and the instances
+blamed. No query is stranded: `deadline_s` (per server, or per query in `submit`) fails a
+query with `DeadlineExceededError` when it passes; an instance whose predict raises is
+dead and its batch is re-queued once to another live instance, otherwise failed with
+`InstanceError` (coded mode: treated as a missing output and decoded when k outputs are
+in); when no base instance is alive `submit` refuses new queries with `NoInstanceError`.
+A silent fail-stop (injected fault) loses the batch in flight, as a crashed machine
+would: `deadline_s` bounds the wait for it. This module holds the frontend's life cycle
+(construction, warm-up, drain and shutdown) and its statistics; delayed callbacks live
+in `timers.py`. The simulator (`sim.py`) drives the same policy objects.
 """
 
 from __future__ import annotations
@@ -52,15 +44,17 @@ from __future__ import annotations
 import queue
 import threading
 import time
-import traceback
-from concurrent.futures import Future, InvalidStateError
 from typing import Callable, Sequence
 
 import numpy as np
 
 from pmjax.serving import policy
+from pmjax.serving.executor import Actions
+from pmjax.serving.batching import Batching
 from pmjax.serving.errors import (DeadlineExceededError, InstanceError, NoInstanceError,
-                                  OverloadError, Response, ShutdownError)
+                                  OverloadError, Response, ShutdownError, settle,
+                                  settle_all)
+from pmjax.serving.events import InstanceEvents
 from pmjax.serving.faults import FaultSpec
 from pmjax.serving.instance import ModelInstance
 from pmjax.serving.timers import Timers
@@ -69,35 +63,10 @@ __all__ = ['Frontend', 'Response', 'OverloadError', 'ShutdownError', 'InstanceEr
            'NoInstanceError', 'DeadlineExceededError']
 
 
-def _settle(future, result=None, error=None):
-  if future.done():
-    return
-  try:
-    if error is not None:
-      future.set_exception(error)
-    else:
-      future.set_result(result)
-  except InvalidStateError:
-    pass  # already answered or cancelled
-
-
-def _latest(deadlines):
-  """The last of a batch's deadlines (None when one of them has none)."""
-  return None if not deadlines or None in deadlines else max(deadlines)
-
-
-def _settle_all(settle):
-  """Answers futures: (futures, outputs or an exception, reconstructed, who) each."""
-  for futures, values, reconstructed, who in settle:
-    for q, f in enumerate(futures):
-      if isinstance(values, BaseException):
-        _settle(f, error=values)
-      else:
-        _settle(f, Response(values[q], reconstructed, who))
-
-
-class Frontend:
-  """A serving frontend over base (F) and parity (F_P) instances."""
+class Frontend(Batching, Actions, InstanceEvents):
+  """A serving frontend over base (F) and parity (F_P) instances: the intake
+  (`Batching`), the policy's action executor (`Actions`) and the instances' callbacks
+  (`InstanceEvents`) share the state made here."""
 
   def __init__(self, mode: 'str | policy.Policy', base_predicts: Sequence[Callable],
                parity_predicts: Sequence[Callable] = (), *, k: int = 2, r: int = 1,
@@ -160,7 +129,7 @@ class Frontend:
     self._pending = []           # (x, future) waiting to fill a batch
     self._encoder_queue = queue.Queue()
     # Delayed callbacks run with the lock held and return the futures to settle.
-    self._timers = Timers(self._lock, _settle_all, lambda: self._closed)
+    self._timers = Timers(self._lock, settle_all, lambda: self._closed)
     self._outstanding = set()
     self._closed = False
     self._threads = []
@@ -218,7 +187,7 @@ class Frontend:
       self._closed = True
       partial, self._pending = self._pending, []
     for _, f in partial:
-      _settle(f, error=ShutdownError('server shut down before this query filled a batch'))
+      settle(f, error=ShutdownError('server shut down before this query filled a batch'))
     deadline = time.perf_counter() + drain_timeout_s
     while time.perf_counter() < deadline:
       with self._lock:
@@ -229,7 +198,7 @@ class Frontend:
       left = list(self._outstanding)
       self._timers.wake()
     for f in left:
-      _settle(f, error=ShutdownError('server shut down before this query was answered'))
+      settle(f, error=ShutdownError('server shut down before this query was answered'))
     for q in [self.base_queue, *self.parity_queues]:
       while True:
         try:
@@ -252,280 +221,6 @@ class Frontend:
 
   def __exit__(self, *exc):
     self.close()
-
-  # ------------------------------------------------------------------ submit and batching
-
-  def validate(self, x):
-    """A copy of query `x` if it has the server's shape and dtype and no NaN or Inf;
-    else ValueError naming the problem."""
-    x = np.array(x, copy=True)  # the caller may reuse its buffer once submit returns
-    if x.shape != self.query_shape:
-      raise ValueError(f'query has shape {x.shape}; this server expects {self.query_shape} '
-                       f'({self.query_dtype})')
-    if x.dtype != self.query_dtype:
-      raise ValueError(f'query has dtype {x.dtype}; this server expects {self.query_dtype}')
-    if np.issubdtype(x.dtype, np.floating) and not np.all(np.isfinite(x)):
-      raise ValueError('query contains NaN or Inf values')
-    return x
-
-  def submit(self, x, deadline_s: float | None = None) -> Future:
-    """Queues one query; returns a Future of a `Response`.
-
-    A malformed query gets its error on its own future. `deadline_s` (default:
-    the server's) fails the future with DeadlineExceededError if it is not
-    answered in time. Raises OverloadError when the queue is full,
-    NoInstanceError when no base instance is alive and ShutdownError after
-    `close()`.
-    """
-    future = Future()
-    try:
-      x = self.validate(x)
-    except ValueError as e:
-      future.set_exception(e)
-      return future
-    deadline_s = self.deadline_s if deadline_s is None else deadline_s
-    settle = []
-    with self._lock:
-      if self._closed:
-        raise ShutdownError('server is shut down; start a new Frontend')
-      error = self._no_base_error()
-      if error is not None:
-        raise error
-      self._outstanding.add(future)
-      future.add_done_callback(self._forget)
-      # Wall clock: the deadline travels with the query's batch to replicas elsewhere.
-      future.deadline_at = time.time() + deadline_s if deadline_s else None
-      if deadline_s:
-        self._timers.add(deadline_s, lambda: self._expire_query(future, deadline_s))
-      self._pending.append((x, future))
-      if len(self._pending) == 1 and self.batch_size > 1:
-        self._timers.add(self.flush_timeout_s, lambda: self._flush_batch(future))
-      if len(self._pending) < self.batch_size:
-        return future
-      batch, self._pending = self._pending, []
-      settle = self._dispatch(batch)
-    _settle_all(settle)
-    return future
-
-  def _expire_query(self, future, deadline_s):
-    if future.done():
-      return []
-    self.deadlines_missed += 1
-    return [([future], DeadlineExceededError(f'no answer within the deadline of '
-                                             f'{deadline_s * 1e3:.1f} ms'), False, '')]
-
-  def _flush_batch(self, first_future):
-    """A partial batch waited flush_timeout_s: send it as it is (lock held)."""
-    if self._pending and self._pending[0][1] is first_future:
-      batch, self._pending = self._pending, []
-      self.flushed_batches += 1
-      try:
-        return self._dispatch(batch)
-      except (OverloadError, NoInstanceError):
-        pass  # its futures already carry the error
-    return []
-
-  def _dispatch(self, batch):
-    """Hands one batch (padded with zero queries if partial) to the policy (lock held);
-    returns the futures to settle."""
-    x = np.stack([q for q, _ in batch])
-    if len(batch) < self.batch_size:
-      x = np.concatenate([x, self._zero_batch[len(batch):]])
-    futures = [f for _, f in batch]
-    error = self._no_base_error()
-    if error is None and self.base_queue.full():  # every put happens under this lock
-      error = OverloadError(f'server overloaded: {self.max_queue} batches already queued; '
-                            f'retry later or lower the request rate')
-    if error is not None:
-      for f in futures:
-        _settle(f, error=error)
-      raise error
-    task = policy.Task(x, futures)
-    task.deadline = _latest([f.deadline_at for f in futures])
-    return self._carry_out(self.policy.on_batch(task))
-
-  # ------------------------------------------------------------------ the policy's actions
-
-  def _carry_out(self, actions, out=None, who=''):
-    """Runs a policy's actions (lock held); returns the futures to settle. `out` and
-    `who`: the output that just arrived and its instance (for `Answer`)."""
-    settle = []
-    for a in actions:
-      if isinstance(a, policy.Send):
-        settle += self._send(a.task, a.pool)
-      elif isinstance(a, policy.Answer):
-        settle.append((a.task.queries, out, False, who))
-      elif isinstance(a, policy.Decode):
-        yhat = self._decode(a.group)
-        settle += [(a.group.tasks[i].queries, yhat[:, i], True, 'decoder') for i in a.slots]
-      elif isinstance(a, policy.Fail):
-        settle.append((a.task.queries, InstanceError(a.why), False, ''))
-      elif isinstance(a, policy.Later):
-        self._timers.add(a.delay_s,
-                         lambda e=a.event: self._carry_out(self.policy.on_timer(e)))
-      elif isinstance(a, policy.Verify):
-        self._verify(a.group)
-      elif isinstance(a, policy.Pad):
-        for t in a.tasks:
-          t.x, t.output = self._zero_batch, self._zero_out
-      elif isinstance(a, policy.Encode):
-        if self._zero_out is None and a.group.filled < self.k:
-          # padded with zero queries whose output F(0) is unknown: no parity possible
-          settle += self._carry_out(self.policy.on_parity_unavailable(a.group))
-        else:
-          self._encoder_queue.put(a.group)
-      # policy.Cancel: the tasks' flags are set; instances skip them when dequeued.
-    return settle
-
-  def _send(self, task, pool):
-    if task.sent_s is None:
-      task.sent_s = time.perf_counter()
-      if task.deadline is None and task.group is not None and pool is not None:
-        task.deadline = _latest([t.deadline for t in task.group.tasks[:self.k]
-                                 if t is not None and t.queries])
-    q = self.base_queue if pool is None else self.parity_queues[pool]
-    name = 'the base instances' if pool is None else f'parity slot {pool}'
-    if not self._live(q):
-      return self._carry_out(self.policy.on_lost(task, False, f'no instance of {name} is alive'))
-    try:
-      q.put_nowait(task)
-    except queue.Full:
-      self.parity_dropped += pool is not None
-      return self._carry_out(self.policy.on_lost(task, False, f'the queue of {name} is full'))
-    return []
-
-  def _encoder_loop(self):
-    """Encodes complete coding groups off the data batches' critical path."""
-    while True:
-      group = self._encoder_queue.get()
-      if group is None:
-        return
-      with self._lock:
-        if not self.policy.needs_parity(group) or self._closed:
-          continue  # every data output already in: the parity is not needed
-      t0 = time.perf_counter()
-      p = np.asarray(self.encode(np.stack([task.x for task in group.tasks[:self.k]], axis=1)))
-      self.encode_s.append(time.perf_counter() - t0)
-      with self._lock:
-        settle = self._carry_out(self.policy.on_encoded(group, [p[:, j] for j in range(self.r)]))
-      _settle_all(settle)
-
-  def _decode(self, group):
-    k, r = self.k, self.r
-    have = [t is not None and t.output is not None and arrived
-            for t, arrived in zip(group.tasks, group.state.arrived)]
-    # Placeholders for what did not arrive, shaped like the arrived outputs of their kind
-    # (a coded output may be wider than an answer: the collage code's are k answers).
-    like_y = next((t.output for t, h in zip(group.tasks[:k], have[:k]) if h), self._zero_out)
-    like_z = next((t.output for t, h in zip(group.tasks[k:], have[k:]) if h), like_y)
-    if like_y is None:
-      like_y = like_z
-    outs = [t.output if h else np.zeros_like(like_y if i < k else like_z)
-            for i, (t, h) in enumerate(zip(group.tasks, have))]
-    b = like_z.shape[0]
-    avail = np.broadcast_to(np.array(have[:k]), (b, k))
-    zavail = np.broadcast_to(np.array(have[k:]), (b, r))
-    t = time.perf_counter()
-    yhat = np.asarray(self.decode(np.stack(outs[:k], axis=1), avail,
-                                  np.stack(outs[k:], axis=1), zavail))
-    self.decode_s.append(time.perf_counter() - t)
-    return yhat
-
-  def _verify(self, group):
-    """Checks a group whose parity outputs are in and whose queries are answered, over
-    the data outputs that arrived: counts it when flagged and the instance whose output
-    is blamed (answers already given are not recalled)."""
-    k = self.k
-    have = [t is not None and t.output is not None and arrived
-            for t, arrived in zip(group.tasks[:k], group.state.arrived)]
-    z = np.stack([t.output for t in group.tasks[k:]], axis=1)
-    b = z.shape[0]
-    like = next((t.output for t, h in zip(group.tasks, have) if h), None)
-    if like is None:
-      return                   # no data output arrived: nothing to check
-    y = np.stack([t.output if h else np.zeros_like(like)
-                  for t, h in zip(group.tasks[:k], have)], axis=1)
-    res = self.check(y, np.broadcast_to(np.array(have), (b, k)), z, np.ones((b, self.r), bool))
-    self.verified_groups += 1
-    if not bool(np.any(res['flagged'])):
-      return
-    self.flagged_groups += 1
-    for data, parity in zip(np.asarray(res['blamed_data']), np.asarray(res['blamed_parity'])):
-      slot = int(data) if data >= 0 else (k + int(parity) if parity >= 0 else None)
-      if slot is not None:
-        name = group.tasks[slot].served_by or f'slot {slot}'
-        self.blamed[name] = self.blamed.get(name, 0) + 1
-
-  # ------------------------------------------------------------------ instance callbacks
-
-  def _on_output(self, task, out, instance_name):
-    with self._lock:
-      if not task.done:
-        task.output, task.served_by = out, instance_name
-        if task.sent_s is not None:
-          self.policy.observe(task, time.perf_counter() - task.sent_s)
-      try:
-        settle = self._carry_out(self.policy.on_output(task), out, instance_name)
-      except Exception as e:  # pylint: disable=broad-except
-        settle = self._internal_error(task, e)
-    _settle_all(settle)
-
-  def _internal_error(self, task, error):
-    """Handling an output raised (a decode or check that failed): the queries of its
-    group (or batch) that are still open fail with the error instead of hanging, and
-    the instance keeps serving."""
-    traceback.print_exc()
-    why = (f'the frontend failed while handling an output of this query\'s coding group '
-           f'({type(error).__name__}: {error}); this is a bug: please report it')
-    tasks = [t for t in (task.group.tasks if task.group is not None else [task])
-             if t is not None and t.queries]
-    return [(t.queries, InstanceError(why), False, '') for t in tasks]
-
-  def _on_expired(self, task):
-    """An instance skipped `task`: its deadline passed before it ran."""
-    with self._lock:
-      self.expired_tasks += 1
-      settle = self._carry_out(self.policy.on_expired(task))
-    _settle_all(settle)
-
-  def _on_instance_dead(self, instance, task, error):
-    """An instance stopped: its batch (if it raised) is re-sent once or given up; when
-    it was the last live instance of its queue, everything queued there is given up."""
-    with self._lock:
-      settle = []
-      live = self._live(instance.queue)
-      if task is not None:
-        settle += self._carry_out(self.policy.on_lost(
-            task, live, f'instance {instance.name} failed on this query ({error})'))
-      if not live:
-        why = (f'every instance serving this queue is dead (last: '
-               f'{instance.name}: {instance.error or "fail-stop"})')
-        while True:
-          try:
-            queued = instance.queue.get_nowait()
-          except queue.Empty:
-            break
-          if queued is not None:
-            settle += self._carry_out(self.policy.on_lost(queued, False, why))
-        if instance.queue is self.base_queue:
-          pending, self._pending = self._pending, []
-          settle += [([f for _, f in pending], InstanceError(why), False, '')] if pending else []
-    _settle_all(settle)
-
-  def _live(self, task_queue) -> bool:
-    return any(i.alive for i in self.instances if i.queue is task_queue)
-
-  def _no_base_error(self):
-    """NoInstanceError naming why, when no base instance is alive; else None."""
-    if self._live(self.base_queue):
-      return None
-    return NoInstanceError('no base instance is alive (' + '; '.join(
-        f'{i.name}: {i.error or "stopped"}' for i in self.instances
-        if i.queue is self.base_queue) + '); start a new Frontend with working models')
-
-  def _forget(self, future):
-    with self._lock:
-      self._outstanding.discard(future)
 
   # ------------------------------------------------------------------ stats
 

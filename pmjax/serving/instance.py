@@ -12,7 +12,7 @@ lost, and the frontend only learns that the instance is gone. A batch whose dead
 A subclass may name `transient_errors`: such an error loses only the batch (handed to
 `on_dead` while the instance stays alive, so the frontend re-sends or decodes it) and
 the instance keeps serving, e.g. a Ray Serve replica that died and is being replaced
-(`pmjax.serving.cluster.RayInstance`, which also overrides `_call`).
+(`pmjax.serving.ray_instance.RayInstance`, which also overrides `_call`).
 """
 
 from __future__ import annotations
