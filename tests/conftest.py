@@ -1,15 +1,34 @@
-"""Test set-up: 2 virtual CPU devices, synthetic canonical raw files, smoke configs."""
+"""Test set-up: 2 virtual CPU devices, synthetic canonical raw files, smoke configs.
 
+Compiled programs are shared across the session through JAX's persistent compilation
+cache, in a fresh directory per session (removed at its end) that the tests' subprocesses
+inherit: the many smoke runs compile the same few steps, and each compiles once. A run
+starts cold, so nothing carries over between sessions; set JAX_COMPILATION_CACHE_DIR to
+use another directory (kept).
+"""
+
+import atexit
 import gzip
 import io
 import os
 import pickle
+import shutil
 import tarfile
+import tempfile
 
-import jax
+if 'JAX_COMPILATION_CACHE_DIR' not in os.environ:
+  _CACHE_DIR = tempfile.mkdtemp(prefix='pmjax_test_jax_cache_')
+  atexit.register(shutil.rmtree, _CACHE_DIR, ignore_errors=True)
+  os.environ['JAX_COMPILATION_CACHE_DIR'] = _CACHE_DIR
+  # Every program, however small or quick to compile (the smoke steps are both).
+  os.environ.setdefault('JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS', '0')
+  os.environ.setdefault('JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES', '0')
+
+import jax  # noqa: E402
 
 jax.config.update('jax_num_cpu_devices', 2)
 jax.config.update('jax_platforms', 'cpu')
+jax.config.update('jax_compilation_cache_dir', os.environ['JAX_COMPILATION_CACHE_DIR'])
 
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402

@@ -54,7 +54,7 @@ def test_builder_skips_and_counts_bad_files_and_splits_deterministically(cvd_raw
   c = _data_cfg(cvd_raw, str(tmp_path / 'tfds'), pipeline='device', train_limit=0,
                 test_limit=0)
   splits = pipeline.load_splits(c.data)
-  out = capsys.readouterr().out
+  out = capsys.readouterr().err   # preparation's status goes to stderr
   assert 'cats_vs_dogs train: skipped 3 of 92 files' in out   # corrupt 7.jpg + 2 Thumbs.db
   # 50 per class: positions 9, 19, .. of each class are test (5 + 5).
   assert splits.test_x.shape == (10, 224, 224, 3) and list(splits.test_y) == [0] * 5 + [1] * 5

@@ -205,12 +205,12 @@ def test_prepared_data_records_its_provenance(tmp_path, mnist_dir, capsys):
   assert len(_read(b, 'test')) == 200
   # The same files again: reused as is.
   builders.get_builder('mnist', data_dir, mnist_dir, download_raw=False, verify_md5=False)
-  assert 'rebuilding' not in capsys.readouterr().out
+  assert 'rebuilding' not in capsys.readouterr().err
   # A default run (canonical md5 checks) with the synthetic files: not served; rebuilt,
   # which fails on the md5 check instead of training on the wrong data.
   with pytest.raises(builders.RawFileError, match='md5'):
     builders.get_builder('mnist', data_dir, mnist_dir, download_raw=False, verify_md5=True)
-  assert 'rebuilding' in capsys.readouterr().out
+  assert 'rebuilding' in capsys.readouterr().err
   # Other raw files in the manual directory: rebuilt from them.
   other = tmp_path / 'other'
   from tests.conftest import make_synthetic_mnist

@@ -16,12 +16,14 @@ file to array_record, read in that order.
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 import hashlib
 import json
 import os
 import pickle
 import shutil
+import sys
 import tarfile
 import urllib.request
 import zlib
@@ -392,7 +394,7 @@ class _RawFileBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
       yield i, {'image': image, 'label': self._label(label)}
     if examples.skipped:
       print(f'{self.SPEC.name} {split}: skipped {len(examples.skipped)} of {examples.total} '
-            f'{examples.what}; first: {examples.skipped[:3]}', flush=True)
+            f'{examples.what}; first: {examples.skipped[:3]}', file=sys.stderr, flush=True)
 
 
 def _make_builder_class(spec):
@@ -483,14 +485,17 @@ def get_builder(name: str, data_dir: str, manual_dir: str | None = None,
       raise PreparedDataError(
           f'{name}: the prepared data in {builder.data_dir} must be rebuilt ({why}), but '
           f'that directory is read-only. To fix: use a writable config.data.data_dir.')
-    print(f'pmjax: rebuilding {builder.data_dir}: {why}', flush=True)
+    print(f'pmjax: rebuilding {builder.data_dir}: {why}', file=sys.stderr, flush=True)
     shutil.rmtree(builder.data_dir)
     builder = make()
   elif os.path.isdir(data_dir) and not os.access(data_dir, os.W_OK):
     raise PreparedDataError(
         f'{name} is not prepared in {data_dir}, which is read-only. To fix: use a writable '
         f'config.data.data_dir (or prepare it there once with write access).')
-  builder.download_and_prepare(file_format='array_record')
+  # tfds prints its progress on stdout; status goes to stderr, so that a command whose
+  # stdout is its result (a bench's JSON line) prints the same the first time.
+  with contextlib.redirect_stdout(sys.stderr):
+    builder.download_and_prepare(file_format='array_record')
   if not _have_raw(wanted):
     wanted = raw_provenance(spec, manual_dir, verify_md5)  # now downloaded
   skipped = getattr(builder, 'skipped', {})
