@@ -100,6 +100,7 @@ def test_truncated_or_missing_archive_is_named(tmp_path):
     builders.read_raw('cats_vs_dogs', str(tmp_path / 'empty'), download=False)
 
 
+@pytest.mark.slow
 def test_cats_vs_dogs_smoke_training_streams_224px(cvd_raw, tmp_path):
   """Base resnet8_imagenet, then a concat k=2 parity model (224x112 tiles), streamed,
   with RandomResizedCrop + flip on device."""

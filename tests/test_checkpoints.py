@@ -135,6 +135,7 @@ def uninterrupted(mnist_dir, tfds_dir, tmp_path_factory):
 
 @pytest.mark.parametrize('point', ['best_write', 'before_row', 'before_latest',
                                    'latest_write'])
+@pytest.mark.slow
 def test_kill_during_checkpoint_write_resumes_bitwise(point, base_config, uninterrupted,
                                                       tmp_path, capsys):
   best_epoch = int(_tree(uninterrupted, 'best')[1]['epoch'])
@@ -154,6 +155,7 @@ def test_kill_during_checkpoint_write_resumes_bitwise(point, base_config, uninte
   assert evaluate.evaluate_workdir(w, verbose=False)['best_epoch'] == best_epoch
 
 
+@pytest.mark.slow
 def test_streamed_run_killed_mid_epoch_resumes_bitwise(base_config, tmp_path):
   """kill -9 after the first of epoch 2's two calls of a streamed run: the same command
   resumes from epoch 1's checkpoint, re-reads epoch 2 from its start and ends bitwise
@@ -184,6 +186,7 @@ def _flip(step_dir):
     f.write(data)
 
 
+@pytest.mark.slow
 def test_corrupt_checkpoint_is_detected_and_latest_falls_back(base_config, uninterrupted,
                                                               tmp_path, capsys):
   import shutil

@@ -50,6 +50,7 @@ def test_canonical_archive_reads_fine_labels(c100_raw, tmp_path):
   assert raw['train'][1].max() > 20      # fine (100-class) labels, not the 20 coarse ones
 
 
+@pytest.mark.slow
 def test_cifar100_smoke_base_parity_evaluate_streamed(c100_raw, tmp_path):
   """base -> concat k=2 parity -> evaluation, both stages streamed, 100 classes (an mlp F:
   the conv path is tests/test_train.py's CIFAR-10 smoke run)."""

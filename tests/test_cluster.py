@@ -24,6 +24,8 @@ import pytest
 pytest.importorskip('ray.serve')
 httpx = pytest.importorskip('httpx')
 
+pytestmark = pytest.mark.slow   # Ray clusters and deployments: the full tier only
+
 from pmjax import train  # noqa: E402
 from pmjax.serving import bench, cluster, cluster_bench  # noqa: E402
 

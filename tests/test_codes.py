@@ -149,6 +149,7 @@ def test_encode_bad_shapes():
 @pytest.mark.parametrize('k,r,coefficients', [
     (2, 1, 'auto'), (2, 2, 'balanced'), (3, 2, 'balanced'), (4, 2, 'balanced'), (8, 2, 'balanced'),
     (4, 2, 'cauchy'), (4, 3, 'auto'), (5, 3, 'cauchy')])
+@pytest.mark.slow
 def test_linear_decodes_exactly_every_erasure_pattern(k, r, coefficients):
   """Linear F, F_P = F on p_j = sum_i C[j,i] X_i: every pattern of <= r erasures among
   the k + r outputs (data or parity) decodes to F's outputs."""

@@ -118,6 +118,7 @@ def cub_run(cub_raw, tmp_path_factory):
   return str(root), c, res
 
 
+@pytest.mark.slow
 def test_cub_smoke_base_parity_evaluate_scores_boxes(cub_run):
   root, c, res = cub_run
   saved = json.load(open(os.path.join(root, 'w', 'results.json')))
@@ -131,6 +132,7 @@ def test_cub_smoke_base_parity_evaluate_scores_boxes(cub_run):
   assert all(np.isfinite(r['train_loss']) and 'val_A_a_iou' in r for r in base_rows)
 
 
+@pytest.mark.slow
 def test_serving_bench_on_a_localization_workdir(cub_run, tmp_path):
   import subprocess
   import sys
@@ -150,6 +152,7 @@ def test_serving_bench_on_a_localization_workdir(cub_run, tmp_path):
   assert 0.0 <= coded['accuracy'] <= 1.0 and coded['accuracy_reconstructed'] is not None
 
 
+@pytest.mark.slow
 def test_sweep_summary_reads_box_metrics(cub_run, tmp_path):
   from pmjax import report
   root, _, _ = cub_run
@@ -211,6 +214,7 @@ def test_parm_split_is_the_originals(tmp_path):
   assert sum(1 for _ in raw['test']) == 15 and sum(1 for _ in raw['train']) == 40
 
 
+@pytest.mark.slow
 def test_a_localization_workdir_served_over_ray_answers_fs_boxes(cub_run):
   """The box workdir on Ray Serve over HTTP (coded: 2 base + 1 parity replica): every
   answer that is F's own carries F's box ([x, y, w, h], fractions of the image), and a

@@ -49,6 +49,7 @@ def _run(cmd):
   return subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300)
 
 
+@pytest.mark.slow
 def test_every_other_entry_point_runs(tiny_run, tiny_collage, tmp_path):
   base, parity = os.path.join(tiny_run, 'base'), os.path.join(tiny_run, 'parity')
   py = sys.executable
@@ -135,6 +136,7 @@ def test_every_other_entry_point_runs(tiny_run, tiny_collage, tmp_path):
   assert all(r['examples_per_s'] > 0 for r in rows if r['measure'] != 'train_wait')
 
 
+@pytest.mark.slow
 def test_torch_reference_step_where_torch_is_installed():
   pytest.importorskip('torch')
   out = subprocess.run([sys.executable, 'launch/torch_parity_step.py'], cwd=REPO,
@@ -142,6 +144,7 @@ def test_torch_reference_step_where_torch_is_installed():
   assert out.returncode == 0 and 'bare_step_groups_per_s' in out.stdout
 
 
+@pytest.mark.slow
 def test_gpu_check_tiny_mode_on_cpu(tmp_path):
   """launch/gpu_check.sh's CPU mode (TINY=1): the same stages and final line as on a GPU."""
   from tests.conftest import make_synthetic_cifar
@@ -157,6 +160,7 @@ def test_gpu_check_tiny_mode_on_cpu(tmp_path):
   assert 'nan' not in last
 
 
+@pytest.mark.slow
 def test_side_by_side_table(tmp_path):
   """launch/throughput_side_by_side.sh: pmjax's rows always; PyTorch's where installed."""
   rows = 'lenet5 F (MNIST),lenet5 sum k=2 (MNIST)'
@@ -176,6 +180,7 @@ def test_side_by_side_table(tmp_path):
     assert not has_torch and 'PyTorch columns are skipped' in out.stdout
 
 
+@pytest.mark.slow
 def test_torch_twin_of_the_collage_step_where_torch_is_installed():
   pytest.importorskip('torch')
   out = subprocess.run([sys.executable, 'launch/torch_train_step.py', '--stage=parity',

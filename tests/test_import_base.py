@@ -125,6 +125,7 @@ def test_original_base_mlp_t7_imports_with_the_same_outputs(mnist_dir, tfds_dir,
   np.testing.assert_allclose(np.asarray(ours), theirs, rtol=1e-4, atol=1e-5)
 
 
+@pytest.mark.slow
 def test_ablation_launcher_smoke(mnist_dir, tfds_dir, tmp_path):
   """The two pmjax F's, and the original's F too where PyTorch can write a .t7 file."""
   root = tmp_path / 'ablation'

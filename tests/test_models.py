@@ -95,6 +95,7 @@ def _stacked_loss(model, variables, x, train=True):
   return out, stats, grads
 
 
+@pytest.mark.slow
 def test_stacked_layouts_equal_r_separate_models():
   """Stacked's unrolled layout (the default), its vmapped one and r separate models:
   the same outputs, new batch statistics and gradients (a conv net with batch norm)."""
@@ -127,6 +128,7 @@ def test_stacked_layouts_equal_r_separate_models():
 @pytest.mark.parametrize('hw,kernel,stride,padding', [
     ((4, 2), (3, 3), 1, 1), ((4, 2), (3, 3), 2, 1), ((2, 1), (3, 3), 1, 1),
     ((4, 4), (1, 1), 2, 0), ((2, 3), (5, 5), 1, 'SAME'), ((6, 6), (3, 3), 1, 'VALID')])
+@pytest.mark.slow
 def test_small_convolutions_as_matmul_equal_xla(hw, kernel, stride, padding):
   """models.Conv runs a convolution with a small output as im2col + matmul on CPU: the
   same outputs and gradients as flax's own nn.Conv, and the same parameter tree."""
@@ -148,6 +150,7 @@ def test_small_convolutions_as_matmul_equal_xla(hw, kernel, stride, padding):
   assert (out_hw[0] * out_hw[1] <= models.IM2COL_MAX_PIXELS) == (hw != (6, 6))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('hw', [(28, 28), (14, 7), (10, 10)])
 def test_max_pool_by_reshape_equals_flax(hw):
   """models.max_pool (a non-overlapping window as reshape + max): nn.max_pool's values,

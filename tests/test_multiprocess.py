@@ -6,6 +6,7 @@ import sys
 
 import jax
 import numpy as np
+import pytest
 
 from pmjax import runs
 
@@ -23,6 +24,7 @@ def _train_args(workdir, mnist_dir, tfds_dir):
           '--config.base.optim.name=sgd', '--config.base.optim.lr=0.05']
 
 
+@pytest.mark.slow
 def test_two_processes_match_one(tmp_path, mnist_dir, tfds_dir):
   one, two = str(tmp_path / 'one'), str(tmp_path / 'two')
   env = {k: v for k, v in os.environ.items() if not k.startswith('PMJAX_')}

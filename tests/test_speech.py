@@ -173,6 +173,7 @@ def speech_run(speech_raw, tmp_path_factory):
   return root, train.train_and_evaluate(c, str(root / 'w'))
 
 
+@pytest.mark.slow
 def test_speech_smoke_base_parity_evaluate(speech_run):
   root, res = speech_run
   saved = json.load(open(root / 'w' / 'results.json'))
@@ -202,6 +203,7 @@ def test_espeak_synthetic_set_is_written_in_the_canonical_layout(tmp_path):
   assert s.test_x.std() > 0.5     # z-scored spectrograms of real (synthetic) speech
 
 
+@pytest.mark.slow
 def test_serving_loop_answers_spectrogram_queries(speech_run):
   """The in-process serving bench on a speech workdir: float32 spectrogram queries, a
   straggler's answers reconstructed."""

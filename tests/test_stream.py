@@ -53,6 +53,7 @@ def _train_both(out, root, mnist_dir, tfds_dir):
     out[pipe] = (base, parity)
 
 
+@pytest.mark.slow
 def test_streamed_training_equals_in_memory_training(runs_by_pipeline):
   assert len(jax.devices()) == 2   # each device reads only its own slices
   assert len(runs_by_pipeline['epochs_streamed']) == 4   # 2 base + 2 parity epochs read
@@ -65,6 +66,7 @@ def test_streamed_training_equals_in_memory_training(runs_by_pipeline):
           {k: v for k, v in rb.items() if k.startswith(('val_', 'test_'))}
 
 
+@pytest.mark.slow
 def test_streamed_run_resumes_exactly_and_may_switch_pipelines(runs_by_pipeline, smoke_config,
                                                                tmp_path):
   """Stopped after epoch 1 (as a kill mid-epoch 2 would leave it), resumed streamed: the

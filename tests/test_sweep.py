@@ -5,9 +5,12 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
+@pytest.mark.slow
 def test_sweep_runs_skips_and_summarises(tmp_path, mnist_dir, tfds_dir):
   root = str(tmp_path / 'grid')
   cmd = [sys.executable, 'launch/sweep.py', f'--root={root}', '--datasets=mnist',

@@ -143,6 +143,7 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(smoke_config, base_dir, t
   _assert_trees_close(good, _params(w), rtol=0, atol=0)
 
 
+@pytest.mark.slow
 def test_end_to_end_all_stage_and_evaluate_cli(smoke_config, tmp_path):
   w = str(tmp_path / 'all')
   results = train.train_and_evaluate(smoke_config('code=sum,k=2'), w)
@@ -227,6 +228,7 @@ def test_corrupt_checkpoint_is_named_and_kept(smoke_config, base_dir, tmp_path):
   assert all(os.path.exists(f) for f in files)  # nothing deleted
 
 
+@pytest.mark.slow
 def test_cifar_smoke_bn_and_augmentation(tmp_path):
   """The CIFAR path: conv + batch norm, on-device crop/flip, F computed inside the step."""
   from configs import cifar10
@@ -236,7 +238,7 @@ def test_cifar_smoke_bn_and_augmentation(tmp_path):
   make_synthetic_cifar(str(raw / 'cifar-10-python.tar.gz'), 10, 64)
   c = cifar10.get_config('smoke,model=resnet8')
   c.data.update(dict(manual_dir=str(raw), data_dir=str(tmp_path / 'tfds'), download=False,
-                     num_val=64, test_limit=64))
+                     num_val=64, test_limit=64, train_limit=128))
   c.progress_bar = False
   assert c.data.augment
   w = str(tmp_path / 'w')
@@ -248,6 +250,7 @@ def test_cifar_smoke_bn_and_augmentation(tmp_path):
   assert all(np.isfinite(r['train_loss']) for r in rows)
 
 
+@pytest.mark.slow
 def test_linear_r2_trains_stacked_models_and_evaluates_every_pattern(smoke_config, base_dir,
                                                                      tmp_path):
   c = smoke_config('stage=parity,code=linear,k=4,r=2')
@@ -275,6 +278,7 @@ def test_linear_r2_trains_stacked_models_and_evaluates_every_pattern(smoke_confi
   assert row['encode_us_per_group'] > 0 and row['decode_us_per_group'] > 0
 
 
+@pytest.mark.slow
 def test_codes_bench_berrut_rows(base_dir):
   from pmjax.bench import code_table as bench_codes
   for systematic in (False, True):
@@ -303,6 +307,7 @@ def test_codes_bench_berrut_rows(base_dir):
     bench_codes.berrut_row(base_dir, 4, 1, False, 50, outputs='probs')
 
 
+@pytest.mark.slow
 def test_learned_code_trains_through_frozen_f_and_evaluates(smoke_config, base_dir, tmp_path):
   from pmjax import learned
   c = smoke_config('stage=parity,code=learned,k=2')
@@ -338,6 +343,7 @@ def test_learned_conv_encoder_shapes_and_bad_names():
     learned.make_coder(2, 1, 10, (28, 28, 1), encoder='transformer')
 
 
+@pytest.mark.slow
 def test_learned_code_with_trained_parity_model(smoke_config, base_dir, tmp_path):
   """learned_train_parity: a copy of F, started from F's parameters, is trained with the
   coder; F itself is untouched; resuming with the other setting is refused."""

@@ -156,7 +156,9 @@ def init_ray(address: str | None = None, num_cpus: int | None = None, host='127.
   """Joins the cluster at `address` (None: starts a local one of `num_cpus` logical CPUs)
   and starts Serve's HTTP proxy on host:port of the head node."""
   if not ray.is_initialized():
-    ray.init(address=address, num_cpus=None if address else num_cpus,
+    # 'local': a new cluster, as documented; Ray's default (None) would join whichever
+    # local cluster started last (another user's or test's), with its resources.
+    ray.init(address=address or 'local', num_cpus=None if address else num_cpus,
              include_dashboard=False, log_to_driver=kwargs.pop('log_to_driver', False),
              **kwargs)
   # One proxy, on the head node: the frontend is one replica, and several nodes on one
