@@ -11,7 +11,7 @@ The flow of a query, top to bottom (one lock guards the queues and futures throu
 1. `submit` (`batching.py`) checks the query and adds it to the pending batch; a full
    batch (`batch_size`, default 1) or, after `flush_timeout_s`, a partial one padded
    with zero queries becomes one `policy.Task` for the mode's policy (`on_batch`).
-2. The policy (`policy.py`: `Coded`, `Hedge`, `Direct`, `Alone`, or a custom object
+2. The policy (`coded.py`: `Coded`; `policy.py`: `Hedge`, `Direct`, `Alone`; or any object
    passed as `mode`) decides; `executor.py` carries out what it returns: in `coded` mode
    consecutive batches form coding groups of k, each data batch goes to the shared base
    queue at once, and an encoder thread encodes a group's parity batch for the parity
