@@ -23,7 +23,7 @@ from pmjax.serving.batching import latest_deadline
 from pmjax.serving.errors import InstanceError, settle_all
 
 
-class Actions:
+class ActionExecutor:
   """The `Frontend`'s action executor (a mixin: the state is the frontend's)."""
 
   def _carry_out(self, actions, out=None, who=''):

@@ -49,7 +49,7 @@ from typing import Callable, Sequence
 import numpy as np
 
 from pmjax.serving import policy
-from pmjax.serving.executor import Actions
+from pmjax.serving.executor import ActionExecutor
 from pmjax.serving.batching import Batching
 from pmjax.serving.errors import (DeadlineExceededError, InstanceError, NoInstanceError,
                                   OverloadError, Response, ShutdownError, settle,
@@ -63,9 +63,9 @@ __all__ = ['Frontend', 'Response', 'OverloadError', 'ShutdownError', 'InstanceEr
            'NoInstanceError', 'DeadlineExceededError']
 
 
-class Frontend(Batching, Actions, InstanceEvents):
+class Frontend(Batching, ActionExecutor, InstanceEvents):
   """A serving frontend over base (F) and parity (F_P) instances: the intake
-  (`Batching`), the policy's action executor (`Actions`) and the instances' callbacks
+  (`Batching`), the policy's action executor (`ActionExecutor`) and the instances' callbacks
   (`InstanceEvents`) share the state made here."""
 
   def __init__(self, mode: 'str | policy.Policy', base_predicts: Sequence[Callable],
