@@ -2,9 +2,9 @@
 
 Compiled programs are shared across the session through JAX's persistent compilation
 cache, in a fresh directory per session (removed at its end) that the tests' subprocesses
-and pytest-xdist's workers inherit: the many smoke runs compile the same few steps, and each compiles once. A run
-starts cold, so nothing carries over between sessions; set JAX_COMPILATION_CACHE_DIR to
-use another directory (kept).
+and pytest-xdist's workers inherit: the many smoke runs compile the same few steps, and
+each compiles once. A run starts cold, so nothing carries over between sessions; set
+JAX_COMPILATION_CACHE_DIR to use another directory (kept).
 """
 
 import atexit

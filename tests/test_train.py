@@ -238,7 +238,7 @@ def test_cifar_smoke_bn_and_augmentation(tmp_path):
   make_synthetic_cifar(str(raw / 'cifar-10-python.tar.gz'), 10, 64)
   c = cifar10.get_config('smoke,model=resnet8')
   c.data.update(dict(manual_dir=str(raw), data_dir=str(tmp_path / 'tfds'), download=False,
-                     num_val=64, test_limit=64, train_limit=128))
+                     num_val=64, test_limit=64))
   c.progress_bar = False
   assert c.data.augment
   w = str(tmp_path / 'w')

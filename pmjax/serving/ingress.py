@@ -49,6 +49,7 @@ class CodedFrontend:
   def __init__(self, settings: dict, base_handle, *parity_handles):
     from pmjax import tasks  # pylint: disable=g-import-not-at-top
     from pmjax.serving import bench  # pylint: disable=g-import-not-at-top
+    # app.py imports this module (build_app binds CodedFrontend): its settings come late.
     from pmjax.serving.app import ServeSettings  # pylint: disable=g-import-not-at-top
     from pmjax.serving.frontend import Frontend  # pylint: disable=g-import-not-at-top
     s = ServeSettings(**settings)
