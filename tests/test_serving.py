@@ -1,5 +1,6 @@
 """Serving frontend semantics with fake instances, bad input, overload, shutdown, failures."""
 
+import threading
 import time
 
 import numpy as np
@@ -346,10 +347,13 @@ def test_coded_group_parity_wait_policy():
 # No stranded query: failing models, partial batches and groups, deadlines.
 # ---------------------------------------------------------------------------
 
-def raising_f(after=0):
-  """A model that raises on every call after the first `after` ones."""
+def raising_f(after=0, gate=None):
+  """A model that raises on every call after the first `after` ones (each call first
+  waits for `gate`, a threading.Event, when one is given)."""
   calls = []
   def predict(x):
+    if gate is not None:
+      assert gate.wait(5), 'the test never opened the gate'
     calls.append(1)
     if len(calls) > after:
       raise RuntimeError('CUDA error: an illegal memory access')
@@ -396,15 +400,18 @@ def test_coded_instance_that_raises_is_decoded():
 @pytest.mark.parametrize('mode', ['coded', 'equal'])
 def test_when_every_instance_raises_every_query_fails_and_new_ones_are_refused(mode):
   from pmjax.serving.frontend import InstanceError, NoInstanceError
+  gate = threading.Event()
   if mode == 'coded':
-    fe = coded([raising_f(), raising_f()], [raising_f()])
+    fe = coded([raising_f(gate=gate), raising_f(gate=gate)], [raising_f(gate=gate)])
   else:
-    fe = Frontend('equal', [raising_f(), raising_f()], query_shape=SHAPE)
-  # Queued before the instances start: every one is accepted, then each fails (submitted
-  # while they run, a later query could already be refused with NoInstanceError).
-  with fe._lock:  # pylint: disable=protected-access
-    fe.start(warmup=False)
-    futs = [fe.submit(query(i + 2)) for i in range(6)]
+    fe = Frontend('equal', [raising_f(gate=gate), raising_f(gate=gate)], query_shape=SHAPE)
+  # Every query is accepted before any instance runs (the gate holds the models), then
+  # each fails. Without the gate an instance could die between two submits and a later
+  # query be refused with NoInstanceError (the frontend's lock does not hold instances:
+  # they call the model outside it).
+  fe.start(warmup=False)
+  futs = [fe.submit(query(i + 2)) for i in range(6)]
+  gate.set()
   assert _all_settled(futs)   # none pending
   for f in futs:
     with pytest.raises(InstanceError):
