@@ -27,6 +27,12 @@ def get_config(arg=None, dataset='mnist', model='mlp', base_epochs=30, base_batc
   c.seed = a.seed
   c.model = a.model
   c.parity_model = a.parity_model     # '' = same architecture as the base model
+  # A model is a name of pmjax.models.MODELS or your own Flax module by import path
+  # ('mypkg.nets:MyNet'), built with these keyword arguments (set them in your config
+  # file; examples/own_model/). The parity model's default to F's when it is F's
+  # architecture.
+  c.model_kwargs = {}
+  c.parity_model_kwargs = {}
   c.base_workdir = ''                 # parity stage: workdir of the trained base model
   # The code: name, k (queries per group), r (missing outputs tolerated per group) and
   # the code's own parameters with their defaults (pmjax.codes: linear's parity_input and

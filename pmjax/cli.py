@@ -11,11 +11,12 @@ import contextlib
 import os
 import sys
 
-from pmjax import checkpoint, config_utils, runs
+from pmjax import checkpoint, config_utils, models, runs
 from pmjax.data import builders
 
 USER_ERRORS = (checkpoint.CheckpointError, builders.RawFileError, builders.PreparedDataError,
-               config_utils.ConfigError, runs.WorkdirBusyError, FloatingPointError)
+               config_utils.ConfigError, runs.WorkdirBusyError, FloatingPointError,
+               models.ModelError)
 
 
 @contextlib.contextmanager

@@ -47,7 +47,7 @@ def import_base_variables(config, workdir: str, variables: dict) -> dict:
   if os.path.exists(os.path.join(workdir, 'config.json')):
     raise FileExistsError(f'{workdir} already holds a run; import into a new workdir')
   spec = builders.get_spec(config.data.name)
-  model = runs.build_model(config.model, config.data.name)
+  model = runs.build_model(config.model, config.data.name, kwargs=runs.model_kwargs(config)[0])
   init = tasks.init_variables(model, config.seed, spec.image_shape)
   want = {'params': init['params'], 'batch_stats': init.get('batch_stats', {})}
   got = {'params': variables['params'],

@@ -2,7 +2,8 @@
 
 Every model maps images x_BxHxWxC (float, normalised) to logits y_BxC and
 takes `train` (batch statistics and dropout); `get_model(name, num_classes)`
-builds one by name. Their convolutions are `Conv` (flax's, with tiny outputs as im2col
+builds one by name: a key of `MODELS`, or the user's own module by import path
+('mypkg.nets:MyNet', `resolve_model`). Their convolutions are `Conv` (flax's, with tiny outputs as im2col
 + matmul on CPU) and their pools `max_pool` (non-overlapping windows as reshape + max);
 `Stacked` holds a code's r parity models and runs them one after the other.
 """
@@ -267,13 +268,100 @@ MODELS = {
 }
 
 
-def get_model(name: str, num_classes: int) -> nn.Module:
-  """Returns the Flax module `name` with `num_classes` outputs."""
-  if name not in MODELS:
-    raise ValueError(f'unknown model {name!r}; choices: {sorted(MODELS)}')
+class ModelError(ValueError):
+  """A model name, import path, keyword argument or module that cannot give a model;
+  the message names it and the fix (the command lines print it as one line)."""
+
+
+# What a model must be (built-in or the user's own): a Flax linen Module taking
+# num_classes (and its own keyword arguments), called as model(x_BxHxWxC, train=bool)
+# and returning logits y_BxC.
+MODEL_CONTRACT = ('a flax.linen Module (or a function returning one) built as '
+                  'NAME(num_classes=..., **model_kwargs) and called as '
+                  'model(x_BxHxWxC, train=bool) -> logits y_BxC')
+
+
+def is_import_path(name: str) -> bool:
+  """Whether `name` names a model by import path, 'package.module:Attribute'."""
+  module, sep, attr = name.partition(':')
+  return bool(sep) and all(p.isidentifier() for p in module.split('.')) \
+      and all(p.isidentifier() for p in attr.split('.'))
+
+
+def resolve_model(name: str):
+  """The constructor `name` names: a key of `MODELS`, or the user's own module by import
+  path 'package.module:Attribute' (imported as big_vision picks models by module name;
+  the module must be importable: an installed package, the current directory or
+  PYTHONPATH). Raises ValueError naming the path and the fix."""
+  if name in MODELS:
+    return MODELS[name]
+  if not is_import_path(name):
+    raise ModelError(f'unknown model {name!r}; choices: {sorted(MODELS)}, or your own '
+                     f"module by import path 'package.module:ClassName' ({MODEL_CONTRACT})")
+  import importlib  # pylint: disable=g-import-not-at-top
+  module_name, attr = name.split(':', 1)
+  try:
+    module = importlib.import_module(module_name)
+  except ImportError as e:
+    raise ModelError(
+        f'model {name!r}: cannot import module {module_name!r} ({type(e).__name__}: {e}). '
+        f'Make it importable: run from the directory that holds it, add that directory to '
+        f'PYTHONPATH, or pip install your package; or pick a built-in model '
+        f'{sorted(MODELS)}') from e
+  obj = module
+  for part in attr.split('.'):
+    if not hasattr(obj, part):
+      raise ModelError(f'model {name!r}: {module_name} ({getattr(module, "__file__", "")}) '
+                       f'has no attribute {attr!r}; check the name after the colon')
+    obj = getattr(obj, part)
+  if not callable(obj):
+    raise ModelError(f'model {name!r} is a {type(obj).__name__}, not {MODEL_CONTRACT}')
+  return obj
+
+
+def _hashable(value):
+  """Lists (a config read back from JSON) as tuples: module attributes are hashed."""
+  if isinstance(value, (list, tuple)):
+    return tuple(_hashable(v) for v in value)
+  return value
+
+
+def get_model(name: str, num_classes: int, model_kwargs: dict | None = None) -> nn.Module:
+  """Returns the Flax module `name` (a `MODELS` key or an import path, `resolve_model`)
+  with `num_classes` outputs and the keyword arguments `model_kwargs`."""
+  constructor = resolve_model(name)
   if not isinstance(num_classes, int) or num_classes < 1:
-    raise ValueError(f'num_classes={num_classes!r} must be a positive integer')
-  return MODELS[name](num_classes=num_classes)
+    raise ModelError(f'num_classes={num_classes!r} must be a positive integer')
+  kwargs = {k: _hashable(v) for k, v in dict(model_kwargs or {}).items()}
+  try:
+    model = constructor(num_classes=num_classes, **kwargs)
+  except TypeError as e:
+    raise ModelError(f'model {name!r} could not be built with num_classes={num_classes} and '
+                     f'model_kwargs={kwargs} ({e}); it must be {MODEL_CONTRACT}: check '
+                     f'config.model_kwargs against its fields') from e
+  if not isinstance(model, nn.Module):
+    raise ModelError(f'model {name!r} built a {type(model).__name__}, not a flax.linen '
+                     f'Module; it must be {MODEL_CONTRACT}')
+  return model
+
+
+def check_model(model: nn.Module, name: str, input_shape, num_classes: int | None = None):
+  """Traces `model` (no compute) on one input of `input_shape` with train=False and
+  True; ValueError naming `name` and the contract when it cannot run, or when its
+  output is not (1, num_classes) (num_classes None: not checked)."""
+  x = jnp.zeros((1, *input_shape), jnp.float32)
+  try:
+    variables = jax.eval_shape(partial(model.init, train=False), jax.random.key(0), x)
+    out = jax.eval_shape(lambda v: model.apply(v, x, train=False), variables)
+    jax.eval_shape(lambda v: model.apply(v, x, train=True, mutable=['batch_stats'],
+                                         rngs={'dropout': jax.random.key(0)}), variables)
+  except Exception as e:  # pylint: disable=broad-except
+    raise ModelError(f'model {name!r} failed on an input of shape {x.shape} '
+                     f'({type(e).__name__}: {str(e)[:500]}); it must be {MODEL_CONTRACT}') from e
+  if num_classes is not None and getattr(out, 'shape', None) != (1, num_classes):
+    raise ModelError(f'model {name!r} returned {getattr(out, "shape", type(out).__name__)} '
+                     f'for an input of shape {x.shape}; expected logits of shape '
+                     f'(1, {num_classes}): it must be {MODEL_CONTRACT}')
 
 
 STACKED_LAYOUTS = ('unroll', 'vmap')
@@ -369,23 +457,31 @@ class TileSum(nn.Module):
     return jnp.sum(out[:, :self.k], axis=1)
 
 
+PARITY_PREFIXES = ('tilesum:', 'tiles:')
+
+
 def get_parity_model(name: str, num_classes: int, r: int = 1, k: int | None = None,
-                     image_shape=None) -> nn.Module:
+                     image_shape=None, model_kwargs: dict | None = None) -> nn.Module:
   """The parity model(s) of a code with r parities: `name` itself for r = 1, else
   `Stacked` r copies taking x_BxRx... `tilesum:NAME` is `TileSum` over NAME for
   `concat` queries (needs k and image_shape for the grid); `tiles:NAME` runs NAME on
-  every cell and returns the k answers (k*num_classes outputs: the `collage` code)."""
-  prefix = name.split(':', 1)[0] + ':' if ':' in name else ''
-  if prefix in ('tilesum:', 'tiles:'):
+  every cell and returns the k answers (k*num_classes outputs: the `collage` code).
+  NAME is a `MODELS` key or an import path (`resolve_model`), built with `model_kwargs`."""
+  prefix = next((p for p in PARITY_PREFIXES if name.startswith(p)), '')
+  if prefix:
     if k is None or image_shape is None:
       raise ValueError(f'parity model {name!r} needs k and image_shape (the concat grid)')
     from pmjax.codes import concat_grid  # pylint: disable=g-import-not-at-top
     rows, cols = concat_grid(k, image_shape)
-    model = TileSum(get_model(name.split(':', 1)[1], num_classes), k, rows, cols,
+    model = TileSum(get_model(name[len(prefix):], num_classes, model_kwargs), k, rows, cols,
                     reduce='sum' if prefix == 'tilesum:' else 'stack')
-  elif prefix:
-    raise ValueError(f"parity model {name!r}: unknown prefix {prefix!r}; accepted: "
-                     f"'tilesum:NAME', 'tiles:NAME', or a model name {sorted(MODELS)}")
   else:
-    model = get_model(name, num_classes)
+    try:
+      model = get_model(name, num_classes, model_kwargs)
+    except ValueError as e:
+      if 'cannot import module' in str(e) and name.split(':', 1)[1] in MODELS:  # 'tile:mlp'
+        raise ModelError(f"{e}\nIf {name.split(':', 1)[0] + ':'!r} was meant as a parity "
+                         f"model prefix: unknown prefix; accepted: 'tilesum:NAME', "
+                         f"'tiles:NAME'") from e
+      raise
   return model if r == 1 else Stacked(model, r)

@@ -32,7 +32,7 @@ NEUTRAL_FIELDS = ('progress_bar', 'stop_after_epochs', 'eval_batch_size', 'data.
                   'data.data_dir', 'data.download', 'data.pipeline', 'data.device_limit_mb',
                   'data.stream_threads')
 # What a base run does not read (F's parity models come later, from another workdir).
-_NOT_READ_BY_BASE = ('parity.', 'code.', 'parity_model', 'base_workdir')
+_NOT_READ_BY_BASE = ('parity.', 'code.', 'parity_model', 'parity_model_kwargs.', 'base_workdir')
 
 
 class ConfigMismatchError(config_utils.ConfigError):
@@ -105,7 +105,8 @@ RENAMED_FIELDS = {'log_every_steps': 'steps_per_call'}
 # Config values renamed: field -> {old value: new value}.
 RENAMED_VALUES = {'stage': {'all': 'base_and_parity'}}
 # Config fields added since: field -> the value that means what runs did before.
-ADDED_FIELDS = {'data.scaling': 'standardize', 'data.val_limit': 0}
+ADDED_FIELDS = {'data.scaling': 'standardize', 'data.val_limit': 0, 'model_kwargs': {},
+                'parity_model_kwargs': {}}
 
 
 def migrate_config(config: dict) -> dict:
@@ -226,6 +227,21 @@ def model_names(config) -> tuple:
   return config.model, (config.get('parity_model') or config.model)
 
 
+def model_kwargs(config) -> tuple:
+  """(F's, the parity model's) keyword arguments: `config.model_kwargs`, and
+  `config.parity_model_kwargs` when set, else F's where the parity model is F's
+  architecture (`parity_model` unset or the same name), else none."""
+  base = _plain(config.get('model_kwargs'))
+  parity = _plain(config.get('parity_model_kwargs'))
+  if not parity and model_names(config)[1] == config.model:
+    parity = base
+  return base, parity
+
+
+def _plain(d) -> dict:
+  return dict(d.to_dict() if hasattr(d, 'to_dict') else (d or {}))
+
+
 def make_code(config) -> codes.Code:
   """The code of a parity run's config (code='learned' needs its trained networks:
   `load_code`), with the parameters its config carries (`codes.code_params`: a config
@@ -319,7 +335,7 @@ def load_run(workdir: str, which: str = 'best') -> Run:
     raise ValueError(f'{os.path.abspath(workdir)} holds a stage=base_and_parity run: load its '
                      f'{os.path.join(workdir, "base")} or {os.path.join(workdir, "parity")}')
   _, own_vars, epoch = _restore_variables(workdir, which)
-  base_model = build_model(config.model, config.data.name)
+  base_model = build_model(config.model, config.data.name, kwargs=model_kwargs(config)[0])
   if config.stage == 'base':
     return Run(workdir, config, epoch, base_model, own_vars)
   _, base_vars, _ = _restore_variables(config.base_workdir, 'best')
@@ -336,13 +352,22 @@ def _parity_networks(config, trained_vars) -> tuple:
         trained_vars['params'], {}, codes.code_params(config.code)['train_parity'])
     return learned.make_learned_code(coder, coder_vars), coder
   code = make_code(config)
-  return code, build_model(model_names(config)[1], config.data.name, code.r, code.k)
+  return code, build_model(model_names(config)[1], config.data.name, code.r, code.k,
+                           model_kwargs(config)[1])
 
 
-def build_model(name: str, dataset: str, r: int = 1, k: int | None = None):
-  """F, or the parity model(s) of a code with k data and r parity queries."""
+def build_model(name: str, dataset: str, r: int = 1, k: int | None = None,
+                kwargs: dict | None = None):
+  """F, or the parity model(s) of a code with k data and r parity queries: `name` (a
+  built-in or an import path, `models.resolve_model`) built with `kwargs`. The user's
+  own module is traced once on the dataset's input shape, so that a module that cannot
+  run is refused here with a message naming it."""
   spec = builders.get_spec(dataset)
-  return models.get_parity_model(name, spec.num_classes, r, k, spec.image_shape)
+  model = models.get_parity_model(name, spec.num_classes, r, k, spec.image_shape, kwargs)
+  inner = name.split(':', 1)[1] if name.startswith(models.PARITY_PREFIXES) else name
+  if models.is_import_path(inner) and r == 1 and inner == name:
+    models.check_model(model, name, spec.image_shape, spec.num_classes)
+  return model
 
 
 def load_variables(workdir: str, which: str = 'best') -> tuple:
@@ -353,7 +378,8 @@ def load_variables(workdir: str, which: str = 'best') -> tuple:
   """
   config, variables, epoch = _restore_variables(workdir, which)
   if config.stage == 'base':
-    return config, build_model(config.model, config.data.name), variables, epoch
+    return (config, build_model(config.model, config.data.name, kwargs=model_kwargs(config)[0]),
+            variables, epoch)
   return config, _parity_networks(config, variables)[1], variables, epoch
 
 

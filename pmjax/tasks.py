@@ -201,7 +201,7 @@ class BaseTask:
     self.spec = builders.get_spec(dataset)
     self.objective = objective_of(dataset)
     self.score = self.objective.score
-    self.model = runs.build_model(config.model, dataset)
+    self.model = runs.build_model(config.model, dataset, kwargs=runs.model_kwargs(config)[0])
     self.group_size = 1
     self.data = {}
     self.loss_fn = partial(base_loss, objective=self.objective)
@@ -246,7 +246,7 @@ class ParityTask(_CodeTask):
     self.code = runs.make_code(config)
     parity_name = runs.model_names(config)[1]
     self.model = runs.build_model(parity_name, pipeline.inputs_of(config.data), self.code.r,
-                                  self.code.k)
+                                  self.code.k, runs.model_kwargs(config)[1])
     self._check_output_width(parity_name, config.model)
     super().__init__(config, splits, eval_batch_size, base)
     if self.augment:

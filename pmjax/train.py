@@ -292,7 +292,8 @@ def train_and_evaluate(config, workdir: str, allow_config_change: bool = False) 
   return train_stage(config, workdir, allow_config_change)
 
 
-def load_base_model(base_workdir: str, dataset: str, model_name: str) -> tuple:
+def load_base_model(base_workdir: str, dataset: str, model_name: str,
+                    model_kwargs: dict | None = None) -> tuple:
   """(config, model, variables) of the trained F a parity run is built on."""
   base_cfg = runs.read_config(base_workdir)
   if base_cfg.stage != 'base':
@@ -306,6 +307,11 @@ def load_base_model(base_workdir: str, dataset: str, model_name: str) -> tuple:
     raise config_utils.ConfigError(
         f'base_workdir {base_workdir} holds {base_cfg.model} on '
         f'{base_cfg.data.name}, but this config asks for {model_name} on {dataset}')
+  if model_kwargs is not None and runs.model_kwargs(base_cfg)[0] != model_kwargs:
+    raise config_utils.ConfigError(
+        f'base_workdir {base_workdir} holds {model_name} with model_kwargs='
+        f'{runs.model_kwargs(base_cfg)[0]}, but this config has {model_kwargs}; set '
+        f'config.model_kwargs to the base run\'s')
   scaling = getattr(dataset, 'scaling', 'standardize')
   if base_cfg.data.scaling != scaling:
     raise config_utils.ConfigError(
@@ -331,7 +337,8 @@ def _train_stage(config, workdir: str, allow_config_change: bool) -> dict:
       raise config_utils.ConfigError(
           'config.base_workdir is empty: a parity run needs the workdir of a trained base '
           'model (--config.base_workdir=W_BASE)')
-    _, base_model, base_vars = load_base_model(config.base_workdir, dataset, config.model)
+    _, base_model, base_vars = load_base_model(config.base_workdir, dataset, config.model,
+                                                runs.model_kwargs(config)[0])
   runs.write_config(workdir, config, write=jax.process_index() == 0,
                   allow_change=allow_config_change)
   # ----- Data and the task: what is trained, on what, with which loss. -----

@@ -81,7 +81,7 @@ def test_tiles_parity_model_answers_every_cell_on_its_own():
   out2 = model.apply(v, code.encode(x.at[:, 1].set(0.0))[:, 0]).reshape(2, 3, 10)
   changed = np.abs(np.asarray(out2) - np.asarray(out).reshape(2, 3, 10)).max(axis=(0, 2))
   assert changed[1] > 0 and changed[0] == 0 and changed[2] == 0
-  with pytest.raises(ValueError, match="unknown prefix 'tile:'"):
+  with pytest.raises(ValueError, match="'tile:' was meant as a parity model prefix: unknown prefix"):
     get_parity_model('tile:mlp', 10, k=3, image_shape=(28, 28, 1))
 
 
