@@ -21,15 +21,10 @@ import numpy as np
 
 
 def read_state_dict(path: str) -> dict:
-  """The .t7 file's tensors as numpy arrays (a state dict, or a dict holding one)."""
-  import torch  # pylint: disable=import-outside-toplevel
-  obj = torch.load(path, map_location='cpu', weights_only=False)
-  for key in ('state_dict', 'model_state_dict', 'model'):
-    if isinstance(obj, dict) and isinstance(obj.get(key), dict):
-      obj = obj[key]
-  if not isinstance(obj, dict):
-    obj = obj.state_dict()
-  return {k: v.detach().cpu().numpy() for k, v in obj.items() if hasattr(v, 'detach')}
+  """The .t7 file's tensors as numpy arrays (a state dict, or a dict holding one), read
+  with torch.load(weights_only=True): a file carrying pickled code is refused."""
+  from pmjax import torch_weights  # pylint: disable=import-outside-toplevel
+  return torch_weights.load_state_dict(path)
 
 
 def base_mlp_params(state: dict) -> dict:

@@ -11,12 +11,12 @@ import contextlib
 import os
 import sys
 
-from pmjax import checkpoint, config_utils, models, runs
+from pmjax import checkpoint, config_utils, models, runs, torch_weights
 from pmjax.data import builders
 
 USER_ERRORS = (checkpoint.CheckpointError, builders.RawFileError, builders.PreparedDataError,
                config_utils.ConfigError, runs.WorkdirBusyError, FloatingPointError,
-               models.ModelError)
+               models.ModelError, torch_weights.TorchImportError)
 
 
 @contextlib.contextmanager

@@ -12,17 +12,25 @@ one metrics row with F's validation and test accuracy, measured here. Then
 `--config.base_workdir=W` trains parity models for it and `python -m pmjax.evaluate
 --workdir=W` reports its accuracy. `launch/import_original_base_mlp.py` imports the
 original artifact's PyTorch base-mlp this way.
+
+A PyTorch F, from the command line (`pmjax.torch_weights`: tensors only, mapped layer by
+layer and its logits checked against PyTorch's to 1e-4 before anything is written):
+
+    python -m pmjax.import_base --torch_state_dict=model.pt \
+        --config=configs/cifar10.py:stage=base,model=resnet18 --workdir=W
 """
 
 from __future__ import annotations
 
+import json
 import os
+import sys
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from pmjax import checkpoint, config_utils, metrics, runs, tasks, train
+from pmjax import checkpoint, config_utils, metrics, runs, tasks, torch_weights, train
 from pmjax.data import builders, pipeline
 
 
@@ -80,3 +88,58 @@ def import_base_variables(config, workdir: str, variables: dict) -> dict:
   finally:
     ckpts.close()
   return row
+
+
+def import_torch_state_dict(config, workdir: str, path: str, reference: str = '') -> dict:
+  """Writes `workdir` as a trained base run of `config` holding the PyTorch state_dict
+  at `path`, once its logits match PyTorch's (`torch_weights.verify`; `reference`: an
+  .npz of inputs `x` (NCHW) and the `logits` the user's own model gave); returns the
+  metrics row and the measured logit gap."""
+  if config.stage != 'base':
+    raise config_utils.ConfigError(f'config.stage={config.stage!r}: an imported F is a '
+                                   f"stage='base' run (--config=...:stage=base)")
+  if os.path.exists(os.path.join(workdir, 'config.json')):
+    raise FileExistsError(f'{workdir} already holds a run; import into a new workdir')
+  spec = builders.get_spec(config.data.name)
+  model = runs.build_model(config.model, config.data.name, kwargs=runs.model_kwargs(config)[0])
+  template = tasks.init_variables(model, config.seed, spec.image_shape)
+  state = torch_weights.load_state_dict(path)
+  variables = torch_weights.to_flax(state, model, template, spec.image_shape)
+  ref = None
+  if reference:
+    with np.load(reference, allow_pickle=False) as f:
+      ref = {'x': f['x'], 'logits': f['logits']}
+  gap = torch_weights.verify(model, variables, state, spec.image_shape, reference=ref)
+  row = import_base_variables(config, workdir, variables)
+  return {**row, 'torch_logit_gap': gap}
+
+
+def main(argv):
+  del argv
+  from absl import flags, logging  # pylint: disable=g-import-not-at-top
+  if not flags.FLAGS['verbosity'].present:
+    logging.set_verbosity(logging.WARNING)  # orbax logs every save at INFO
+  from pmjax import cli  # pylint: disable=g-import-not-at-top
+  f = flags.FLAGS
+  for name in ('torch_state_dict', 'workdir'):
+    if not f[name].value:
+      raise app.UsageError(f'--{name} is required')
+  with cli.user_errors(FileExistsError):
+    row = import_torch_state_dict(f.config, f.workdir, f.torch_state_dict, f.torch_reference)
+  print(f"imported {f.torch_state_dict} as {f.config.model} on {f.config.data.name} into "
+        f"{f.workdir}: logits within {row['torch_logit_gap']:.1e} of PyTorch's; test A_a "
+        f"{row.get('test_A_a', float('nan')):.4f}", file=sys.stderr)
+  print(json.dumps({'workdir': f.workdir, **row}))
+
+
+if __name__ == '__main__':
+  from absl import app, flags  # pylint: disable=g-import-not-at-top
+  config_utils.define_config_flag('configs/default.py', 'A stage=base config: F\'s model '
+                                  '(config.model) and dataset.')
+  flags.DEFINE_string('torch_state_dict', None, 'A PyTorch state_dict (torch.save(model.'
+                      'state_dict(), path)); read with weights_only=True.')
+  flags.DEFINE_string('torch_reference', '', 'Optional .npz of inputs x (NCHW float) and the '
+                      'logits your PyTorch model gave on them: checked instead of pmjax\'s '
+                      'PyTorch twin of config.model.')
+  flags.DEFINE_string('workdir', None, 'The new base workdir.')
+  app.run(main)
