@@ -319,10 +319,10 @@ def resolve_model(name: str):
   return obj
 
 
-def _hashable(value):
+def hashable(value):
   """Lists (a config read back from JSON) as tuples: module attributes are hashed."""
   if isinstance(value, (list, tuple)):
-    return tuple(_hashable(v) for v in value)
+    return tuple(hashable(v) for v in value)
   return value
 
 
@@ -332,7 +332,7 @@ def get_model(name: str, num_classes: int, model_kwargs: dict | None = None) -> 
   constructor = resolve_model(name)
   if not isinstance(num_classes, int) or num_classes < 1:
     raise ModelError(f'num_classes={num_classes!r} must be a positive integer')
-  kwargs = {k: _hashable(v) for k, v in dict(model_kwargs or {}).items()}
+  kwargs = {k: hashable(v) for k, v in dict(model_kwargs or {}).items()}
   try:
     model = constructor(num_classes=num_classes, **kwargs)
   except TypeError as e:

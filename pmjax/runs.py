@@ -239,7 +239,9 @@ def model_kwargs(config) -> tuple:
 
 
 def _plain(d) -> dict:
-  return dict(d.to_dict() if hasattr(d, 'to_dict') else (d or {}))
+  """A config's kwargs as a dict, lists (as config.json gives back tuples) as tuples."""
+  return {k: models.hashable(v)
+          for k, v in dict(d.to_dict() if hasattr(d, 'to_dict') else (d or {})).items()}
 
 
 def make_code(config) -> codes.Code:

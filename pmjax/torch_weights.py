@@ -87,8 +87,12 @@ def load_state_dict(path: str) -> dict:
     if not hasattr(value, 'detach'):
       raise TorchImportError(f'{path}: entry {key!r} is a {type(value).__name__}, not a '
                              f'tensor; save torch.save(model.state_dict(), path)')
-    out[key[len('module.'):] if key.startswith('module.') else key] = \
-        value.detach().cpu().numpy()
+    value = value.detach().cpu()
+    array = (value.float() if value.is_floating_point() else value).numpy()  # bf16, fp16 too
+    if array.dtype.kind == 'f' and not np.all(np.isfinite(array)):
+      raise TorchImportError(f'{path}: tensor {key!r} holds NaN or Inf: the saved model is '
+                             f'broken; save it again from a good checkpoint')
+    out[key[len('module.'):] if key.startswith('module.') else key] = array
   return out
 
 
@@ -351,6 +355,24 @@ def load_twin(model: nn.Module, state: dict, input_shape):
                            f'{type(model).__name__} {len(keys)}: another architecture')
   twin.load_state_dict({k: torch.from_numpy(np.ascontiguousarray(v))
                         for k, v in zip(keys, values)}, strict=False)
+  return twin.eval()
+
+
+def random_twin(model: nn.Module, input_shape, seed: int = 0):
+  """`model`'s PyTorch twin with random weights and random batch-norm statistics and
+  affine parameters (so that every conversion is exercised), in eval mode: what the
+  tests and `launch/torch_import_gaps.py` import."""
+  torch = _torch()
+  torch.manual_seed(seed)
+  twin = torch_twin(model, input_shape[-1])
+  with torch.no_grad():
+    twin.eval()(torch.zeros((1, input_shape[-1], *input_shape[:2])))   # sizes lazy layers
+    for m in twin.modules():
+      if isinstance(m, torch.nn.BatchNorm2d):
+        m.running_mean.uniform_(-0.5, 0.5)
+        m.running_var.uniform_(0.5, 2.0)
+        m.weight.uniform_(0.5, 1.5)
+        m.bias.uniform_(-0.2, 0.2)
   return twin.eval()
 
 

@@ -9,6 +9,7 @@ import textwrap
 
 import jax
 import jax.numpy as jnp
+import ml_collections
 import pytest
 
 from pmjax import models, runs, train
@@ -116,6 +117,11 @@ def test_kwargs_are_part_of_the_run_and_f_must_match(user_pkg, smoke_config, tmp
   train.train_and_evaluate(p, str(tmp_path / 'p'))
   run = runs.load_run(str(tmp_path / 'p'))
   assert run.parity_model.width == 6 and run.base_model.width == 4
+  # Tuples come back from config.json as lists: still the same kwargs.
+  t = ml_collections.ConfigDict({'model': 'm', 'parity_model': '', 'parity_model_kwargs': {},
+                                 'model_kwargs': {'widths': (8, 16)}})
+  back = ml_collections.ConfigDict(json.loads(t.to_json()))
+  assert runs.model_kwargs(back) == runs.model_kwargs(t) == ({'widths': (8, 16)},) * 2
   p.model_kwargs = {'width': 5}
   with pytest.raises(runs.config_utils.ConfigError, match=r"model_kwargs=\{'width': 4\}"):
     train.train_and_evaluate(p, str(tmp_path / 'p2'))

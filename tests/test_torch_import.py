@@ -20,19 +20,9 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 def random_twin(name, shape, seed=0, num_classes=10):
   """pmjax network `name` and its PyTorch twin with random weights and batch-norm
-  statistics (so every conversion, running statistics included, is exercised)."""
+  statistics (`torch_weights.random_twin`)."""
   model = models.get_model(name, num_classes)
-  torch.manual_seed(seed)
-  twin = tw.torch_twin(model, shape[-1])
-  with torch.no_grad():
-    twin.eval()(torch.zeros((1, shape[-1], *shape[:2])))
-    for m in twin.modules():
-      if isinstance(m, torch.nn.BatchNorm2d):
-        m.running_mean.uniform_(-0.5, 0.5)
-        m.running_var.uniform_(0.5, 2.0)
-        m.weight.uniform_(0.5, 1.5)
-        m.bias.uniform_(-0.2, 0.2)
-  return model, twin.eval()
+  return model, tw.random_twin(model, shape, seed)
 
 
 def torchvision_resnet18_keys():
@@ -114,6 +104,10 @@ def test_another_architecture_a_wrong_shape_and_a_pickle_payload_are_refused(tmp
   torch.save(torch.zeros(3), plain)
   with pytest.raises(tw.TorchImportError, match='not a state_dict'):
     tw.load_state_dict(plain)
+  nan = str(tmp_path / 'nan.pt')
+  torch.save({'fc.weight': torch.full((2, 2), float('nan'))}, nan)
+  with pytest.raises(tw.TorchImportError, match=r"tensor 'fc.weight' holds NaN or Inf"):
+    tw.load_state_dict(nan)
   with pytest.raises(tw.TorchImportError, match='no such file'):
     tw.load_state_dict(str(tmp_path / 'missing.pt'))
 
@@ -182,3 +176,14 @@ def test_end_to_end_a_pytorch_f_imported_protected_and_served(mnist_dir, tfds_di
     fe.close()
   expected = np.argmax(np.asarray(parts.base_fn(parts.base_vars, queries)), -1)
   assert [int(np.argmax(a.output)) for a in answers] == expected.tolist()
+
+
+def test_the_gap_table_script(tmp_path):
+  """launch/torch_import_gaps.py (RESULTS.md's table) on the smallest network."""
+  out = subprocess.run([sys.executable, 'launch/torch_import_gaps.py', '--archs=mlp',
+                        f'--json={tmp_path / "gaps.json"}'], cwd=REPO, capture_output=True,
+                       text=True, timeout=300)
+  assert out.returncode == 0, out.stderr[-3000:]
+  (row,) = json.load(open(tmp_path / 'gaps.json'))
+  assert row['network'] == 'mlp' and 0 <= row['gap'] <= 1e-4 and row['parameters'] == 178110
+  assert '| mlp | 28x28x1 | 178,110 |' in out.stdout
