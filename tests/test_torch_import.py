@@ -13,7 +13,7 @@ import pytest
 
 torch = pytest.importorskip('torch')
 
-from pmjax import evaluate, models, tasks, torch_weights as tw, train  # noqa: E402
+from pmjax import models, tasks, torch_weights as tw  # noqa: E402
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -132,52 +132,6 @@ def test_another_architecture_a_wrong_shape_and_a_pickle_payload_are_refused(tmp
     tw.to_flax(short, resnet, template, shape)
 
 
-@pytest.mark.slow
-def test_end_to_end_a_pytorch_f_imported_protected_and_served(mnist_dir, tfds_dir, tmp_path,
-                                                              smoke_config):
-  """A small PyTorch network with random weights -> `python -m pmjax.import_base` (its
-  own reference logits checked too) -> a parity model trained a few steps -> evaluated
-  -> served in-process, the served labels F's."""
-  model, twin = random_twin('lenet5', (28, 28, 1))
-  pt = str(tmp_path / 'model.pt')
-  torch.save(twin.state_dict(), pt)
-  x = np.random.default_rng(2).normal(size=(4, 1, 28, 28)).astype(np.float32)
-  with torch.no_grad():
-    np.savez(tmp_path / 'ref.npz', x=x, logits=twin(torch.from_numpy(x)).numpy())
-  f = str(tmp_path / 'f')
-  data = [f'--config.data.manual_dir={mnist_dir}', f'--config.data.data_dir={tfds_dir}',
-          '--config.data.download=false', '--config.data.verify_md5=false',
-          '--config.data.num_val=100', '--config.data.train_limit=512',
-          '--config.data.test_limit=200']
-  cmd = [sys.executable, '-m', 'pmjax.import_base', f'--torch_state_dict={pt}',
-         '--config=configs/mnist.py:stage=base,model=lenet5', f'--workdir={f}'] + data
-  out = subprocess.run(cmd + [f'--torch_reference={tmp_path / "ref.npz"}'], cwd=REPO,
-                       capture_output=True, text=True, timeout=300)
-  assert out.returncode == 0, out.stderr[-3000:]
-  row = json.loads(out.stdout.strip().splitlines()[-1])
-  assert row['torch_logit_gap'] <= 1e-4 and 0.0 <= row['test_A_a'] <= 1.0
-  again = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300)
-  assert again.returncode == 1 and 'already holds a run' in again.stderr
-
-  p = smoke_config('stage=parity,code=sum,epochs=1,model=lenet5')
-  p.base_workdir = f
-  w = str(tmp_path / 'p')
-  train.train_and_evaluate(p, w)
-  results = evaluate.evaluate_workdir(w)
-  assert results['model'] == 'lenet5' and 0.0 <= results['A_d_top1'] <= 1.0
-
-  from pmjax.serving import bench
-  parts = bench.make_parts(w)
-  fe = bench.build_frontend('coded', 2, parts).start()
-  queries = parts.splits.test_x[:6]
-  try:
-    answers = [fut.result(timeout=60) for fut in [fe.submit(q) for q in queries]]
-  finally:
-    fe.close()
-  expected = np.argmax(np.asarray(parts.base_fn(parts.base_vars, queries)), -1)
-  assert [int(np.argmax(a.output)) for a in answers] == expected.tolist()
-
-
 def test_the_gap_table_script(tmp_path):
   """launch/torch_import_gaps.py (RESULTS.md's table) on the smallest network."""
   out = subprocess.run([sys.executable, 'launch/torch_import_gaps.py', '--archs=mlp',
@@ -187,3 +141,41 @@ def test_the_gap_table_script(tmp_path):
   (row,) = json.load(open(tmp_path / 'gaps.json'))
   assert row['network'] == 'mlp' and 0 <= row['gap'] <= 1e-4 and row['parameters'] == 178110
   assert '| mlp | 28x28x1 | 178,110 |' in out.stdout
+
+
+@pytest.mark.slow
+def test_end_to_end_a_pytorch_f_imported_protected_evaluated_and_served(mnist_dir, tfds_dir,
+                                                                       tmp_path):
+  """launch/torch_f_end_to_end.py --smoke: a LeNet-5 written and trained in PyTorch,
+  imported by `python -m pmjax.import_base` (checked against that network's own logits,
+  --torch_reference), a parity model trained for it, evaluated; pmjax measures the test
+  accuracy PyTorch measured. Then the parity workdir is served in-process: the served
+  labels are F's."""
+  root = tmp_path / 'r'
+  data = [f'--config_override=data.data_dir={tfds_dir}', '--config_override=data.download=false',
+          '--config_override=data.verify_md5=false']
+  out = subprocess.run(
+      [sys.executable, 'launch/torch_f_end_to_end.py', f'--root={root}', '--smoke',
+       f'--manual_dir={mnist_dir}', '--epochs=1', '--parity_epochs=1'] + data, cwd=REPO,
+      capture_output=True, text=True, timeout=600)
+  assert out.returncode == 0, out.stderr[-3000:]
+  row = json.loads(out.stdout.strip().splitlines()[-1])
+  assert abs(row['pmjax_test_A_a'] - row['torch_test_accuracy']) <= 1 / 200 + 1e-6
+  assert row['logit_gap'] <= 1e-4 and 0.0 <= row['A_d'] <= 1.0
+  again = subprocess.run([sys.executable, '-m', 'pmjax.import_base',
+                          f'--torch_state_dict={root / "model.pt"}',
+                          '--config=configs/mnist.py:stage=base,model=lenet5',
+                          f'--workdir={root / "f"}'], cwd=REPO, capture_output=True,
+                         text=True, timeout=300)
+  assert again.returncode == 1 and 'already holds a run' in again.stderr
+
+  from pmjax.serving import bench
+  parts = bench.make_parts(str(root / 'concat_k2'))
+  fe = bench.build_frontend('coded', 2, parts).start()
+  queries = parts.splits.test_x[:6]
+  try:
+    answers = [fut.result(timeout=60) for fut in [fe.submit(q) for q in queries]]
+  finally:
+    fe.close()
+  expected = np.argmax(np.asarray(parts.base_fn(parts.base_vars, queries)), -1)
+  assert [int(np.argmax(a.output)) for a in answers] == expected.tolist()
