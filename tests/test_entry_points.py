@@ -139,7 +139,7 @@ def test_every_other_entry_point_runs(tiny_run, tiny_collage, tmp_path):
 @pytest.mark.slow
 def test_torch_reference_step_where_torch_is_installed():
   pytest.importorskip('torch')
-  out = subprocess.run([sys.executable, 'launch/torch_parity_step.py'], cwd=REPO,
+  out = subprocess.run([sys.executable, 'launch/torch_parity_step.py', '--epochs=1'], cwd=REPO,
                        capture_output=True, text=True, timeout=600)
   assert out.returncode == 0 and 'bare_step_groups_per_s' in out.stdout
 

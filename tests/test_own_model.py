@@ -136,7 +136,7 @@ def test_the_example_trains_and_evaluates_from_its_own_directory(mnist_dir, tfds
   data = [f'--config.data.manual_dir={mnist_dir}', f'--config.data.data_dir={tfds_dir}',
           '--config.data.download=false', '--config.data.verify_md5=false',
           '--config.data.num_val=100', '--config.progress_bar=false']
-  out = subprocess.run([sys.executable, '-m', 'pmjax.train', '--config=config.py:smoke',
+  out = subprocess.run([sys.executable, '-m', 'pmjax.train', '--config=config.py:smoke,base_epochs=1,epochs=1',
                         f'--workdir={w}'] + data, cwd=EXAMPLE, capture_output=True, text=True,
                        timeout=300)
   assert out.returncode == 0, out.stderr[-3000:]
