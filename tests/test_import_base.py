@@ -106,6 +106,7 @@ def _write_base_mlp_t7(torch, directory):
   return net, t7
 
 
+@pytest.mark.slow
 def test_original_base_mlp_t7_imports_with_the_same_outputs(mnist_dir, tfds_dir, tmp_path):
   """A BaseMLP state dict saved by PyTorch in the legacy .t7 format (as the original's
   model.t7 files): the imported F gives PyTorch's logits on [0, 1] inputs."""

@@ -100,6 +100,7 @@ def test_a_model_that_cannot_be_built_or_run_is_refused_naming_the_fix(user_pkg)
     models.get_parity_model('tile:mlp', 10, k=2, image_shape=(28, 28, 1))
 
 
+@pytest.mark.slow
 def test_kwargs_are_part_of_the_run_and_f_must_match(user_pkg, smoke_config, tmp_path):
   """model_kwargs reach F and the parity model, survive config.json, and a parity run
   on an F built with other kwargs is refused."""

@@ -68,6 +68,7 @@ def test_imported_logits_equal_pytorchs(name, shape, tmp_path):
   assert tw.verify(model, variables, loaded, shape) <= 1e-4
 
 
+@pytest.mark.slow
 def test_a_mismatch_names_the_first_layer_that_differs():
   shape = (32, 32, 3)
   model, twin = random_twin('resnet8', shape)
@@ -132,6 +133,7 @@ def test_another_architecture_a_wrong_shape_and_a_pickle_payload_are_refused(tmp
     tw.to_flax(short, resnet, template, shape)
 
 
+@pytest.mark.slow
 def test_the_gap_table_script(tmp_path):
   """launch/torch_import_gaps.py (RESULTS.md's table) on the smallest network."""
   out = subprocess.run([sys.executable, 'launch/torch_import_gaps.py', '--archs=mlp',
