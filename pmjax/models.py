@@ -292,7 +292,7 @@ def resolve_model(name: str):
   """The constructor `name` names: a key of `MODELS`, or the user's own module by import
   path 'package.module:Attribute' (imported as big_vision picks models by module name;
   the module must be importable: an installed package, the current directory or
-  PYTHONPATH). Raises ValueError naming the path and the fix."""
+  PYTHONPATH). Raises ModelError (a ValueError) naming the path and the fix."""
   if name in MODELS:
     return MODELS[name]
   if not is_import_path(name):
@@ -480,7 +480,7 @@ def get_parity_model(name: str, num_classes: int, r: int = 1, k: int | None = No
       model = get_model(name, num_classes, model_kwargs)
     except ValueError as e:
       if 'cannot import module' in str(e) and name.split(':', 1)[1] in MODELS:  # 'tile:mlp'
-        raise ModelError(f"{e}\nIf {name.split(':', 1)[0] + ':'!r} was meant as a parity "
+        raise ModelError(f"{e}. If {name.split(':', 1)[0] + ':'!r} was meant as a parity "
                          f"model prefix: unknown prefix; accepted: 'tilesum:NAME', "
                          f"'tiles:NAME'") from e
       raise
