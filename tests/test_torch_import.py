@@ -180,4 +180,9 @@ def test_end_to_end_a_pytorch_f_imported_protected_evaluated_and_served(mnist_di
   finally:
     fe.close()
   expected = np.argmax(np.asarray(parts.base_fn(parts.base_vars, queries)), -1)
-  assert [int(np.argmax(a.output)) for a in answers] == expected.tolist()
+  # F's own answers carry F's labels; an answer the coded policy rebuilt from the parity
+  # output (it arrived first) carries the one-epoch parity model's reconstruction.
+  from_f = [(int(np.argmax(a.output)), int(e)) for a, e in zip(answers, expected)
+            if not a.reconstructed]
+  assert from_f and all(got == want for got, want in from_f)
+  assert all(a.output.shape == (10,) for a in answers)
