@@ -49,14 +49,44 @@ def _tree_mismatch(want, got) -> list:
 def import_base_variables(config, workdir: str, variables: dict) -> dict:
   """Writes `workdir` as a trained base run of `config` holding `variables`; returns
   its metrics row (val_A_a, test_A_a, ...)."""
+  model, init = _base_network(config, workdir)
+  return _write_base_run(config, workdir, model, init, variables)
+
+
+def import_torch_state_dict(config, workdir: str, path: str, reference: str = '') -> dict:
+  """Writes `workdir` as a trained base run of `config` holding the PyTorch state_dict
+  at `path`, once its logits match PyTorch's (`torch_weights.verify`; `reference`: an
+  .npz of inputs `x` (NCHW) and the `logits` the user's own model gave); returns the
+  metrics row and the measured logit gap."""
+  model, init = _base_network(config, workdir)
+  shape = builders.get_spec(config.data.name).image_shape
+  state = torch_weights.load_state_dict(path)
+  variables = torch_weights.to_flax(state, model, init, shape)
+  ref = None
+  if reference:
+    with np.load(reference, allow_pickle=False) as f:
+      ref = {'x': f['x'], 'logits': f['logits']}
+  gap = torch_weights.verify(model, variables, state, shape, reference=ref)
+  row = _write_base_run(config, workdir, model, init, variables)
+  return {**row, 'torch_logit_gap': gap}
+
+
+def _base_network(config, workdir: str) -> tuple:
+  """(F's network, its initial variables) for an import of `config` into `workdir`,
+  refused before any work when the config is not a base run or the workdir is taken."""
   if config.stage != 'base':
     raise config_utils.ConfigError(f'config.stage={config.stage!r}: an imported F is a '
-                                   f"stage='base' run")
+                                   f"stage='base' run (--config=...:stage=base)")
   if os.path.exists(os.path.join(workdir, 'config.json')):
     raise FileExistsError(f'{workdir} already holds a run; import into a new workdir')
   spec = builders.get_spec(config.data.name)
   model = runs.build_model(config.model, config.data.name, kwargs=runs.model_kwargs(config)[0])
-  init = tasks.init_variables(model, config.seed, spec.image_shape)
+  return model, tasks.init_variables(model, config.seed, spec.image_shape)
+
+
+def _write_base_run(config, workdir: str, model, init: dict, variables: dict) -> dict:
+  """Checks `variables` against `init`'s tree, measures F's accuracy and writes the
+  finished base run; returns its metrics row."""
   want = {'params': init['params'], 'batch_stats': init.get('batch_stats', {})}
   got = {'params': variables['params'],
          'batch_stats': variables.get('batch_stats') or want['batch_stats']}
@@ -88,30 +118,6 @@ def import_base_variables(config, workdir: str, variables: dict) -> dict:
   finally:
     ckpts.close()
   return row
-
-
-def import_torch_state_dict(config, workdir: str, path: str, reference: str = '') -> dict:
-  """Writes `workdir` as a trained base run of `config` holding the PyTorch state_dict
-  at `path`, once its logits match PyTorch's (`torch_weights.verify`; `reference`: an
-  .npz of inputs `x` (NCHW) and the `logits` the user's own model gave); returns the
-  metrics row and the measured logit gap."""
-  if config.stage != 'base':
-    raise config_utils.ConfigError(f'config.stage={config.stage!r}: an imported F is a '
-                                   f"stage='base' run (--config=...:stage=base)")
-  if os.path.exists(os.path.join(workdir, 'config.json')):
-    raise FileExistsError(f'{workdir} already holds a run; import into a new workdir')
-  spec = builders.get_spec(config.data.name)
-  model = runs.build_model(config.model, config.data.name, kwargs=runs.model_kwargs(config)[0])
-  template = tasks.init_variables(model, config.seed, spec.image_shape)
-  state = torch_weights.load_state_dict(path)
-  variables = torch_weights.to_flax(state, model, template, spec.image_shape)
-  ref = None
-  if reference:
-    with np.load(reference, allow_pickle=False) as f:
-      ref = {'x': f['x'], 'logits': f['logits']}
-  gap = torch_weights.verify(model, variables, state, spec.image_shape, reference=ref)
-  row = import_base_variables(config, workdir, variables)
-  return {**row, 'torch_logit_gap': gap}
 
 
 def main(argv):

@@ -303,11 +303,13 @@ def resolve_model(name: str):
   try:
     module = importlib.import_module(module_name)
   except ImportError as e:
+    hint = (f". If '{module_name}:' was meant as a parity model prefix: unknown prefix; "
+            f"accepted: 'tilesum:NAME', 'tiles:NAME'" if attr in MODELS else '')  # 'tile:mlp'
     raise ModelError(
         f'model {name!r}: cannot import module {module_name!r} ({type(e).__name__}: {e}). '
         f'Make it importable: run from the directory that holds it, add that directory to '
         f'PYTHONPATH, or pip install your package; or pick a built-in model '
-        f'{sorted(MODELS)}') from e
+        f'{sorted(MODELS)}{hint}') from e
   obj = module
   for part in attr.split('.'):
     if not hasattr(obj, part):
@@ -476,12 +478,5 @@ def get_parity_model(name: str, num_classes: int, r: int = 1, k: int | None = No
     model = TileSum(get_model(name[len(prefix):], num_classes, model_kwargs), k, rows, cols,
                     reduce='sum' if prefix == 'tilesum:' else 'stack')
   else:
-    try:
-      model = get_model(name, num_classes, model_kwargs)
-    except ValueError as e:
-      if 'cannot import module' in str(e) and name.split(':', 1)[1] in MODELS:  # 'tile:mlp'
-        raise ModelError(f"{e}. If {name.split(':', 1)[0] + ':'!r} was meant as a parity "
-                         f"model prefix: unknown prefix; accepted: 'tilesum:NAME', "
-                         f"'tiles:NAME'") from e
-      raise
+    model = get_model(name, num_classes, model_kwargs)
   return model if r == 1 else Stacked(model, r)

@@ -366,8 +366,7 @@ def build_model(name: str, dataset: str, r: int = 1, k: int | None = None,
   run is refused here with a message naming it."""
   spec = builders.get_spec(dataset)
   model = models.get_parity_model(name, spec.num_classes, r, k, spec.image_shape, kwargs)
-  inner = name.split(':', 1)[1] if name.startswith(models.PARITY_PREFIXES) else name
-  if models.is_import_path(inner) and r == 1 and inner == name:
+  if r == 1 and models.is_import_path(name) and not name.startswith(models.PARITY_PREFIXES):
     models.check_model(model, name, spec.image_shape, spec.num_classes)
   return model
 

@@ -255,10 +255,18 @@ def _put(tree: dict, path: list, arrays: dict, ours: Layer, theirs: Layer):
 # The PyTorch twins of pmjax's networks, and the check.
 # ---------------------------------------------------------------------------
 
-def torch_twin(model: nn.Module, in_channels: int):
-  """The PyTorch network computing what `model` (a pmjax.models network) computes, its
-  modules registered in the order they run (so its state_dict maps onto `model`)."""
+def torch_twin(model: nn.Module, input_shape):
+  """The PyTorch network computing what `model` (a pmjax.models network) computes on
+  inputs of `input_shape` (H, W, C), its modules registered in the order they run (so
+  its state_dict maps onto `model`), sized (its lazy layers run once) and in eval mode."""
   torch = _torch()
+  twin = _twin_modules(torch, model, input_shape[-1])
+  with torch.no_grad():
+    twin.eval()(torch.zeros((1, input_shape[-1], *input_shape[:2])))
+  return twin
+
+
+def _twin_modules(torch, model: nn.Module, in_channels: int):
   tnn = torch.nn
 
   class Block(tnn.Module):
@@ -345,9 +353,7 @@ def _mlp(tnn, hidden, num_classes):
 def load_twin(model: nn.Module, state: dict, input_shape):
   """`model`'s PyTorch twin holding `state` (its layers matched by order), in eval mode."""
   torch = _torch()
-  twin = torch_twin(model, input_shape[-1])
-  with torch.no_grad():
-    twin.eval()(torch.zeros((1, input_shape[-1], *input_shape[:2])))   # sizes lazy layers
+  twin = torch_twin(model, input_shape)
   keys = [k for k in twin.state_dict() if not k.endswith('num_batches_tracked')]
   values = [v for k, v in state.items() if not k.endswith('num_batches_tracked')]
   if len(keys) != len(values):
@@ -364,9 +370,8 @@ def random_twin(model: nn.Module, input_shape, seed: int = 0):
   tests and `launch/torch_import_gaps.py` import."""
   torch = _torch()
   torch.manual_seed(seed)
-  twin = torch_twin(model, input_shape[-1])
+  twin = torch_twin(model, input_shape)
   with torch.no_grad():
-    twin.eval()(torch.zeros((1, input_shape[-1], *input_shape[:2])))   # sizes lazy layers
     for m in twin.modules():
       if isinstance(m, torch.nn.BatchNorm2d):
         m.running_mean.uniform_(-0.5, 0.5)
