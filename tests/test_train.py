@@ -26,21 +26,21 @@ def _assert_trees_close(a, b, **tol):
     np.testing.assert_allclose(np.asarray(x), np.asarray(y), **tol)
 
 
-def _one_chunk(devices, n_steps=2, optim=None, calls=1):
-  """Parity training of an mlp for n_steps on a mesh over `devices` (in `calls` calls
-  of n_steps / calls steps each)."""
+def _one_chunk(devices, n_steps=2, optim=None, calls=1, model_name='mlp', unroll=1):
+  """Parity training of `model_name` for n_steps on a mesh over `devices` (in `calls`
+  calls of n_steps / calls steps each; `unroll`: lax.scan's)."""
   rng = np.random.default_rng(0)
   data = {'train_x': rng.integers(0, 255, (256, 28, 28, 1)).astype(np.uint8),
           'targets': rng.normal(size=(256, 10)).astype(np.float32)}
   code = codes.make_code('concat', 2)
-  model = get_model('mlp', 10)
+  model = get_model(model_name, 10)
   mesh = train.make_mesh(devices)
   tx = train.make_optimizer(optim or _adam(), 10)
   state = train.replicate(train.create_state(model, tx, tasks.init_variables(
       model, 0, (28, 28, 1))), mesh)
   batch_fn = partial(tasks.parity_batch, dataset='mnist', augment=False, code=code,
                      base_apply=None)
-  run = train.make_train_chunk(mesh, tasks.parity_loss, batch_fn, 16, 2)
+  run = train.make_train_chunk(mesh, tasks.parity_loss, batch_fn, 16, 2, unroll=unroll)
   perm = jnp.asarray(rng.permutation(256), jnp.int32)
   per_call = n_steps // calls
   for c in range(calls):
@@ -65,12 +65,16 @@ def test_one_vs_two_devices_same_parameters():
   _assert_trees_close(p1, p2, rtol=1e-5, atol=1e-7)
 
 
-def test_one_step_calls_run_the_same_steps_as_a_scan():
+@pytest.mark.parametrize('model_name,unroll', [('mlp', 1), ('lenet5', True)])
+def test_one_step_calls_run_the_same_steps_as_a_scan(model_name, unroll):
   """A one-step call is straight-line code (no scan loop): two such calls give what one
-  call of two scanned steps gives."""
+  call of two scanned steps gives, the scan a loop (mlp) or unrolled (a conv model on CPU,
+  `train.scan_unroll`; the conv smoke runs take one step per call)."""
   sgd = type(_adam())(dict(name='sgd', lr=0.01, momentum=0.9, schedule='constant'))
-  p_scan, _ = _one_chunk(jax.devices()[:1], n_steps=2, optim=sgd)
-  p_steps, _ = _one_chunk(jax.devices()[:1], n_steps=2, optim=sgd, calls=2)
+  p_scan, _ = _one_chunk(jax.devices()[:1], n_steps=2, optim=sgd, model_name=model_name,
+                         unroll=unroll)
+  p_steps, _ = _one_chunk(jax.devices()[:1], n_steps=2, optim=sgd, calls=2,
+                          model_name=model_name)
   _assert_trees_close(p_scan, p_steps, rtol=1e-6, atol=1e-7)
 
 
