@@ -306,8 +306,10 @@ def test_cluster_bench_and_cli_run_against_the_cluster(served, workdir, tmp_path
   assert os.path.exists(out / 'latency_cdf.png') and os.path.exists(out / 'curves.png')
   curve = json.load(open(out / 'curves.json'))['coded']['curve']   # the sweep, sorted
   assert [c['offered_qps'] for c in curve] == [20, 40]
-  assert all(c['answered'] == 30 and 0 < c['achieved_qps'] <= 1.05 * c['sent_qps']
-             for c in curve)
+  # (achieved_qps counts the answers inside the window of the sends: 0 where a starved
+  # client sent its queries in one burst, as it did once on a loaded 2-core CI machine)
+  assert all(c['answered'] == 30 and c['sent_qps'] > 0
+             and 0 <= c['achieved_qps'] <= 1.05 * c['sent_qps'] for c in curve)
   ref = json.load(open(out / 'reference.json'))
   assert 0 <= ref['A_d'] <= 1 and ref['queries'] == 35 and ref['groups'] == 17
 
