@@ -102,7 +102,9 @@ def test_http_answers_are_fs_own(served):
   # F's own answers are F's labels (a query may be reconstructed when its own output is
   # slower than its group's other output and parity: its label may then differ)
   assert all(a['label'] == y for (_, a), y in zip(got, want) if not a['reconstructed'])
-  assert sum(not a['reconstructed'] for _, a in got) >= len(xs) // 2
+  # (at least two, so that the check above is not empty: on a loaded 2-core machine the
+  # parity replica's shorter queue won 7 of 12 races once, in CI)
+  assert sum(not a['reconstructed'] for _, a in got) >= 2
   assert all(a['latency_ms'] > 0 for _, a in got)
   assert all(a['label'] == y for a, y in zip(got_json, want[:4]) if not a['reconstructed'])
   # the Python handle API answers the same
