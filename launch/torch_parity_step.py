@@ -1,6 +1,6 @@
 """A PyTorch re-implementation of the original trainer's k=2 parity-training step.
 
-    TORCH_PYTHON launch/torch_parity_step.py [--groups=64 --epochs=3 --threads=2]
+    TORCH_PYTHON launch/torch_parity_step.py [--groups=64 --epochs=3 --threads=2 --examples=55000]
 
 Not the original code: the same algorithm as its `train/` loop (base-mlp F
 frozen, F_P = base-mlp, P = X1 + X2, MSE to F(X1) + F(X2), Adam lr 1e-3 with
@@ -29,10 +29,11 @@ def main():
   p.add_argument('--groups', type=int, default=64)
   p.add_argument('--epochs', type=int, default=3)
   p.add_argument('--threads', type=int, default=2)
+  p.add_argument('--examples', type=int, default=55000, help="MNIST's training set")
   a = p.parse_args()
   torch.set_num_threads(a.threads)
   torch.manual_seed(0)
-  k, n = 2, 55000
+  k, n = 2, a.examples
   x_all = torch.randn(n, 784)
   base, parity = mlp().eval(), mlp()
   opt = torch.optim.Adam(parity.parameters(), lr=1e-3, weight_decay=1e-5)

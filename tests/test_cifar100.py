@@ -53,7 +53,7 @@ def test_canonical_archive_reads_fine_labels(c100_raw, tmp_path):
 @pytest.mark.slow
 def test_cifar100_smoke_base_parity_evaluate_streamed(c100_raw, tmp_path):
   """base -> concat k=2 parity -> evaluation, both stages streamed, 100 classes (an mlp F:
-  the conv path is tests/test_train.py's CIFAR-10 smoke run)."""
+  the CIFAR conv path is launch/gpu_check.sh's CPU mode in tests/test_entry_points.py)."""
   w = str(tmp_path / 'w')
   res = train.train_and_evaluate(_config(c100_raw, str(tmp_path / 'tfds'),
                                         'smoke,model=mlp,base_epochs=1,epochs=1'), w)

@@ -13,6 +13,8 @@ import os
 import subprocess
 import sys
 
+import jax
+import numpy as np
 import pytest
 
 from pmjax import train
@@ -139,14 +141,17 @@ def test_every_other_entry_point_runs(tiny_run, tiny_collage, tmp_path):
 @pytest.mark.slow
 def test_torch_reference_step_where_torch_is_installed():
   pytest.importorskip('torch')
-  out = subprocess.run([sys.executable, 'launch/torch_parity_step.py', '--epochs=1'], cwd=REPO,
+  out = subprocess.run([sys.executable, 'launch/torch_parity_step.py', '--epochs=1',
+                        '--examples=4096'], cwd=REPO,
                        capture_output=True, text=True, timeout=600)
   assert out.returncode == 0 and 'bare_step_groups_per_s' in out.stdout
 
 
 @pytest.mark.slow
 def test_gpu_check_tiny_mode_on_cpu(tmp_path):
-  """launch/gpu_check.sh's CPU mode (TINY=1): the same stages and final line as on a GPU."""
+  """launch/gpu_check.sh's CPU mode (TINY=1): the same stages and final line as on a GPU.
+  Its runs are also the suite's CIFAR path: a resnet8 F (conv + batch norm) and a concat
+  k=2 parity model trained with the on-device crop/flip, F computed inside the step."""
   from tests.conftest import make_synthetic_cifar
   raw = tmp_path / 'raw'
   raw.mkdir()
@@ -158,12 +163,23 @@ def test_gpu_check_tiny_mode_on_cpu(tmp_path):
   last = out.stdout.strip().splitlines()[-1]
   assert last.startswith('GPU check on cpu') and 'TFLOP/s' in last and 'A_d' in last, last
   assert 'nan' not in last
+  from pmjax import metrics, runs
+  parity = str(tmp_path / 'run' / 'concat_k2')
+  assert runs.read_config(parity).data.augment
+  res = json.load(open(os.path.join(parity, 'results.json')))
+  assert res['A_d_by_position'] and 0.0 <= res['A_d_top1'] <= 1.0
+  for w in (str(tmp_path / 'run' / 'base'), parity):
+    variables = runs.load_variables(w)[2]
+    assert any(np.size(v) for v in jax.tree.leaves(variables['batch_stats']))  # saved
+    assert all(np.isfinite(r['train_loss']) for r in metrics.read_metrics(w))
 
 
 @pytest.mark.slow
 def test_side_by_side_table(tmp_path):
   """launch/throughput_side_by_side.sh: pmjax's rows always; PyTorch's where installed."""
-  rows = 'lenet5 F (MNIST),lenet5 sum k=2 (MNIST)'
+  # One row: the parity steps' pmjax bench runs in the GPU check's CPU mode above, their
+  # PyTorch twin in test_torch_twin_of_the_collage_step_where_torch_is_installed.
+  rows = 'lenet5 F (MNIST)'
   out = subprocess.run(['bash', 'launch/throughput_side_by_side.sh', f'--rows={rows}',
                         '--steps_per_call=1', '--calls=1', f'--json={tmp_path / "t.json"}'],
                        cwd=REPO, capture_output=True, text=True, timeout=600,

@@ -233,28 +233,6 @@ def test_corrupt_checkpoint_is_named_and_kept(smoke_config, base_dir, tmp_path):
 
 
 @pytest.mark.slow
-def test_cifar_smoke_bn_and_augmentation(tmp_path):
-  """The CIFAR path: conv + batch norm, on-device crop/flip, F computed inside the step."""
-  from configs import cifar10
-  from tests.conftest import make_synthetic_cifar
-  raw = tmp_path / 'raw'
-  raw.mkdir()
-  make_synthetic_cifar(str(raw / 'cifar-10-python.tar.gz'), 10, 64)
-  c = cifar10.get_config('smoke,model=resnet8')
-  c.data.update(dict(manual_dir=str(raw), data_dir=str(tmp_path / 'tfds'), download=False,
-                     num_val=64, test_limit=64))
-  c.progress_bar = False
-  assert c.data.augment
-  w = str(tmp_path / 'w')
-  res = train.train_and_evaluate(c, w)
-  assert res['A_d_by_position'] and 0.0 <= res['A_d_top1'] <= 1.0
-  _, _, variables, _ = runs.load_variables(os.path.join(w, 'parity'))
-  assert jax.tree.leaves(variables['batch_stats'])  # running statistics were saved
-  rows = metrics.read_metrics(os.path.join(w, 'parity'))
-  assert all(np.isfinite(r['train_loss']) for r in rows)
-
-
-@pytest.mark.slow
 def test_linear_r2_trains_stacked_models_and_evaluates_every_pattern(smoke_config, base_dir,
                                                                      tmp_path):
   c = smoke_config('stage=parity,code=linear,k=4,r=2')
