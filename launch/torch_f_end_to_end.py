@@ -16,21 +16,12 @@ PyTorch.
 """
 
 import argparse
-import gzip
 import json
 import os
 import subprocess
 import sys
 
 import numpy as np
-
-
-def read_idx(path):
-  with gzip.open(path, 'rb') as f:
-    data = f.read()
-  ndim = data[3]
-  shape = [int.from_bytes(data[4 + 4 * i:8 + 4 * i], 'big') for i in range(ndim)]
-  return np.frombuffer(data, np.uint8, offset=4 + 4 * ndim).reshape(shape)
 
 
 def lenet5(torch):
@@ -58,17 +49,17 @@ def lenet5(torch):
 def train_in_pytorch(manual_dir, epochs, train_limit, test_limit, seed=0):
   """(state_dict, test accuracy) of a LeNet-5 trained with Adam in PyTorch."""
   import torch  # pylint: disable=import-outside-toplevel
+  from pmjax.data import builders  # pylint: disable=import-outside-toplevel
   torch.manual_seed(seed)
-  norm = lambda x: (x.astype(np.float32) / 255.0 - 0.1307) / 0.3081
-  x = read_idx(os.path.join(manual_dir, 'train-images-idx3-ubyte.gz'))
-  y = read_idx(os.path.join(manual_dir, 'train-labels-idx1-ubyte.gz'))
+  spec = builders.get_spec('mnist')   # pmjax's idx reader and MNIST's mean / std
+  raw = builders.read_idx_dataset(spec, manual_dir, download=False, verify_md5=False)
+  (x, y), (xt, yt) = raw['train'], raw['test']   # N x 28 x 28 x 1 uint8, labels
+  norm = lambda x: ((x[..., 0].astype(np.float32) / 255.0 - spec.mean[0]) / spec.std[0])
   n_train = (len(x) - 5000) if not train_limit else train_limit   # pmjax's val: last 5,000
-  xt = read_idx(os.path.join(manual_dir, 't10k-images-idx3-ubyte.gz'))
-  yt = read_idx(os.path.join(manual_dir, 't10k-labels-idx1-ubyte.gz'))
   if test_limit:
     xt, yt = xt[:test_limit], yt[:test_limit]
   x = torch.from_numpy(norm(x[:n_train]))[:, None]
-  y = torch.from_numpy(y[:n_train].astype(np.int64))
+  y = torch.from_numpy(y[:n_train])
   net = lenet5(torch)
   opt = torch.optim.Adam(net.parameters(), 1e-3)
   for _ in range(epochs):
