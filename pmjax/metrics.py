@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 from functools import partial
 
 import jax
@@ -174,6 +175,23 @@ def overall_accuracy(a_a: float, a_d: float, f_us=F_U) -> dict:
   return {str(f): (1 - f) * a_a + f * a_d for f in f_us}
 
 
+def summary_writer_class():
+  """tensorboardX's SummaryWriter, imported without PyTorch where this process has not
+  imported it: tensorboardX imports torch at import time wherever it is installed (~1.5
+  CPU-s, in every training run), only to accept torch tensors, and pmjax logs floats
+  (tensorboardX converts a torch tensor by importing torch when it meets one)."""
+  if 'torch' in sys.modules or 'tensorboardX' in sys.modules:
+    from tensorboardX import SummaryWriter  # pylint: disable=g-import-not-at-top
+    return SummaryWriter
+  sys.modules['torch'] = None   # `import torch` raises ImportError: tensorboardX goes on
+  try:
+    from tensorboardX import SummaryWriter  # pylint: disable=g-import-not-at-top
+  finally:
+    if 'torch' in sys.modules and sys.modules['torch'] is None:
+      del sys.modules['torch']
+  return SummaryWriter
+
+
 class MetricWriter:
   """Per-epoch metrics to W/metrics.jsonl and TensorBoard event files in W/tb."""
 
@@ -204,8 +222,7 @@ class MetricWriter:
       f.flush()
       os.fsync(f.fileno())
     if self._tb is None:
-      from tensorboardX import SummaryWriter  # pylint: disable=g-import-not-at-top
-      self._tb = SummaryWriter(self._tb_dir)
+      self._tb = summary_writer_class()(self._tb_dir)
     for key, value in metrics.items():
       if isinstance(value, (int, float, np.floating)):
         self._tb.add_scalar(key, float(value), epoch)
