@@ -86,12 +86,14 @@ def test_tiles_parity_model_answers_every_cell_on_its_own():
 
 
 def _stacked_loss(model, variables, x, train=True):
-  def loss(params):
-    out, upd = model.apply({'params': params, 'batch_stats': variables['batch_stats']}, x,
-                           train=train, mutable=['batch_stats'])
+  # (x and the statistics are arguments, not constants: the r separate models' programs
+  # are then one program, compiled once)
+  def loss(params, stats, x):
+    out, upd = model.apply({'params': params, 'batch_stats': stats}, x, train=train,
+                           mutable=['batch_stats'])
     return jnp.sum(jnp.sin(out)), (out, upd['batch_stats'])
   (_, (out, stats)), grads = jax.jit(jax.value_and_grad(loss, has_aux=True))(
-      variables['params'])
+      variables['params'], variables['batch_stats'], x)
   return out, stats, grads
 
 
