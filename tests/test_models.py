@@ -145,6 +145,7 @@ def test_small_convolutions_as_matmul_equal_xla(hw, kernel, stride, padding):
     return jax.value_and_grad(lambda v, x: jnp.sum(jnp.sin(m.apply(v, x))),
                               argnums=(0, 1))(v, x)
   (a, ga), (b, gb) = f(ours), f(theirs)
+  np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
   np.testing.assert_allclose(ours.apply(v, x), theirs.apply(v, x), rtol=1e-5, atol=1e-5)
   for p, q in zip(jax.tree.leaves(ga), jax.tree.leaves(gb)):
     np.testing.assert_allclose(p, q, rtol=1e-4, atol=1e-4)
