@@ -175,7 +175,7 @@ def overall_accuracy(a_a: float, a_d: float, f_us=F_U) -> dict:
   return {str(f): (1 - f) * a_a + f * a_d for f in f_us}
 
 
-def summary_writer_class():
+def _summary_writer_class():
   """tensorboardX's SummaryWriter, imported without PyTorch where this process has not
   imported it: tensorboardX imports torch at import time wherever it is installed (~1.5
   CPU-s, in every training run), only to accept torch tensors, and pmjax logs floats
@@ -222,7 +222,7 @@ class MetricWriter:
       f.flush()
       os.fsync(f.fileno())
     if self._tb is None:
-      self._tb = summary_writer_class()(self._tb_dir)
+      self._tb = _summary_writer_class()(self._tb_dir)
     for key, value in metrics.items():
       if isinstance(value, (int, float, np.floating)):
         self._tb.add_scalar(key, float(value), epoch)

@@ -28,9 +28,9 @@ if 'JAX_COMPILATION_CACHE_DIR' not in os.environ:
 # subprocesses and Ray's workers inherit it): the suite's programs are many and small, and
 # compiling them is a large part of its CPU; a threefry PRNG program (every init, shuffle
 # and augmentation has one) compiles in ~1.1 s at -O3 and ~0.2 s at -O2 on a 2-core CPU.
-# The speech smoke run's losses and metrics are identical at both. (-O0 compiles faster
-# still, but there jaxlib 0.10.2's XLA miscompiles that run's fused training step into
-# NaNs that the same step run op by op does not produce.)
+# The speech smoke run's losses and metrics are identical at both. (Not -O0: there
+# jaxlib 0.10.2's XLA miscompiles that run's fused training step into NaNs that the same
+# step run op by op does not produce.)
 if '--xla_backend_optimization_level' not in os.environ.get('XLA_FLAGS', ''):
   os.environ['XLA_FLAGS'] = ' '.join(filter(None, [
       os.environ.get('XLA_FLAGS'), '--xla_backend_optimization_level=2']))

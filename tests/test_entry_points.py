@@ -17,7 +17,7 @@ import jax
 import numpy as np
 import pytest
 
-from pmjax import train
+from pmjax import metrics, runs, train
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 REFERENCE = os.path.join(os.path.dirname(REPO), 'shared', 'reference', 'parm_pytorch_cpu.md')
@@ -163,7 +163,6 @@ def test_gpu_check_tiny_mode_on_cpu(tmp_path):
   last = out.stdout.strip().splitlines()[-1]
   assert last.startswith('GPU check on cpu') and 'TFLOP/s' in last and 'A_d' in last, last
   assert 'nan' not in last
-  from pmjax import metrics, runs
   parity = str(tmp_path / 'run' / 'concat_k2')
   assert runs.read_config(parity).data.augment
   res = json.load(open(os.path.join(parity, 'results.json')))
