@@ -66,6 +66,13 @@ def served(workdir):
   local.shutdown()
 
 
+def _replica_env() -> str:
+  """--replica_env of the command-line modules: their default (single-threaded Eigen) plus
+  the suite's XLA flags (tests/conftest.py), which their own XLA_FLAGS would replace."""
+  return json.dumps({'XLA_FLAGS': f"{os.environ.get('XLA_FLAGS', '')} "
+                                  '--xla_cpu_multi_thread_eigen=false'})
+
+
 def _npy(x):
   buf = io.BytesIO()
   np.save(buf, x)
@@ -298,7 +305,8 @@ def test_cluster_bench_and_cli_run_against_the_cluster(served, workdir, tmp_path
                '--mode=coded', '--rates=40,20', '--seconds_per_rate=0', '--queries=30',
                '--warmup=5', '--slow=base0',
                '--slow_prob=0.5', '--slow_ms=1000', f'--address={address}',
-               f'--port={served.port}', '--replica_cpus=0', '--reference', f'--out={out}']
+               f'--port={served.port}', '--replica_cpus=0', '--reference', f'--out={out}',
+               f'--replica_env={_replica_env()}']
   r = subprocess.run(bench_cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=400)
   assert r.returncode == 0, r.stderr[-3000:]
   summary = json.load(open(out / 'summary.json'))['results']
@@ -356,7 +364,8 @@ def test_overhead_bench_measures_bare_serve_and_pmjax_side_by_side(served, workd
   r = subprocess.run(
       [sys.executable, '-m', 'pmjax.serving.overhead', f'--workdir={workdir}',
        '--queries=20', '--clients=2', '--seconds=1', '--modes=none',
-       f'--address={served.local.address}', f'--port={served.port}', f'--out={out}'],
+       f'--address={served.local.address}', f'--port={served.port}', f'--out={out}',
+       f'--replica_env={_replica_env()}'],
       cwd=REPO, env=dict(os.environ, PYTHONPATH=REPO), capture_output=True, text=True,
       timeout=300)
   assert r.returncode == 0, r.stderr[-3000:]
