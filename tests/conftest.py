@@ -138,10 +138,10 @@ def smoke_config(mnist_dir, tfds_dir):
 # whole files to its workers in this order, so the long ones start first and the workers
 # finish together. A file not listed runs last.
 HEAVIEST_FIRST = (
-    'test_cluster', 'test_entry_points', 'test_train', 'test_cub', 'test_models',
-    'test_torch_import', 'test_checkpoints', 'test_cats_vs_dogs', 'test_speech', 'test_serving',
-    'test_multiprocess', 'test_own_model', 'test_codes', 'test_code_contract', 'test_sweep',
-    'test_import_base', 'test_cifar100', 'test_stream', 'test_data', 'test_byzantine')
+    'test_cluster', 'test_entry_points', 'test_train', 'test_cub', 'test_torch_import',
+    'test_checkpoints', 'test_models', 'test_serving', 'test_cats_vs_dogs', 'test_import_base',
+    'test_own_model', 'test_codes', 'test_sweep', 'test_code_contract', 'test_speech',
+    'test_multiprocess', 'test_cifar100', 'test_stream', 'test_data', 'test_byzantine')
 
 
 def pytest_collection_modifyitems(config, items):
