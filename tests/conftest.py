@@ -31,10 +31,11 @@ if 'JAX_COMPILATION_CACHE_DIR' not in os.environ:
 # The speech smoke run's losses and metrics are identical at both. (Not -O0: there
 # jaxlib 0.10.2's XLA miscompiles that run's fused training step into NaNs that the same
 # step run op by op does not produce.)
-# And with XLA's older elemental emitters instead of its MLIR fusion emitters (the default
-# since 2025): every program compiles ~25% faster (a resnet8 gradient step 0.95 -> 0.72 s,
-# a one-op program ~35 -> ~27 ms with JAX's share), the programs run ~5% slower, and the
-# suite's programs are many and run for milliseconds. Users' runs keep XLA's defaults.
+# And with XLA's older elemental emitters instead of its MLIR fusion emitters (jaxlib
+# 0.10.2's default): programs compile ~25-30% faster (a resnet8 gradient step 0.95-1.03 ->
+# 0.70-0.75 s; a one-op program ~40 -> ~29 ms, JAX's share included) and run a little
+# slower (that step 15-16 -> 16-19 ms), and the suite's programs are many and run for
+# milliseconds. Users' runs keep XLA's defaults.
 for _flag in ('--xla_backend_optimization_level=2', '--xla_cpu_use_fusion_emitters=false'):
   if _flag.split('=')[0] not in os.environ.get('XLA_FLAGS', ''):
     os.environ['XLA_FLAGS'] = ' '.join(filter(None, [os.environ.get('XLA_FLAGS'), _flag]))
