@@ -177,7 +177,7 @@ def overall_accuracy(a_a: float, a_d: float, f_us=F_U) -> dict:
 
 def _summary_writer_class():
   """tensorboardX's SummaryWriter, imported without PyTorch where this process has not
-  imported it: tensorboardX imports torch at import time wherever it is installed (~1.5
+  imported it: tensorboardX imports torch at import time wherever it is installed (~1.6
   CPU-s, in every training run), only to accept torch tensors, and pmjax logs floats
   (tensorboardX converts a torch tensor by importing torch when it meets one)."""
   if 'torch' in sys.modules or 'tensorboardX' in sys.modules:

@@ -69,8 +69,9 @@ def served(workdir):
 def _replica_env() -> str:
   """--replica_env of the command-line modules: their default (single-threaded Eigen) plus
   the suite's XLA flags (tests/conftest.py), which their own XLA_FLAGS would replace."""
-  return json.dumps({'XLA_FLAGS': f"{os.environ.get('XLA_FLAGS', '')} "
-                                  '--xla_cpu_multi_thread_eigen=false'})
+  xla = ' '.join(filter(None, [os.environ.get('XLA_FLAGS'),
+                               cluster.BENCH_REPLICA_ENV['XLA_FLAGS']]))
+  return json.dumps(dict(cluster.BENCH_REPLICA_ENV, XLA_FLAGS=xla))
 
 
 def _npy(x):

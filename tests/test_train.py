@@ -109,7 +109,7 @@ def test_base_learns_and_writes_metrics(base_dir):
 
 
 def test_tensorboard_scalars_are_written_without_importing_torch(tmp_path):
-  """tensorboardX imports PyTorch wherever it is installed (~1.5 CPU-s per run); the metric
+  """tensorboardX imports PyTorch wherever it is installed (~1.6 CPU-s per run); the metric
   writer imports it without, its event file holds the scalars, and torch still imports
   afterwards where it is installed."""
   code = f"""

@@ -25,6 +25,9 @@ from pmjax.serving.replica import ModelReplica
 from pmjax.serving.router import ROUTER
 
 APP_NAME = 'pmjax'
+# The replicas' environment in the benches (their --replica_env default): XLA's CPU
+# runtime on one thread, faster at batch 1 and no oversubscription of a small machine.
+BENCH_REPLICA_ENV = {'XLA_FLAGS': '--xla_cpu_multi_thread_eigen=false'}
 DATA_RESOURCE, PARITY_RESOURCE = 'pmjax_data', 'pmjax_parity'
 
 

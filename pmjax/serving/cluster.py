@@ -58,7 +58,7 @@ except ImportError as e:  # pragma: no cover
 
 from pmjax.serving import bodies
 from pmjax.serving import policy as policy_lib
-from pmjax.serving.app import (APP_NAME, DATA_RESOURCE, PARITY_RESOURCE,
+from pmjax.serving.app import (APP_NAME, BENCH_REPLICA_ENV, DATA_RESOURCE, PARITY_RESOURCE,
                                ServeSettings, app_builder, build_app, deploy, deployments,
                                init_ray, replica_infos, set_faults, wait_ready)
 from pmjax.serving.ingress import CodedFrontend
@@ -68,7 +68,7 @@ from pmjax.serving.router import GroupRouter
 
 NPY_TYPE = bodies.NPY_TYPE
 
-__all__ = ['APP_NAME', 'DATA_RESOURCE', 'PARITY_RESOURCE', 'NPY_TYPE', 'ServeSettings',
+__all__ = ['APP_NAME', 'BENCH_REPLICA_ENV', 'DATA_RESOURCE', 'PARITY_RESOURCE', 'NPY_TYPE', 'ServeSettings',
            'app_builder', 'build_app', 'deploy', 'deployments', 'init_ray', 'replica_infos',
            'set_faults', 'wait_ready', 'CodedFrontend', 'RayInstance', 'RemotePredict',
            'ModelReplica', 'GroupRouter', 'ray', 'serve', 'main', 'define_flags']
@@ -132,7 +132,7 @@ def define_flags():
   flags.DEFINE_integer('max_replicas_per_node', 0, 'Base replicas per node (0: no limit).')
   flags.DEFINE_string('policy', '', 'JSON of policy settings, e.g. {"flush_ms": 20}.')
   flags.DEFINE_string('replica_env', '', 'JSON of replica environment variables, e.g. '
-                      '{"XLA_FLAGS": "--xla_cpu_multi_thread_eigen=false"}.')
+                      f'{json.dumps(BENCH_REPLICA_ENV)}.')
 
 
 if __name__ == '__main__':

@@ -66,7 +66,7 @@ flags.DEFINE_float('replica_cpus', 1.0, 'Ray CPUs reserved per model replica.')
 flags.DEFINE_integer('port', 8000, 'HTTP port of the Serve proxy.')
 flags.DEFINE_string('name', 'pmjax_bench', 'Serve application name (served under /NAME).')
 flags.DEFINE_string('policy', '', 'JSON of policy settings, e.g. {"flush_ms": 20}.')
-flags.DEFINE_string('replica_env', '{"XLA_FLAGS": "--xla_cpu_multi_thread_eigen=false"}',
+flags.DEFINE_string('replica_env', json.dumps(cluster.BENCH_REPLICA_ENV),
                     'JSON of environment variables of the replicas (default: single-threaded '
                     'Eigen, faster at batch 1 and no oversubscription of a small machine).')
 flags.DEFINE_integer('parity_nice', 0, 'CPU niceness of the parity replicas (> 0 on a '

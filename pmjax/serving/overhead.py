@@ -52,7 +52,7 @@ flags.DEFINE_integer('port', 8000, 'HTTP port of the Serve proxy.')
 flags.DEFINE_string('modes', 'none,coded', 'pmjax modes to measure.')
 flags.DEFINE_string('policy', '{"flush_ms": 20, "auto_hold": true, "parity_delay_ms": 50}',
                     'JSON of the coded policy settings.')
-flags.DEFINE_string('replica_env', '{"XLA_FLAGS": "--xla_cpu_multi_thread_eigen=false"}',
+flags.DEFINE_string('replica_env', json.dumps(cluster.BENCH_REPLICA_ENV),
                     'JSON of environment variables of the replicas.')
 flags.DEFINE_string('out', 'workdirs/overhead', 'overhead.json.')
 flags.DEFINE_bool('wrk', True, 'Also drive each HTTP path with `wrk` (Debian package '
