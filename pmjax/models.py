@@ -251,6 +251,9 @@ MODELS = {
     'resnet18': partial(ResNet, blocks=(2, 2, 2, 2)),
     # A narrow one-block-per-stage ResNet: fast smoke tests of the conv/BN path.
     'resnet8': partial(ResNet, blocks=(1, 1, 1, 1), widths=(16, 32, 64, 128)),
+    # resnet8 narrowed for the `collage` code's half-size cells (cell='half'): 8 cells of
+    # 16x16 cost 1.0 of one resnet8 on 32x32 (XLA's cost analysis; `pmjax.bench.goal_table`).
+    'resnet8_narrow': partial(ResNet, blocks=(1, 1, 1, 1), widths=(12, 24, 48, 88)),
     # The original artifact's deep CIFAR-100 network: BasicBlocks in [3, 8, 36, 3].
     'resnet152': partial(ResNet, blocks=(3, 8, 36, 3)),
     # ImageNet-style stems (224x224 inputs: Cat v Dog): torchvision's resnet18, and a

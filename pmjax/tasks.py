@@ -272,7 +272,8 @@ class ParityTask(_CodeTask):
 
   def _input_shape(self):
     r = self.code.r   # r > 1: the r stacked parity models take p_GxRx...
-    return self.spec.image_shape if r == 1 else (r, *self.spec.image_shape)
+    shape = codes.coded_query_shape(self.code, self.spec.image_shape)
+    return shape if r == 1 else (r, *shape)
 
   def _check_output_width(self, parity_name, base_name):
     """The parity model must answer with what the code's target holds per coded query

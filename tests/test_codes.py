@@ -407,3 +407,36 @@ def test_collage_rebuilds_any_missing_answer_from_the_mean_of_available_parities
     code.decode(y, avail, z[:, :, :5], np.ones((3, 2), bool))
   # The target: each parity model answers every cell with F's own output.
   np.testing.assert_array_equal(np.asarray(code.target(y))[:, 1].reshape(3, 4, 5), y)
+
+
+def test_collage_half_cells_tile_each_image_halved_in_a_larger_query():
+  """cell='half': each image's sides halved (16x16 on 32x32, where 'fit' gives 16x8),
+  tiled in concat's grid; the coded query is rows*cols/4 queries' size."""
+  from pmjax import codes
+  from pmjax.codes import cell_shape, coded_query_shape, resize_matrix
+  rng = np.random.default_rng(0)
+  x = jnp.asarray(rng.uniform(size=(2, 8, 32, 32, 3)), jnp.float32)
+  half = make_code('collage', 8, 3, image_shape=(32, 32, 3), cell='half')
+  fit = make_code('collage', 8, 3, image_shape=(32, 32, 3))
+  assert cell_shape(8, (32, 32, 3), 'half') == (2, 4, 16, 16)
+  assert cell_shape(8, (32, 32, 3)) == (2, 4, 16, 8)
+  p = np.asarray(half.encode(x))
+  assert p.shape == (2, 3, 32, 64, 3) and coded_query_shape(half, (32, 32, 3)) == (32, 64, 3)
+  assert coded_query_shape(fit, (32, 32, 3)) == (32, 32, 3)
+  for name in ('sum', 'concat'):   # every other code's coded query is one query's size
+    assert coded_query_shape(make_code(name, 8), (28, 28, 1)) == (28, 28, 1)
+  m = resize_matrix(32, 16)
+  for i in range(8):   # image i in row i // 4, column i % 4, in every parity's copy
+    want = np.einsum('hH,bHWc,wW->bhwc', m, np.asarray(x[:, i]), m)
+    cell = p[:, :, 16 * (i // 4):16 * (i // 4 + 1), 16 * (i % 4):16 * (i % 4 + 1)]
+    np.testing.assert_allclose(cell, np.broadcast_to(want[:, None], cell.shape), atol=1e-5)
+  # k = 3 leaves the fourth cell of the 2x2 grid zero; 'fit' and 'half' agree at k <= 4.
+  p3 = make_code('collage', 3, 1, image_shape=(32, 32, 3), cell='half').encode(x[:, :3])
+  np.testing.assert_array_equal(np.asarray(p3)[:, 0, 16:, 16:], 0.0)
+  np.testing.assert_allclose(p3, make_code('collage', 3, 1, image_shape=(32, 32, 3)).encode(
+      x[:, :3]), atol=1e-6)
+  assert codes.describe_code('collage', 3, {'cell': 'half'}) == \
+      'collage (half-size cells, per-cell answers)'
+  with pytest.raises(ValueError, match=r"cell='quarter' is unknown for code 'collage'; "
+                                       r"accepted values: \['fit', 'half'\]"):
+    make_code('collage', 8, 3, cell='quarter')

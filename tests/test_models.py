@@ -83,6 +83,16 @@ def test_tiles_parity_model_answers_every_cell_on_its_own():
   assert changed[1] > 0 and changed[0] == 0 and changed[2] == 0
   with pytest.raises(ValueError, match="'tile:' was meant as a parity model prefix: unknown prefix"):
     get_parity_model('tile:mlp', 10, k=3, image_shape=(28, 28, 1))
+  # The collage's half-size cells (a 2x4 grid of 16x16 on a 32x64 query): the same grid,
+  # so the same model splits the larger query into its 16x16 cells.
+  half = make_code('collage', 8, image_shape=(32, 32, 3), cell='half')
+  model = get_parity_model('tiles:tilecnn', 10, k=8, image_shape=(32, 32, 3))
+  x = jnp.asarray(rng.uniform(size=(2, 8, 32, 32, 3)), jnp.float32)
+  p = half.encode(x)[:, 0]
+  v = model.init(jax.random.key(0), p)
+  out = np.asarray(model.apply(v, p)).reshape(2, 8, 10)
+  np.testing.assert_allclose(out[:, 5], model.inner.apply({'params': v['params']['inner']},
+                                                          p[:, 16:, 16:32]), rtol=1e-5, atol=1e-5)
 
 
 def _stacked_loss(model, variables, x, train=True):

@@ -24,7 +24,8 @@ ApproxIFER's protocol scores).
 
 Compute: FLOPs of one parity model on one coded query / FLOPs of F on one query, by
 XLA's cost analysis (`codec_cost.forward_flops`); Berrut's extra workers each run F
-(1.0). The margin is ours minus the better of Berrut's two protocols, in points; the
+(1.0). Beside it, the coded query's size (pixels) over one query's: 1 for Berrut and
+most codes, 2 for a K=8 `collage` with cell='half'. The margin is ours minus the better of Berrut's two protocols, in points; the
 goal is >= +5 at every (dataset, S). Writes DIR/goal.json and DIR/goal.md, and the
 training curves beside Berrut's figures, DIR/goal_curves.png (`curves`).
 """
@@ -80,10 +81,11 @@ def parity_rows(workdir, s_list, batch=1000):
                                   run.base_vars, x_GxK, batch)
   _, z = run.parity_outputs(batch)(x_GxK)
   shape = builders.get_spec(config.data.name).image_shape
+  query_shape = codes.coded_query_shape(runs.make_code(config), shape)   # a parity's input
   slot_vars = run.parity_predicts()[1]     # one parity model's variables
   one = run.parity_model.base if isinstance(run.parity_model, models.Stacked) \
       else run.parity_model
-  ratio = _flops(one, slot_vars[0], shape) / _flops(run.base_model, run.base_vars, shape)
+  ratio = _flops(one, slot_vars[0], query_shape) / _flops(run.base_model, run.base_vars, shape)
   rows_m = metrics.read_metrics(workdir)
   epochs = rows_m[-1]['epoch'] if rows_m else None
   rows = []
@@ -106,6 +108,8 @@ def parity_rows(workdir, s_list, batch=1000):
                            else f'all {s}',
                  'epochs': epochs, 'best_epoch': run.epoch,
                  'flops_ratio_per_extra_worker': ratio, 'A_d_S_data_missing': strict,
+                 # The coded query's size (pixels) over one query's: Berrut's is 1.
+                 'query_size_ratio': float(np.prod(query_shape) / np.prod(shape)),
                  'A_d_pooled_S_missing': by_m['A_d_top1'], 'groups': g,
                  'workdir': os.path.abspath(workdir),
                  'base_workdir': os.path.abspath(config.base_workdir)})
@@ -124,20 +128,23 @@ def berrut_rows(base_workdir, k, s, authors_groups):
 
 def markdown(rows):
   lines = ['| dataset (F, its accuracy) | S | code | parity model (copies) | epochs (best) | '
-           'FLOPs per extra worker / F | ours: A_d, S data missing | ours: A_d pooled over '
-           'S of K+S missing | Berrut: ApproxIFER protocol | Berrut: every pattern | margin '
-           '(points) | +5? | all K answers, S missing: ours / Berrut |', '|' + '---|' * 13]
+           'FLOPs per extra worker / F | coded query / query (size) | ours: A_d, S data '
+           'missing | ours: A_d pooled over S of K+S missing | Berrut: ApproxIFER protocol | '
+           'Berrut: every pattern | margin (points) | +5? | all K answers, S missing: ours / '
+           'Berrut |', '|' + '---|' * 14]
   for r in rows:
     b = r['berrut']
     if r.get('code') is None:   # a cell with no parity run
       lines.append(f"| {r['dataset']} ({r['F']}, {b['A_a']:.4f}) | {r['S']} | - | - | - | 1.00 "
-                   f"(Berrut) | | | {b['authors']:.4f} | {b['every_pattern']:.4f} | | no run | |")
+                   f"(Berrut) | 1 (Berrut) | | | {b['authors']:.4f} | {b['every_pattern']:.4f} | "
+                   f"| no run | |")
       continue
     margin = 100 * (r['A_d_S_data_missing'] - max(b['authors'], b['every_pattern']))
     lines.append(
         f"| {r['dataset']} ({r['F']}, {r['A_a']:.4f}) | {r['S']} | {r['code']} | "
         f"{r['parity_model']} ({r['copies']}) | {r['epochs']} ({r['best_epoch']}) | "
-        f"{r['flops_ratio_per_extra_worker']:.2f} | **{r['A_d_S_data_missing']:.4f}** | "
+        f"{r['flops_ratio_per_extra_worker']:.2f} | {r.get('query_size_ratio', 1.0):g} | "
+        f"**{r['A_d_S_data_missing']:.4f}** | "
         f"{r['A_d_pooled_S_missing']:.4f} | {b['authors']:.4f} | {b['every_pattern']:.4f} | "
         f"{margin:+.1f} | {'yes' if margin >= 5 else 'no'} | "
         f"{r['all_answers_S_missing']:.4f} / {b['authors']:.4f} |")

@@ -33,6 +33,8 @@ up to r missing outputs. With r = 1, C = ones: exactly ParM.
 of the r parity models answers every cell (z_BxRx(K*C), trained towards F's own k
 outputs); a missing answer is the mean of the available parity answers for its cell,
 so one parity output rebuilds any number of missing ones (`Code.rebuilds_all`).
+`cell='half'` tiles half-size images (16x16 on 32x32) into a larger coded query
+(`cell_shape`, `coded_query_shape`).
 
 Codes are registered (`register_code(CodeSpec(...))`): a spec names the
 builder, its typed parameters (`config.code = code_config(name, k, r, **params)`
@@ -48,20 +50,22 @@ from __future__ import annotations
 
 # The abstraction and the registry, then the codes (importing a module registers it).
 from pmjax.codes.core import (CODE_SPECS, Code, CodeSpec, Param, check_decode_args,
-                              code_config, code_params, describe_code, get_code_spec,
+                              code_config, code_params, coded_query_shape, describe_code,
+                              get_code_spec,
                               make_code, migrate_code_config, one_parity_per_missing,
                               raise_if_undecodable, register_code)
-from pmjax.codes.parm import concat_grid, resize_matrix
+from pmjax.codes.parm import CELLS, cell_shape, concat_grid, resize_matrix
 from pmjax.codes.linear import (COEFFICIENTS, PARITY_INPUTS, coefficient_matrix,
                                 solve_small)
 from pmjax.codes import collage  # noqa: F401  (registers 'collage')
 from pmjax.codes.berrut import (authors_nodes, berrut_weights, chebyshev_first,
                                 chebyshev_second)
 
-__all__ = ['CODE_SPECS', 'COEFFICIENTS', 'Code', 'CodeSpec', 'PARITY_INPUTS', 'Param',
+__all__ = ['CELLS', 'CODE_SPECS', 'COEFFICIENTS', 'Code', 'CodeSpec', 'PARITY_INPUTS', 'Param',
            'authors_nodes', 'berrut_weights', 'chebyshev_first', 'chebyshev_second',
            'check_decode_args',
-           'code_config', 'code_params', 'coefficient_matrix', 'concat_grid',
+           'cell_shape', 'code_config', 'code_params', 'coded_query_shape',
+           'coefficient_matrix', 'concat_grid',
            'describe_code', 'get_code_spec', 'make_code', 'migrate_code_config',
            'one_parity_per_missing', 'raise_if_undecodable', 'register_code',
            'resize_matrix', 'solve_small']

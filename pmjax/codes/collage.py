@@ -11,21 +11,24 @@ like the others, with ParM's tiling and F's outputs as targets.
 
 The price: each coded output is k times larger (k*C numbers), and the parity model
 must classify downsampled images (14x7 cells for k = 8 on 28x28). Its compute is that
-of its architecture on one query's worth of pixels (`tiles:NAME` runs NAME on every
-cell: `models.TileSum` with reduce='stack').
+of its architecture on every cell (`tiles:NAME` runs NAME on each: `models.TileSum` with
+reduce='stack'). `cell` (`parm.cell_shape`) sizes the cells: 'fit' (default) keeps the
+coded query one query's size, as ParM's concat; 'half' halves each image's sides (16x16
+cells for k = 8 on 32x32, where 'fit' gives 16x8), a coded query of twice one query's
+pixels at k = 8, for a narrower cell network at the same compute.
 """
 
 from __future__ import annotations
 
 import jax.numpy as jnp
 
-from pmjax.codes.core import (Code, CodeSpec, check_decode_args, check_x, raise_if_undecodable,
-                              register_code)
-from pmjax.codes.parm import concat_copies
+from pmjax.codes.core import (Code, CodeSpec, Param, check_decode_args, check_x,
+                              raise_if_undecodable, register_code)
+from pmjax.codes.parm import CELLS, concat_copies
 
 
-def _collage_code(k, r, image_shape):
-  encode = concat_copies(k, r, image_shape)
+def _collage_code(k, r, image_shape, cell='fit'):
+  encode = concat_copies(k, r, image_shape, cell)
 
   def target(y_BxKxC):
     """Each parity model answers every cell: t_BxRx(K*C), F's k outputs in cell order."""
@@ -56,5 +59,7 @@ def _collage_code(k, r, image_shape):
 
 
 register_code(CodeSpec(
-    'collage', _collage_code, max_r=lambda k: k, r_rule='1 <= r <= k',
-    describe=lambda r: 'collage (concat query, per-cell answers)'))
+    'collage', _collage_code, params=(Param('cell', 'fit', CELLS),), max_r=lambda k: k,
+    r_rule='1 <= r <= k',
+    describe=lambda r, cell='fit': 'collage (concat query, per-cell answers)' if cell == 'fit'
+    else f'collage ({cell}-size cells, per-cell answers)'))

@@ -167,6 +167,14 @@ def make_code(name: str, k: int, r: int = 1, image_shape=None, **params) -> Code
   return spec.build(int(k), int(r), image_shape, **params)
 
 
+def coded_query_shape(code: Code, image_shape) -> tuple:
+  """The shape of one coded query of `code` on queries of `image_shape` (what each of its
+  parity models takes): `image_shape` for most codes; larger for `collage` with
+  cell='half'. Traced on shapes only (no compute)."""
+  x = jax.ShapeDtypeStruct((1, code.k, *image_shape), jnp.float32)
+  return tuple(jax.eval_shape(code.encode, x).shape[2:])
+
+
 # --------------------------------------------------------------------------
 # Checks and matrix encoders shared by the codes.
 # --------------------------------------------------------------------------

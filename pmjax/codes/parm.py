@@ -19,8 +19,6 @@ def _parm_code(name, k, r, image_shape):
   if name == 'sum':
     encode = _sum_encoder(k, image_shape)
   else:
-    if image_shape is not None:
-      concat_grid(k, image_shape)  # fail at construction, not at first call
     encode = _concat_encoder(k, image_shape)
   return Code(name, k, 1, encode, _sum_target(k), _subtraction_decoder(k))
 
@@ -72,13 +70,37 @@ def resize_matrix(n_in: int, n_out: int) -> np.ndarray:
     return np.asarray(jax.image.resize(eye, (n_out, n_in), method='bilinear', antialias=True))
 
 
-def _concat_encoder(k, image_shape):
+# How the `collage` code sizes each image's cell (`cell_shape`).
+CELLS = ('fit', 'half')
+
+
+def cell_shape(k: int, image_shape, cell: str = 'fit') -> tuple:
+  """(rows, cols, cell_h, cell_w) of a tiled query of k images of `image_shape`: the grid
+  is `concat_grid`'s; `cell='fit'` (ParM's concat) downsamples each image to fit the
+  grid inside one query's size (16x8 cells for k = 8 on 32x32), `cell='half'` halves each
+  image's height and width whatever the grid (16x16 cells on 32x32), so the tiled query
+  holds rows*cols/4 queries' pixels (twice one query's for k = 8, one for k = 4)."""
+  if cell not in CELLS:
+    raise ValueError(f'cell={cell!r} is unknown; accepted values: {list(CELLS)}')
+  rows, cols = concat_grid(k, image_shape)
+  h, w = image_shape[:2]
+  if cell == 'half':
+    if h < 2 or w < 2:
+      raise ValueError(f"cell='half' needs images of at least 2x2; got {tuple(image_shape)}")
+    return rows, cols, h // 2, w // 2
+  return rows, cols, h // rows, w // cols
+
+
+def _concat_encoder(k, image_shape, cell='fit'):
+  if image_shape is not None:
+    cell_shape(k, image_shape, cell)   # fail at construction, not at first call
+
   def encode(x_BxKxHxWxC):
-    """k images -> one image of the same size: each resized to a grid cell and tiled."""
+    """k images -> one tiled query: each resized to a grid cell (`cell_shape`); with
+    cell='fit' the query has one image's size."""
     check_x(x_BxKxHxWxC, k, image_shape, min_rank=5)
     b, _, h, w, c = x_BxKxHxWxC.shape
-    rows, cols = concat_grid(k, (h, w, c))
-    ch, cw = h // rows, w // cols
+    rows, cols, ch, cw = cell_shape(k, (h, w, c), cell)
     cells = x_BxKxHxWxC.astype(jnp.float32)
     hi = jax.lax.Precision.HIGHEST
     if ch != h:
@@ -90,18 +112,16 @@ def _concat_encoder(k, image_shape):
       cells = jnp.concatenate([cells, jnp.zeros((b, empty, ch, cw, c), cells.dtype)], 1)
     grid = cells.reshape(b, rows, cols, ch, cw, c).transpose(0, 1, 3, 2, 4, 5)
     grid = grid.reshape(b, 1, rows * ch, cols * cw, c)
-    if (rows * ch, cols * cw) != (h, w):   # a grid that does not divide the image
+    if cell == 'fit' and (rows * ch, cols * cw) != (h, w):   # a grid that does not divide
       grid = jnp.pad(grid, ((0, 0), (0, 0), (0, h - rows * ch), (0, w - cols * cw), (0, 0)))
     return grid.astype(x_BxKxHxWxC.dtype)
   return encode
 
 
-def concat_copies(k, r, image_shape):
+def concat_copies(k, r, image_shape, cell='fit'):
   """The concat tiling, one copy per parity model: x_BxKx... -> p_BxRx... (`linear` and
-  `collage` with r parity models on the same tiled query)."""
-  if image_shape is not None:
-    concat_grid(k, image_shape)   # fail at construction, not at first call
-  tile = _concat_encoder(k, image_shape)
+  `collage` with r parity models on the same tiled query; `cell`: `cell_shape`)."""
+  tile = _concat_encoder(k, image_shape, cell)
 
   def encode(x_BxKx):
     p = tile(x_BxKx)
