@@ -1,15 +1,16 @@
 #!/usr/bin/env bash
 # Issue 12's goal table and wrong-output table at K=8: a `collage` code with r=3 parity
-# models (`tiles:tilecnn` on MNIST / Fashion-MNIST, `tiles:resnet8` on CIFAR-10) per F,
+# models (`tiles:tilecnn` on MNIST / Fashion-MNIST; on CIFAR-10 `tiles:resnet8_narrow` on
+# half-size cells, `code.cell=half`: 16x16 instead of 16x8, the same FLOPs as F) per F,
 # against the faithful Berrut on the same F, S = 1, 2, 3 (the first S parity models).
 # The Fs: launch/k8_tilesum.sh's lenet5 (ROOT/{mnist,fashion_mnist}/base) and
 # launch/cifar10_cpu.sh's resnet8 (C10/cifar10/resnet8/base).
-# Usage: launch/goal_k8_collage.sh [ROOT] [C10_ROOT] [OUT]   (EPOCHS=30,20,40 per dataset)
+# Usage: launch/goal_k8_collage.sh [ROOT] [C10_ROOT] [OUT]   (EPOCHS=30,20,50 per dataset)
 set -euo pipefail
 root=${1:-workdirs/goal_k8}
 c10=${2:-workdirs/cifar10_cpu}/cifar10/resnet8/base
 out=${3:-workdirs/goal_k8_collage}
-read -r ep_f ep_m ep_c <<< "$(echo "${EPOCHS:-30,20,40}" | tr ',' ' ')"
+read -r ep_f ep_m ep_c <<< "$(echo "${EPOCHS:-30,20,50}" | tr ',' ' ')"
 train() {  # dataset model base parity_model epochs workdir [extra flags]
   python -m pmjax.train --config="configs/$1.py:stage=parity,model=$2,parity_model=$4,k=8,code=collage,r=3,epochs=$5" \
     --config.base_workdir="$3" --workdir="$6" --config.progress_bar=False "${@:7}"
@@ -17,10 +18,11 @@ train() {  # dataset model base parity_model epochs workdir [extra flags]
 }
 train fashion_mnist lenet5 "$root/fashion_mnist/base" tiles:tilecnn "$ep_f" "$out/fashion_mnist/collage_tilecnn_r3"
 train mnist lenet5 "$root/mnist/base" tiles:tilecnn "$ep_m" "$out/mnist/collage_tilecnn_r3"
-# CIFAR-10 (issue 22): crop + flip augmentation (F inside the step) and a cosine rate,
-# 40 epochs by default (~25-45 s per epoch on this 2-core CPU with the unrolled r copies).
-train cifar10 resnet8 "$c10" tiles:resnet8 "$ep_c" "$out/cifar10/collage_resnet8_r3" \
-  --config.eval_every_epochs=4 --config.data.augment=True --config.parity.optim.schedule=cosine
+# CIFAR-10 (issue 22): half-size cells, crop + flip augmentation (F inside the step) and
+# a cosine rate, 50 epochs by default (~45 s per epoch on this 2-core CPU).
+train cifar10 resnet8 "$c10" tiles:resnet8_narrow "$ep_c" "$out/cifar10/collage_resnet8_r3" \
+  --config.code.cell=half --config.eval_every_epochs=5 --config.data.augment=True \
+  --config.parity.optim.schedule=cosine
 python -m pmjax.bench.goal_table \
   --base_workdirs="$root/mnist/base,$root/fashion_mnist/base,$c10" \
   --parity_workdirs="$out/mnist/collage_tilecnn_r3,$out/fashion_mnist/collage_tilecnn_r3,$out/cifar10/collage_resnet8_r3" \
