@@ -20,12 +20,12 @@ train fashion_mnist lenet5 "$root/fashion_mnist/base" tiles:tilecnn "$ep_f" "$ou
 train mnist lenet5 "$root/mnist/base" tiles:tilecnn "$ep_m" "$out/mnist/collage_tilecnn_r3"
 # CIFAR-10 (issue 22): half-size cells, crop + flip augmentation (F inside the step) and
 # a cosine rate, 50 epochs by default (~45 s per epoch on this 2-core CPU).
-train cifar10 resnet8 "$c10" tiles:resnet8_narrow "$ep_c" "$out/cifar10/collage_resnet8_r3" \
+train cifar10 resnet8 "$c10" tiles:resnet8_narrow "$ep_c" "$out/cifar10/collage_half_resnet8_narrow_r3" \
   --config.code.cell=half --config.eval_every_epochs=5 --config.data.augment=True \
   --config.parity.optim.schedule=cosine
 python -m pmjax.bench.goal_table \
   --base_workdirs="$root/mnist/base,$root/fashion_mnist/base,$c10" \
-  --parity_workdirs="$out/mnist/collage_tilecnn_r3,$out/fashion_mnist/collage_tilecnn_r3,$out/cifar10/collage_resnet8_r3" \
+  --parity_workdirs="$out/mnist/collage_tilecnn_r3,$out/fashion_mnist/collage_tilecnn_r3,$out/cifar10/collage_half_resnet8_narrow_r3" \
   --out="$out/goal"
 for ds in mnist fashion_mnist cifar10; do
   base="$root/$ds/base"; [ "$ds" = cifar10 ] && base="$c10"
