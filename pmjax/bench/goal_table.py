@@ -25,8 +25,8 @@ ApproxIFER's protocol scores).
 Compute: FLOPs of one parity model on one coded query / FLOPs of F on one query, by
 XLA's cost analysis (`codec_cost.forward_flops`); Berrut's extra workers each run F
 (1.0). Beside it, the coded query's size (pixels) over one query's: 1 for Berrut and
-most codes, 2 for a K=8 `collage` with cell='half'. The margin is ours minus the better of Berrut's two protocols, in points; the
-goal is >= +5 at every (dataset, S). Writes DIR/goal.json and DIR/goal.md, and the
+most codes, 2 for a K=8 `collage` with cell='half'. The margin is ours minus the better
+of Berrut's two protocols, in points; the goal is >= +5 at every (dataset, S). Writes DIR/goal.json and DIR/goal.md, and the
 training curves beside Berrut's figures, DIR/goal_curves.png (`curves`).
 """
 
