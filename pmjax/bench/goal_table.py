@@ -26,8 +26,9 @@ Compute: FLOPs of one parity model on one coded query / FLOPs of F on one query,
 XLA's cost analysis (`codec_cost.forward_flops`); Berrut's extra workers each run F
 (1.0). Beside it, the coded query's size (pixels) over one query's: 1 for Berrut and
 most codes, 2 for a K=8 `collage` with cell='half'. The margin is ours minus the better
-of Berrut's two protocols, in points; the goal is >= +5 at every (dataset, S). Writes DIR/goal.json and DIR/goal.md, and the
-training curves beside Berrut's figures, DIR/goal_curves.png (`curves`).
+of Berrut's two protocols, in points; the goal is >= +5 at every (dataset, S). Writes
+DIR/goal.json and DIR/goal.md, and the training curves beside Berrut's figures,
+DIR/goal_curves.png (`curves`).
 """
 
 from __future__ import annotations
@@ -81,7 +82,7 @@ def parity_rows(workdir, s_list, batch=1000):
                                   run.base_vars, x_GxK, batch)
   _, z = run.parity_outputs(batch)(x_GxK)
   shape = builders.get_spec(config.data.name).image_shape
-  query_shape = codes.coded_query_shape(runs.make_code(config), shape)   # a parity's input
+  query_shape = codes.coded_query_shape(run.code, shape)   # what each parity model takes
   slot_vars = run.parity_predicts()[1]     # one parity model's variables
   one = run.parity_model.base if isinstance(run.parity_model, models.Stacked) \
       else run.parity_model

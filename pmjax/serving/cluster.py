@@ -68,10 +68,10 @@ from pmjax.serving.router import GroupRouter
 
 NPY_TYPE = bodies.NPY_TYPE
 
-__all__ = ['APP_NAME', 'BENCH_REPLICA_ENV', 'DATA_RESOURCE', 'PARITY_RESOURCE', 'NPY_TYPE', 'ServeSettings',
-           'app_builder', 'build_app', 'deploy', 'deployments', 'init_ray', 'replica_infos',
-           'set_faults', 'wait_ready', 'CodedFrontend', 'RayInstance', 'RemotePredict',
-           'ModelReplica', 'GroupRouter', 'ray', 'serve', 'main', 'define_flags']
+__all__ = ['APP_NAME', 'BENCH_REPLICA_ENV', 'DATA_RESOURCE', 'PARITY_RESOURCE', 'NPY_TYPE',
+           'ServeSettings', 'app_builder', 'build_app', 'deploy', 'deployments', 'init_ray',
+           'replica_infos', 'set_faults', 'wait_ready', 'CodedFrontend', 'RayInstance',
+           'RemotePredict', 'ModelReplica', 'GroupRouter', 'ray', 'serve', 'main', 'define_flags']
 
 
 # ---------------------------------------------------------------------- CLI
