@@ -70,6 +70,7 @@ def get_config(arg=None, dataset='mnist', model='mlp', base_epochs=30, base_batc
   c.parity = ml_collections.ConfigDict()
   c.parity.num_epochs = a.epochs or 100
   c.parity.batch_size = 0  # 0 = the original's: 64 groups for k=2, 32 otherwise
+  c.parity.label_weight = 0.0  # > 0 (collage): + w x cross-entropy of each cell with its label
   c.parity.optim = ml_collections.ConfigDict(dict(
       name='adam', lr=1e-3, weight_decay=1e-5, schedule='constant', warmup_steps=0,
       momentum=0.9, nesterov=False))

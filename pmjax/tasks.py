@@ -29,6 +29,7 @@ MSE towards the sum of F's outputs.
 from __future__ import annotations
 
 from functools import partial
+import math
 
 import jax
 from jax import lax
@@ -103,11 +104,23 @@ def base_loss(apply_fn, params, batch_stats, batch, objective=None):
   return (objective or CLASSIFICATION).loss(out, batch['label']), new_bs
 
 
-def parity_loss(apply_fn, params, batch_stats, batch):
-  """MSE between F_P(parity queries) and the code's target {'p', 't'}."""
+def parity_loss(apply_fn, params, batch_stats, batch, label_weight: float = 0.0):
+  """MSE between F_P(parity queries) and the code's target {'p', 't'}; with
+  label_weight > 0 (codes whose parity models answer every cell, `collage`), plus
+  label_weight x the cross-entropy of each cell's answer with its image's true label
+  (batch['label_BxK'])."""
   p = batch['p']
   out, new_bs = _apply_train(apply_fn, params, batch_stats, inference.parity_model_input(p))
-  loss = jnp.mean((out.reshape(*p.shape[:2], -1) - batch['t']) ** 2)
+  out_BxRxW = out.reshape(*p.shape[:2], -1)
+  loss = jnp.mean((out_BxRxW - batch['t']) ** 2)
+  if label_weight:
+    labels_BxK = batch['label_BxK']
+    b, k = labels_BxK.shape
+    logits_BxRxKxC = out_BxRxW.reshape(b, p.shape[1], k, -1)
+    labels_BxRxK = jnp.broadcast_to(labels_BxK[:, None], logits_BxRxKxC.shape[:3])
+    c = logits_BxRxKxC.shape[-1]
+    loss = loss + label_weight * cross_entropy(logits_BxRxKxC.reshape(-1, c),
+                                               labels_BxRxK.reshape(-1))
   return loss, new_bs
 
 
@@ -117,7 +130,9 @@ def base_batch(data, idx_Bx1, keys_Bx1, dataset, augment):
   return {'x': x, 'label': data['train_y'][idx]}
 
 
-def parity_batch(data, idx_BxK, keys_BxK, dataset, augment, code, base_apply):
+def parity_batch(data, idx_BxK, keys_BxK, dataset, augment, code, base_apply,
+                 labels: bool = False):
+  """A batch of B groups {'p', 't'} (and the true labels 'label_BxK' if `labels`)."""
   b, k = idx_BxK.shape
   x_raw = data['train_x'][idx_BxK.reshape(-1)]
   x = pipeline.preprocess(keys_BxK.reshape(-1), x_raw, dataset, augment)
@@ -131,7 +146,10 @@ def parity_batch(data, idx_BxK, keys_BxK, dataset, augment, code, base_apply):
   else:
     y_BxKxC = base_apply(data['base_vars'], x, train=False).reshape(b, k, -1)
   x_BxKx = x.reshape(b, k, *x.shape[1:])
-  return {'p': code.encode(x_BxKx), 't': code.target(lax.stop_gradient(y_BxKxC))}
+  batch = {'p': code.encode(x_BxKx), 't': code.target(lax.stop_gradient(y_BxKxC))}
+  if labels:
+    batch['label_BxK'] = data['train_y'][idx_BxK]
+  return batch
 
 
 
@@ -262,13 +280,31 @@ class ParityTask(_CodeTask):
       self.data['targets_flip'] = inference.batched(
           lambda v, x: self.predict(v, x[:, :, ::-1]), self.base_vars, splits.train_x,
           eval_batch_size)
-    self.loss_fn = parity_loss
+    label_weight = self._label_weight(config)
+    self.loss_fn = partial(parity_loss, label_weight=label_weight)
     self.batch_fn = partial(parity_batch, dataset=self.dataset, augment=self.augment,
-                            code=self.code, base_apply=self.base_model.apply)
+                            code=self.code, base_apply=self.base_model.apply,
+                            labels=bool(label_weight))
     self.evaluator = ParityEvaluator(inference.make_parity_outputs(
         self.model, self.code, self.dataset, eval_batch_size), config.code.k, splits,
                                      self.base_logits, self.score)
     self.unroll_model = parity_name
+
+  def _label_weight(self, config) -> float:
+    """config.parity.label_weight, checked: a true-label term needs a classification
+    dataset and a code whose parity models answer each cell (`collage`)."""
+    w = float(config.parity.get('label_weight', 0.0))
+    if not math.isfinite(w) or w < 0:
+      raise config_utils.ConfigError(
+          f'config.parity.label_weight={w} must be a finite number >= 0 (0 = MSE only)')
+    if w and (self.code.parity_width != self.code.k or
+              objective_of(self.dataset) is not CLASSIFICATION):
+      raise config_utils.ConfigError(
+          f'config.parity.label_weight={w} adds a cross-entropy with the true labels of '
+          f"each cell's image; it needs a classification dataset and a code whose parity "
+          f"models answer every cell (collage); code {self.code.name!r} on "
+          f'{self.dataset!r} does not: set --config.parity.label_weight=0')
+    return w
 
   def _input_shape(self):
     r = self.code.r   # r > 1: the r stacked parity models take p_GxRx...

@@ -440,7 +440,37 @@ def test_a_parity_model_that_cannot_answer_the_code_is_refused_before_training(
   assert not os.path.exists(os.path.join(w, 'checkpoints'))
   c = smoke_config('stage=parity,code=collage,k=2,r=2,epochs=1,parity_model=tiles:mlp')
   c.base_workdir = base_dir
+  c.parity.label_weight = 0.5   # collage answers each cell: a true-label term applies
   assert train.train_and_evaluate(c, str(tmp_path / 'tiles'))['epoch'] == 1
+  c = smoke_config('stage=parity,code=concat,k=2,epochs=1')
+  c.base_workdir, c.parity.label_weight = base_dir, 0.5
+  with pytest.raises(ConfigError, match=r"label_weight=0.5 .*code 'concat' on 'mnist' does "
+                     r"not: set --config.parity.label_weight=0"):
+    train.train_and_evaluate(c, str(tmp_path / 'concat'))
+  c.parity.label_weight = float('nan')
+  with pytest.raises(ConfigError, match='must be a finite number >= 0'):
+    train.train_and_evaluate(c, str(tmp_path / 'nan'))
+
+
+def test_parity_loss_label_term_is_the_cross_entropy_of_each_cell():
+  """parity_loss with label_weight w: the MSE to the target plus w x the mean
+  cross-entropy of every parity model's answer for every cell with that cell's label;
+  w = 0 is the MSE alone (and needs no labels)."""
+  import optax
+  rng = np.random.default_rng(0)
+  b, r, k, c = 3, 2, 4, 5
+  out = jnp.asarray(rng.normal(size=(b * r, k * c)), jnp.float32)
+  t = jnp.asarray(rng.normal(size=(b, r, k * c)), jnp.float32)
+  labels = jnp.asarray(rng.integers(0, c, (b, k)), jnp.int32)
+  apply_fn = lambda v, x, train: out   # the model's answer, whatever the input
+  batch = {'p': jnp.zeros((b, r, 2, 2, 1)), 't': t}
+  mse = float(jnp.mean((out.reshape(b, r, -1) - t) ** 2))
+  assert float(tasks.parity_loss(apply_fn, {}, {}, batch)[0]) == pytest.approx(mse, rel=1e-6)
+  logits = np.asarray(out).reshape(b, r, k, c)
+  ce = np.mean([float(optax.softmax_cross_entropy_with_integer_labels(
+      logits[i, j, m], labels[i, m])) for i in range(b) for j in range(r) for m in range(k)])
+  got = tasks.parity_loss(apply_fn, {}, {}, {**batch, 'label_BxK': labels}, label_weight=0.3)
+  assert float(got[0]) == pytest.approx(mse + 0.3 * ce, rel=1e-5)
 
 
 def test_flip_targets_flip_the_image_and_take_fs_output_on_it():
