@@ -95,6 +95,24 @@ def test_tiles_parity_model_answers_every_cell_on_its_own():
                                                           p[:, 16:, 16:32]), rtol=1e-5, atol=1e-5)
 
 
+def test_resnet8_narrow_on_eight_half_cells_costs_at_most_one_resnet8():
+  """The K=8 half-cell collage's parity model (`tiles:resnet8_narrow` on a 32x64 query)
+  stays within the goal's budget, 1.0 of F's (resnet8 on 32x32) FLOPs, and near it
+  (XLA's cost analysis, as the goal table counts)."""
+  from pmjax.bench.codec_cost import forward_flops
+  from pmjax.codes import coded_query_shape, make_code
+  from pmjax.models import get_model, get_parity_model
+  from pmjax.tasks import init_variables
+  image = (32, 32, 3)
+  f = get_model('resnet8', 10)
+  parity = get_parity_model('tiles:resnet8_narrow', 10, k=8, image_shape=image)
+  query = coded_query_shape(make_code('collage', 8, image_shape=image, cell='half'), image)
+  assert query == (32, 64, 3)
+  ratio = (forward_flops(parity, init_variables(parity, 0, query), query) /
+           forward_flops(f, init_variables(f, 0, image), image))
+  assert 0.95 <= ratio <= 1.0, ratio
+
+
 def _stacked_loss(model, variables, x, train=True):
   # (x and the statistics are arguments, not constants: the r separate models' programs
   # are then one program, compiled once)

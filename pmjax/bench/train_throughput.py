@@ -173,8 +173,9 @@ def conv_peak(repeats: int = 5) -> dict:
 
 def run_steps(model_name='resnet8', dataset='cifar10', stage='base', code_name='sum', k=2,
               r=1, parity_model='', batch=0, steps_per_call=8, calls=5, layout='unroll',
-              num_classes=10) -> dict:
-  """Times the training chunk of F (stage 'base') or of r parity models ('parity')."""
+              num_classes=10, cell='') -> dict:
+  """Times the training chunk of F (stage 'base') or of r parity models ('parity');
+  `cell`: the `collage` code's cell size ('' = its default)."""
   shape = SHAPES[dataset]
   rng = np.random.default_rng(0)
   mesh = train.make_mesh()
@@ -190,7 +191,8 @@ def run_steps(model_name='resnet8', dataset='cifar10', stage='base', code_name='
     input_shape = shape
   else:
     batch = batch or (64 if k == 2 else 32)
-    code = codes.make_code(code_name, k, r, image_shape=shape)
+    code = codes.make_code(code_name, k, r, image_shape=shape,
+                           **({'cell': cell} if cell else {}))
     model = get_parity_model(parity_model or model_name, num_classes, code.r, code.k, shape)
     if code.r > 1:
       model = model.clone(layout=layout)
@@ -204,7 +206,8 @@ def run_steps(model_name='resnet8', dataset='cifar10', stage='base', code_name='
     batch_fn = partial(tasks.parity_batch, dataset=dataset, augment=False, code=code,
                        base_apply=base.apply)
     loss_fn = tasks.parity_loss
-    input_shape = shape if code.r == 1 else (code.r, *shape)
+    query_shape = codes.coded_query_shape(code, shape)
+    input_shape = query_shape if code.r == 1 else (code.r, *query_shape)
   total = steps_per_call * (calls + 2)
   state = train.replicate(train.create_state(
       model, train.make_optimizer(ml_collections.ConfigDict(optim), total),
@@ -235,7 +238,8 @@ def run_steps(model_name='resnet8', dataset='cifar10', stage='base', code_name='
           'code': code_name if stage == 'parity' else None, 'k': k if stage == 'parity'
           else None, 'r': r if stage == 'parity' else None, 'parity_model':
           (parity_model or model_name) if stage == 'parity' else None,
-          'layout': layout if stage == 'parity' and r > 1 else None, 'batch': batch,
+          'layout': layout if stage == 'parity' and r > 1 else None,
+          'cell': (cell or None) if stage == 'parity' else None, 'batch': batch,
           'unit': 'groups' if stage == 'parity' else 'images', 'per_s': per_s,
           'step_ms': step_s * 1e3, 'step_gflop': flops / 1e9,
           'gflops_per_s': flops / step_s / 1e9, 'compile_s': compile_s,
@@ -249,12 +253,14 @@ def main(argv):
   if f.steps:
     models.IM2COL_MAX_PIXELS = f.im2col_max_pixels
     r = run_steps(f.model, f.dataset, f.stage, f.code, f.k, f.r, f.parity_model, f.batch,
-                  f.steps_per_call, f.calls, f.layout)
+                  f.steps_per_call, f.calls, f.layout, cell=f.cell)
     if f.peak:
       r.update(conv_peak())
       r['fraction_of_conv_peak'] = r['gflops_per_s'] / r['conv3x3_gflops_per_s']
     print(json.dumps(r))
-    what = (f"{r['parity_model']} x{r['r']} ({r['code']} k={r['k']}, {r['layout'] or ''})"
+    about = ', '.join(a for a in (f"{r['code']} k={r['k']}", r['cell'] and f"{r['cell']} cells",
+                                  r['layout']) if a)
+    what = (f"{r['parity_model']} x{r['r']} ({about})"
             if f.stage == 'parity' else r['model'])
     print(f"\n{f.stage} {what} on {f.dataset} shapes, batch {r['batch']} {r['unit']}: "
           f"{r['per_s']:,.1f} {r['unit']}/s, {r['step_ms']:.1f} ms/step, "
@@ -291,6 +297,7 @@ if __name__ == '__main__':
   flags.DEFINE_enum('layout', 'unroll', ['unroll', 'vmap'], '--steps: Stacked layout, r > 1.')
   flags.DEFINE_integer('im2col_max_pixels', models.IM2COL_MAX_PIXELS,
                        '--steps: models.IM2COL_MAX_PIXELS (0: every conv as XLA\'s own).')
+  flags.DEFINE_string('cell', '', "--steps: collage cells, 'fit' or 'half' ('' = default).")
   flags.DEFINE_integer('steps_per_call', 8, '--steps: steps per jitted call.')
   flags.DEFINE_integer('calls', 5, '--steps: timed calls (median), after one warm-up.')
   flags.DEFINE_bool('peak', True, "--steps: also measure this CPU's peak (conv_peak).")
