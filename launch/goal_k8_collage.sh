@@ -11,8 +11,8 @@ root=${1:-workdirs/goal_k8}
 c10=${2:-workdirs/cifar10_cpu}/cifar10/resnet8/base
 out=${3:-workdirs/goal_k8_collage}
 read -r ep_f ep_m ep_c <<< "$(echo "${EPOCHS:-30,20,50}" | tr ',' ' ')"
-train() {  # dataset model base parity_model epochs workdir [extra flags]
-  python -m pmjax.train --config="configs/$1.py:stage=parity,model=$2,parity_model=$4,k=8,code=collage,r=3,epochs=$5" \
+train() {  # dataset model base parity_model epochs workdir [extra flags]   (R=3 unless set)
+  python -m pmjax.train --config="configs/$1.py:stage=parity,model=$2,parity_model=$4,k=8,code=collage,r=${R:-3},epochs=$5" \
     --config.base_workdir="$3" --workdir="$6" --config.progress_bar=False "${@:7}"
   python -m pmjax.evaluate --workdir="$6"
 }

@@ -117,6 +117,11 @@ def test_every_other_entry_point_runs(tiny_run, tiny_collage, tmp_path):
   assert sorted(ours) == [(1, 'collage'), (1, 'sum'), (2, 'collage')]
   assert all(0 < r['flops_ratio_per_extra_worker'] for r in goal if r.get('code'))
   assert all(r['query_size_ratio'] == 1.0 for r in goal if r.get('code'))  # 'fit' cells
+  assert all(r['label_weight'] == 0.0 for r in goal if r.get('code'))   # MSE only
+  from pmjax.bench import goal_table
+  row = next(r for r in goal if r.get('code'))
+  assert '; + 1 x label CE) |' in goal_table.markdown([dict(row, label_weight=1.0)])
+  assert 'label CE' not in goal_table.markdown(goal)
   summary = json.load(open(tmp_path / 'serving' / 'summary.json'))
   assert summary['results']['coded']['lost'] == 0
   assert 'base_service_ms_samples' not in summary['results']['coded']  # raw samples apart

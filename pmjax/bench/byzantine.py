@@ -118,7 +118,7 @@ def collage_rows(workdir, adversaries, false_alarm, seed=0, batch=1000):
   g = yt.shape[0]
   std = float(np.std(yt))
   cell = codes.code_params(config.code).get('cell', 'fit')
-  cells = '' if cell == 'fit' else f', {cell}-size cells'   # tells a 'half' run apart
+  cell_label = '' if cell == 'fit' else f', {cell}-size cells'   # a 'half' run apart
   rows = []
   for r in range(1, r_full + 1):
     tau = bz.calibrate_threshold(yv, zv[:, :r], false_alarm)
@@ -139,7 +139,7 @@ def collage_rows(workdir, adversaries, false_alarm, seed=0, batch=1000):
       hit = wrong >= 0
       blamed = np.where(res['blamed_data'] >= 0, res['blamed_data'],
                         np.where(res['blamed_parity'] >= 0, k + res['blamed_parity'], -1))
-      rows.append({'code': f'collage{cells}, r={r}' + (f' (first {r} of {r_full})'
+      rows.append({'code': f'collage{cell_label}, r={r}' + (f' (first {r} of {r_full})'
                                                       if r < r_full else ''),
                    'dataset': config.data.name, 'F': config.model,
                    'A_a': _accuracy(yt, labels), 'adversary': kind, 'groups': g,

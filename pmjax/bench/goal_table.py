@@ -107,6 +107,8 @@ def parity_rows(workdir, s_list, batch=1000):
                  'parity_model': runs.model_names(config)[1],
                  'copies': f'first {s} of the run\'s r={config.code.r}' if s < config.code.r
                            else f'all {s}',
+                 # The parity loss: MSE to F's outputs, + w x a true-label cross-entropy.
+                 'label_weight': float(config.parity.get('label_weight', 0.0)),
                  'epochs': epochs, 'best_epoch': run.epoch,
                  'flops_ratio_per_extra_worker': ratio, 'A_d_S_data_missing': strict,
                  # The coded query's size (pixels) over one query's: Berrut's is 1.
@@ -141,9 +143,10 @@ def markdown(rows):
                    f"| no run | |")
       continue
     margin = 100 * (r['A_d_S_data_missing'] - max(b['authors'], b['every_pattern']))
+    label = f"; + {r['label_weight']:g} x label CE" if r.get('label_weight') else ''
     lines.append(
         f"| {r['dataset']} ({r['F']}, {r['A_a']:.4f}) | {r['S']} | {r['code']} | "
-        f"{r['parity_model']} ({r['copies']}) | {r['epochs']} ({r['best_epoch']}) | "
+        f"{r['parity_model']} ({r['copies']}{label}) | {r['epochs']} ({r['best_epoch']}) | "
         f"{r['flops_ratio_per_extra_worker']:.2f} | {r.get('query_size_ratio', 1.0):g} | "
         f"**{r['A_d_S_data_missing']:.4f}** | "
         f"{r['A_d_pooled_S_missing']:.4f} | {b['authors']:.4f} | {b['every_pattern']:.4f} | "
