@@ -255,7 +255,8 @@ class _CodeTask:
 
 class ParityTask(_CodeTask):
   """Hand-designed codes: r parity models F_P trained with MSE towards code.target(F(X))
-  over random groups; best by validation reconstruction accuracy."""
+  (+ config.parity.label_weight x a true-label cross-entropy per cell, `collage`) over
+  random groups; best by validation reconstruction accuracy."""
 
   def __init__(self, config, splits, eval_batch_size: int, base):
     # The code and its parity model first: a model that cannot answer the code's coded
@@ -350,6 +351,11 @@ class LearnedTask(_CodeTask):
           f"code 'learned' runs F's own architecture on the parity queries (frozen, or a "
           f"trained copy with --config.code.train_parity=True), not parity_model="
           f"{config.parity_model!r}; leave parity_model empty")
+    if config.parity.get('label_weight', 0.0):
+      raise config_utils.ConfigError(
+          f"config.parity.label_weight={config.parity.label_weight} is a term of the "
+          f"hand-designed codes' parity loss (collage); code 'learned' has its own "
+          f"(code.loss): set --config.parity.label_weight=0")
     super().__init__(config, splits, eval_batch_size, base)
     self.data['base_vars'] = self.base_vars
     params = codes.code_params(config.code)

@@ -450,6 +450,10 @@ def test_a_parity_model_that_cannot_answer_the_code_is_refused_before_training(
   c.parity.label_weight = float('nan')
   with pytest.raises(ConfigError, match='must be a finite number >= 0'):
     train.train_and_evaluate(c, str(tmp_path / 'nan'))
+  c = smoke_config('stage=parity,code=learned,k=2,epochs=1')
+  c.base_workdir, c.parity.label_weight = base_dir, 1.0
+  with pytest.raises(ConfigError, match=r"code 'learned' has its own .*label_weight=0"):
+    train.train_and_evaluate(c, str(tmp_path / 'learned'))
 
 
 def test_parity_loss_label_term_is_the_cross_entropy_of_each_cell():
