@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -442,6 +443,11 @@ def test_a_parity_model_that_cannot_answer_the_code_is_refused_before_training(
   c.base_workdir = base_dir
   c.parity.label_weight = 0.5   # collage answers each cell: a true-label term applies
   assert train.train_and_evaluate(c, str(tmp_path / 'tiles'))['epoch'] == 1
+  # evaluate names the variant and the label term, so two collage runs are told apart
+  res = evaluate.evaluate_workdir(str(tmp_path / 'tiles'), verbose=False)
+  assert (res['code_description'], res['label_weight']) == (
+      'collage (concat query, per-cell answers)', 0.5)
+  assert re.search(r'parity loss +MSE \+ 0.5 x label CE', evaluate.format_table(res))
   c = smoke_config('stage=parity,code=concat,k=2,epochs=1')
   c.base_workdir, c.parity.label_weight = base_dir, 0.5
   with pytest.raises(ConfigError, match=r"label_weight=0.5 .*code 'concat' on 'mnist' does "
