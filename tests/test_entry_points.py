@@ -210,3 +210,15 @@ def test_torch_twin_of_the_collage_step_where_torch_is_installed():
                        capture_output=True, text=True, timeout=600)
   assert out.returncode == 0, out.stderr[-3000:]
   assert json.loads(out.stdout)['per_s'] > 0
+
+
+def test_every_launch_shell_script_parses():
+  """launch/*.sh and *.sbatch that no test runs (hours-long sweeps, cluster jobs) at least
+  parse: a syntax slip in one is found here, not by the user who launches it."""
+  launch = os.path.join(REPO, 'launch')
+  scripts = sorted(f for f in os.listdir(launch) if f.endswith(('.sh', '.sbatch')))
+  assert 'serving_curves_inprocess.sh' in scripts
+  for name in scripts:
+    out = subprocess.run(['bash', '-n', os.path.join(launch, name)], capture_output=True,
+                         text=True, timeout=60)
+    assert out.returncode == 0, f'{name}: {out.stderr}'

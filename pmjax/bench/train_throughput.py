@@ -146,12 +146,14 @@ def _time(fn, repeats: int) -> float:
   return float(np.median(times))
 
 
-def nominal_compiled_flops(run_chunk, state, args) -> float:
+def nominal_compiled_flops(run_chunk, state, args, devices: int = 1) -> float:
   """FLOPs of one training step by XLA's cost analysis, with every convolution counted
   as XLA's own (`models.xla_convolutions`), so GFLOP/s compares
-  layouts, and pmjax with PyTorch, on the same count of work."""
+  layouts, and pmjax with PyTorch, on the same count of work. The analysis counts one
+  device's share of a step partitioned over `devices` (the mesh's size): the step's
+  count is that times `devices`."""
   with models.xla_convolutions():
-    return compiled_flops(run_chunk.lower(state, *args, n_steps=1).compile())
+    return devices * compiled_flops(run_chunk.lower(state, *args, n_steps=1).compile())
 
 
 def conv_peak(repeats: int = 5) -> dict:
@@ -222,7 +224,7 @@ def run_steps(model_name='resnet8', dataset='cifar10', stage='base', code_name='
   # Counted on a chunk of its own: jit caches traces, and the timed chunk traced under
   # xla_convolutions (as one of one step was when --steps_per_call=1) would time XLA's
   # convolutions instead of the small ones' im2col.
-  flops = nominal_compiled_flops(chunk(), state, args)
+  flops = nominal_compiled_flops(chunk(), state, args, devices=mesh.size)
   run_chunk = chunk()
   holder = [state]
 
