@@ -150,6 +150,11 @@ class Coded(Policy):
     if self.hold is not None and task.slot < self.k:
       self.hold.add(seconds)
 
+  def releasable(self, group) -> bool:
+    """Every data slot answered, not verifying, not the group being filled: late outputs
+    only tick `group.state` off, and what they would cancel is skipped when gone."""
+    return not self.verify and group.state.finished and group is not self._open
+
   def needs_parity(self, group) -> bool:
     """False once every data output is in (encoding is wasted work), unless verifying."""
     return self.verify or not group.state.finished

@@ -31,6 +31,8 @@ class InstanceEvents:
         answers = self._carry_out(self.policy.on_output(task), out, instance_name)
       except Exception as e:  # pylint: disable=broad-except
         answers = self._internal_error(task, e)
+      if task.group is not None and self.policy.releasable(task.group):
+        task.group.release_tasks()   # freed by reference counting, not the collector
     settle_all(answers)
 
   def _internal_error(self, task, error):

@@ -83,8 +83,9 @@ class ActionExecutor:
       with self._lock:
         if not self.policy.needs_parity(group) or self._closed:
           continue  # every data output already in: the parity is not needed
+        xs = [task.x for task in group.tasks[:self.k]]   # (released once served)
       t0 = time.perf_counter()
-      p = np.asarray(self.encode(np.stack([task.x for task in group.tasks[:self.k]], axis=1)))
+      p = np.asarray(self.encode(np.stack(xs, axis=1)))
       self.encode_s.append(time.perf_counter() - t0)
       with self._lock:
         answers = self._carry_out(self.policy.on_encoded(group, [p[:, j] for j in range(self.r)]))

@@ -166,6 +166,11 @@ class Policy:
   def pool(self, task: Task) -> int | None:
     return None if task.slot < self.k else task.slot - self.k
 
+  def releasable(self, group) -> bool:
+    """True once nothing the policy does with `group` reads its tasks again: a driver
+    may then drop the group's references to them (`Group.release_tasks`)."""
+    return False
+
   def stats(self) -> dict:
     return {}
 
