@@ -6,8 +6,8 @@ For a parity workdir: loads F_P's best checkpoint and F's (from the run's
 base_workdir), evaluates every group of k consecutive examples of the split
 with each position erased in turn, and writes W/results.json with dataset,
 model, code, code_description (its variant, e.g. collage's cell size), label_weight
-(the parity loss's true-label term, 0: MSE only), k, r, epochs, A_a, A_a_top5, A_d_top1, A_d_top5, recon_top1,
-A_d_by_position and A_o (f_u -> overall accuracy) (a localisation run: A_a,
+(the parity loss's true-label term, 0: MSE only), k, r, epochs, A_a, A_a_top5,
+A_d_top1, A_d_top5, recon_top1, A_d_by_position and A_o (f_u -> overall accuracy) (a localisation run: A_a,
 A_a_iou, A_d_iou50, A_d_iou, recon_iou50, recon_iou: IoU >= 0.5 fractions and
 mean IoUs); `epochs` is the number of
 epochs trained, `best_epoch` the one whose checkpoint was evaluated. For a base workdir: A_a
