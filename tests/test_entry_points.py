@@ -125,6 +125,7 @@ def test_every_other_entry_point_runs(tiny_run, tiny_collage, tmp_path):
   summary = json.load(open(tmp_path / 'serving' / 'summary.json'))
   assert summary['results']['coded']['lost'] == 0
   assert 'base_service_ms_samples' not in summary['results']['coded']  # raw samples apart
+  assert summary['results']['coded']['gc_pauses_over_2ms'] >= 0   # the collector's stalls
   swept = json.load(open(tmp_path / 'serving_sweep' / 'curves.json'))
   assert [c['offered_qps'] for c in swept['coded']['curve']] == [100, 200]
   assert all(c['answered'] == 30 and c['lost'] == 0 and c['sent_qps'] > 0

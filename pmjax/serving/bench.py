@@ -20,9 +20,12 @@ batch-1 serving it only adds a thread hand-off (~20 us) to every call.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import gc
 import json
 import os
+import time
 import zlib
 from functools import partial
 from typing import Any, Callable
@@ -128,9 +131,10 @@ def run_mode(mode, parts, c) -> dict:
   fc = c.faults
   procs = (start_contention(fc.contention_start_s, fc.contention_s, fc.contention_procs)
            if fc.contention_s > 0 else [])
-  records = loadgen.run_poisson(fe, splits.test_x, splits.test_y, c.rate, c.queries + c.warmup,
-                                warmup=c.warmup, seed=c.seed, timeout_s=c.timeout_s,
-                                score=tasks.task_score(parts.config))
+  with collector_pauses() as pauses_ms:
+    records = loadgen.run_poisson(fe, splits.test_x, splits.test_y, c.rate,
+                                  c.queries + c.warmup, warmup=c.warmup, seed=c.seed,
+                                  timeout_s=c.timeout_s, score=tasks.task_score(parts.config))
   fe.close()
   for p in procs:
     p.join()
@@ -147,11 +151,33 @@ def run_mode(mode, parts, c) -> dict:
       decode_us_per_group=stats['decode_us_per_group'],
       base_inference_ms_per_batch=1e3 * float(np.median(service['base'])),
       parity_inference_ms_per_batch=(1e3 * float(np.median(service['parity']))
-                                     if service['parity'] else None))
+                                     if service['parity'] else None),
+      # Python's cycle collector stops every serving thread while it runs.
+      gc_pauses_over_2ms=sum(p > 2.0 for p in pauses_ms),
+      gc_pause_max_ms=max(pauses_ms, default=0.0))
   summary['base_service_ms_samples'] = [1e3 * x for x in service['base'][:2000]]
   summary['latencies_ms'] = sorted(r['latency_ms'] for r in records
                                    if r['latency_ms'] is not None)
   return summary
+
+
+@contextlib.contextmanager
+def collector_pauses():
+  """The durations (ms) of Python's garbage-collector passes while inside (the list
+  fills as they happen)."""
+  pauses, start = [], [0.0]
+
+  def callback(phase, info):
+    del info
+    if phase == 'start':
+      start[0] = time.perf_counter()
+    else:
+      pauses.append((time.perf_counter() - start[0]) * 1e3)
+  gc.callbacks.append(callback)
+  try:
+    yield pauses
+  finally:
+    gc.callbacks.remove(callback)
 
 
 RAW_SAMPLES = ('latencies_ms', 'base_service_ms_samples')
@@ -241,6 +267,9 @@ def main(argv):
       print(f"{mode}: encode {s['encode_us_per_group']:.0f} us + decode "
             f"{s['decode_us_per_group'] or 0:.0f} us per group; F inference "
             f"{s['base_inference_ms_per_batch']:.3f} ms per batch")
+  for mode, s in results.items():
+    print(f"{mode}: {s['gc_pauses_over_2ms']} garbage-collector pauses > 2 ms while "
+          f"serving (longest {s['gc_pause_max_ms']:.1f} ms)")
   for mode, s in results.items():
     if s['verified_groups']:
       print(f"{mode}: {s['flagged_groups']} of {s['verified_groups']} groups flagged; "
