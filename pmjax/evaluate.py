@@ -7,8 +7,8 @@ base_workdir), evaluates every group of k consecutive examples of the split
 with each position erased in turn, and writes W/results.json with dataset,
 model, code, code_description (its variant, e.g. collage's cell size), label_weight
 (the parity loss's true-label term, 0: MSE only), k, r, epochs, A_a, A_a_top5,
-A_d_top1, A_d_top5, recon_top1, A_d_by_position and A_o (f_u -> overall accuracy) (a localisation run: A_a,
-A_a_iou, A_d_iou50, A_d_iou, recon_iou50, recon_iou: IoU >= 0.5 fractions and
+A_d_top1, A_d_top5, recon_top1, A_d_by_position and A_o (f_u -> overall accuracy)
+(a localisation run: A_a, A_a_iou, A_d_iou50, A_d_iou, recon_iou50, recon_iou: IoU >= 0.5 fractions and
 mean IoUs); `epochs` is the number of
 epochs trained, `best_epoch` the one whose checkpoint was evaluated. For a base workdir: A_a
 only. For a workdir of stage `all`: evaluates W/parity, writes W/results.json.
@@ -68,7 +68,7 @@ def evaluate_workdir(workdir: str, split: str = 'test', batch_size: int = 1000,
                   # true-label term, so that two runs of one code are told apart.
                   'code_description': codes.describe_code(
                       config.code.name, code.r, codes.code_params(config.code)),
-                  'label_weight': float(config.get('parity', {}).get('label_weight', 0.0)),
+                  'label_weight': tasks.label_weight(config),
                   'k': code.k, 'r': code.r, 'epochs': _epochs_trained(workdir, run.epoch),
                   'best_epoch': run.epoch, 'base_workdir': os.path.abspath(base_dir),
                   'num_groups': int(x_GxK.shape[0]), **degraded})
@@ -115,7 +115,7 @@ def format_table(results: dict) -> str:
     description = results.get('code_description') or results['code']
     rows.append(('code', f"{description} (k={results['k']}, r={results['r']})"))
     if results.get('label_weight'):
-      rows.append(('parity loss', f"MSE + {results['label_weight']:g} x label CE"))
+      rows.append(('parity loss', 'MSE ' + tasks.label_term(results['label_weight'])))
   rows.append(('epochs', f"{results['epochs']} (best: {results['best_epoch']})"))
   rows += [(key, f'{v:.4f}') for key, v in results.items() if key.startswith('A_a')]
   if 'A_d_by_position' in results:   # a parity run: every criterion of its score

@@ -253,6 +253,17 @@ class _CodeTask:
                                                eval_batch_size)
 
 
+def label_weight(config) -> float:
+  """config.parity.label_weight: the weight of the parity loss's true-label term (0: MSE
+  only; a config written before the term existed has none)."""
+  return float(config.get('parity', {}).get('label_weight', 0.0))
+
+
+def label_term(weight: float) -> str:
+  """How tables name the parity loss's true-label term ('' without one)."""
+  return f'+ {weight:g} x label CE' if weight else ''
+
+
 class ParityTask(_CodeTask):
   """Hand-designed codes: r parity models F_P trained with MSE towards code.target(F(X))
   (+ config.parity.label_weight x a true-label cross-entropy per cell, `collage`) over
@@ -281,11 +292,11 @@ class ParityTask(_CodeTask):
       self.data['targets_flip'] = inference.batched(
           lambda v, x: self.predict(v, x[:, :, ::-1]), self.base_vars, splits.train_x,
           eval_batch_size)
-    label_weight = self._label_weight(config)
-    self.loss_fn = partial(parity_loss, label_weight=label_weight)
+    weight = self._label_weight(config)
+    self.loss_fn = partial(parity_loss, label_weight=weight)
     self.batch_fn = partial(parity_batch, dataset=self.dataset, augment=self.augment,
                             code=self.code, base_apply=self.base_model.apply,
-                            labels=bool(label_weight))
+                            labels=bool(weight))
     self.evaluator = ParityEvaluator(inference.make_parity_outputs(
         self.model, self.code, self.dataset, eval_batch_size), config.code.k, splits,
                                      self.base_logits, self.score)
@@ -294,7 +305,7 @@ class ParityTask(_CodeTask):
   def _label_weight(self, config) -> float:
     """config.parity.label_weight, checked: a true-label term needs a classification
     dataset and a code whose parity models answer each cell (`collage`)."""
-    w = float(config.parity.get('label_weight', 0.0))
+    w = label_weight(config)
     if not math.isfinite(w) or w < 0:
       raise config_utils.ConfigError(
           f'config.parity.label_weight={w} must be a finite number >= 0 (0 = MSE only)')
@@ -351,7 +362,7 @@ class LearnedTask(_CodeTask):
           f"code 'learned' runs F's own architecture on the parity queries (frozen, or a "
           f"trained copy with --config.code.train_parity=True), not parity_model="
           f"{config.parity_model!r}; leave parity_model empty")
-    if config.parity.get('label_weight', 0.0):
+    if label_weight(config):
       raise config_utils.ConfigError(
           f"config.parity.label_weight={config.parity.label_weight} is a term of the "
           f"hand-designed codes' parity loss (collage); code 'learned' has its own "

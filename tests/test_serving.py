@@ -806,12 +806,11 @@ def test_curves_saturation_and_coded_over_equal():
   assert w['achieved_qps'] == pytest.approx(99 / 9.9, rel=0.02)
 
 
-
 def test_served_coding_groups_are_freed_without_the_cycle_collector():
   """A task and its coding group refer to each other; once a group is served the
   frontend drops the group's side, so served tasks are freed by reference counting (the
-  collector's full passes stopped a serving process for ~100 ms). With the collector
-  off, almost none of 200 served tasks remain; a reconstructed group frees too."""
+  collector's passes stop every serving thread). With the collector off, almost none of
+  200 served tasks remain; a reconstructed group frees too."""
   import gc
   from pmjax.serving.protocol import Task
   gc.collect()

@@ -39,7 +39,7 @@ from absl import app, flags
 import jax.numpy as jnp
 import numpy as np
 
-from pmjax import bench, codes, inference, metrics, models, plotting, report, runs
+from pmjax import bench, codes, inference, metrics, models, plotting, report, runs, tasks
 from pmjax.bench import code_table, codec_cost
 from pmjax.data import builders, pipeline
 
@@ -108,7 +108,7 @@ def parity_rows(workdir, s_list, batch=1000):
                  'copies': f'first {s} of the run\'s r={config.code.r}' if s < config.code.r
                            else f'all {s}',
                  # The parity loss: MSE to F's outputs, + w x a true-label cross-entropy.
-                 'label_weight': float(config.parity.get('label_weight', 0.0)),
+                 'label_weight': tasks.label_weight(config),
                  'epochs': epochs, 'best_epoch': run.epoch,
                  'flops_ratio_per_extra_worker': ratio, 'A_d_S_data_missing': strict,
                  # The coded query's size (pixels) over one query's: Berrut's is 1.
@@ -143,7 +143,7 @@ def markdown(rows):
                    f"| no run | |")
       continue
     margin = 100 * (r['A_d_S_data_missing'] - max(b['authors'], b['every_pattern']))
-    label = f"; + {r['label_weight']:g} x label CE" if r.get('label_weight') else ''
+    label = f"; {tasks.label_term(r['label_weight'])}" if r.get('label_weight') else ''
     lines.append(
         f"| {r['dataset']} ({r['F']}, {r['A_a']:.4f}) | {r['S']} | {r['code']} | "
         f"{r['parity_model']} ({r['copies']}{label}) | {r['epochs']} ({r['best_epoch']}) | "

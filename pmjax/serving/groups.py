@@ -19,8 +19,8 @@ class Group:
     """Drops the group's references to its tasks (they keep theirs to the group). A task
     and its group refer to each other: without this, a served group waits for Python's
     cyclic garbage collector, which then runs more often, stopping every thread of the
-    serving process each time (34-37 pauses of 2-4 ms in 20 s at 1000 q/s, against 0-2
-    once released: RESULTS.md, the in-process curves)."""
+    serving process each time (coded at 1000 q/s: 23-71 pauses over 2 ms in 20 s, 2-5
+    once released; `pmjax.serving.bench`, RESULTS.md)."""
     self.tasks = [None] * len(self.tasks)
 
 
